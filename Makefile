@@ -1,0 +1,27 @@
+# Everything runs inside .venv, created on first use so a fresh clone needs no manual set-up.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: venv test test-fast demo bench clean-venv
+
+venv: $(STAMP)
+
+$(STAMP): requirements.txt requirements-dev.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --upgrade --quiet pip
+	$(PY) -m pip install --quiet -r requirements-dev.txt
+	touch $(STAMP)
+
+test: $(STAMP)
+	PYTHONPATH=$(CURDIR) $(PY) -m pytest -q tests
+
+demo: $(STAMP)
+	PYTHONPATH=$(CURDIR) $(PY) Search_CIFAR10/run_demo.py $(if $(FRESH),--fresh,)
+
+bench: $(STAMP)
+	PYTHONPATH=$(CURDIR) $(PY) benchmarks/search_step.py
+
+clean-venv:
+	rm -rf $(VENV)

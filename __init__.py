@@ -1,0 +1,1 @@
+"""AdaptQNet: hardware-aware mixed-precision quantization search for microcontrollers."""
