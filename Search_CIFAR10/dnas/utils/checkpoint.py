@@ -20,7 +20,8 @@ class CheckpointError(ValueError):
     """A checkpoint is missing, unreadable or belongs to another run/model."""
 
 
-def _atomic_write(path: str, write) -> None:
+def atomic_write(path: str, write) -> None:
+    """Call ``write(binary_file)`` on a temporary file beside ``path``, then rename it over ``path``."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp_" + os.path.basename(path), dir=folder)
@@ -36,12 +37,19 @@ def _atomic_write(path: str, write) -> None:
         raise
 
 
+_atomic_write = atomic_write  # earlier private name, kept for existing callers
+
+
 def save_atomic(obj: Dict[str, Any], path: str) -> None:
-    _atomic_write(path, lambda f: torch.save(obj, f))
+    atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def write_json_atomic(obj: Any, path: str) -> None:
-    _atomic_write(path, lambda f: f.write((json.dumps(obj, indent=2, sort_keys=False) + "\n").encode()))
+    atomic_write(path, lambda f: f.write((json.dumps(obj, indent=2, sort_keys=False) + "\n").encode()))
+
+
+def write_text_atomic(text: str, path: str) -> None:
+    atomic_write(path, lambda f: f.write(text.encode()))
 
 
 def read_json(path: str, what: str = "JSON file") -> Any:
