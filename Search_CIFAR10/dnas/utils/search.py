@@ -1,0 +1,239 @@
+"""Stage-1 DNAS loop: alternating weight (train split) and α (validation split) steps.
+
+DARTS first order: a weight step on a train batch with α frozen, then an α step on a validation batch
+with the weights frozen (and BatchNorm statistics untouched, so validation data never leaks into the
+network's weights or buffers), loss = CE + hardware term. The temperature is annealed per epoch.
+
+Everything the loop needs from the outside (data, cost vectors, optimisers) is passed in, so stage 2
+runs the same loop over dual-core options.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import signal
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from models.base import (PRECISIONS, arch_parameters, current_mapping, mixed_layers, set_temperature,
+                         weight_parameters)
+
+TEMP_SCHEDULES = ("exponential", "cosine", "linear")
+
+
+class NonFiniteLoss(RuntimeError):
+    """A loss became NaN/inf: the run stops and the last good checkpoint is kept."""
+
+
+def temperature_at(epoch: int, epochs: int, start: float, end: float, schedule: str) -> float:
+    """Temperature for ``epoch`` (0-based) of ``epochs``: ``start`` at the first, ``end`` at the last."""
+    if schedule not in TEMP_SCHEDULES:
+        raise ValueError(f"--temp_schedule: unknown schedule {schedule!r}; expected one of {', '.join(TEMP_SCHEDULES)}")
+    if epochs <= 1:
+        return float(end)
+    f = min(max(epoch / (epochs - 1), 0.0), 1.0)
+    if schedule == "exponential":
+        return float(start * (end / start) ** f)
+    if schedule == "cosine":
+        return float(end + 0.5 * (start - end) * (1 + math.cos(math.pi * f)))
+    return float(start + (end - start) * f)
+
+
+def progressive_min_bits(epoch: int, progressive_epochs: int) -> int:
+    """Progressive precision reduction: FP16 first, then INT8, INT4, INT2 unlock over the first
+    ``progressive_epochs`` epochs (the seed's convergence aid)."""
+    if progressive_epochs <= 0:
+        return 0
+    thresholds = (16, 8, 4, 2)
+    stage = min(int(len(thresholds) * epoch / progressive_epochs), len(thresholds))
+    return 0 if stage >= len(thresholds) else thresholds[stage]
+
+
+def apply_progressive(model: nn.Module, min_bits: int) -> None:
+    """Lock precisions below ``min_bits`` (their π becomes 0); a layer always keeps its highest one."""
+    for _, layer in mixed_layers(model):
+        if min_bits <= 0:
+            layer.active_mask = None
+            continue
+        mask = [PRECISIONS[p].bits >= min_bits for p in layer.precisions]
+        if not any(mask):
+            mask[0] = True
+        layer.active_mask = None if all(mask) else torch.tensor(mask, device=layer.alpha.device)
+
+
+def alpha_entropy(model: nn.Module) -> float:
+    """Mean entropy of π over searchable layers, in nats (0 = decided)."""
+    ents = []
+    for _, layer in mixed_layers(model):
+        if len(layer.alpha) > 1:
+            p = layer.probs(sample=False).detach().clamp_min(1e-12)
+            ents.append(float(-(p * p.log()).sum()))
+    return sum(ents) / len(ents) if ents else 0.0
+
+
+@contextlib.contextmanager
+def frozen_bn_stats(model: nn.Module):
+    """Forward in train mode (batch statistics) without updating running statistics."""
+    saved = []
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            saved.append((m, m.momentum, m.num_batches_tracked.clone() if m.num_batches_tracked is not None else None))
+            m.momentum = 0.0
+    try:
+        yield
+    finally:
+        for m, mom, nbt in saved:
+            m.momentum = mom
+            if nbt is not None:
+                m.num_batches_tracked.copy_(nbt)
+
+
+def set_requires_grad(params: Iterable[nn.Parameter], flag: bool) -> None:
+    for p in params:
+        p.requires_grad_(flag)
+
+
+def _maybe_fault(epoch: int, step: int) -> None:
+    """Test hook: ADAPTQNET_KILL_AT=epoch:step SIGKILLs the process there, to prove --resume."""
+    spec = os.environ.get("ADAPTQNET_KILL_AT")
+    if spec and spec == f"{epoch}:{step}":
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def check_finite(loss: torch.Tensor, epoch: int, step: int, what: str) -> None:
+    if not torch.isfinite(loss.detach()).all():
+        raise NonFiniteLoss(f"{what} loss is {float(loss.detach())} at epoch {epoch}, step {step}; "
+                            f"stopping (the last good checkpoint is kept). Try a lower learning rate "
+                            f"or --grad_clip.")
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader, runtime) -> Dict[str, float]:
+    """Loss and accuracy on a loader (summed over ranks)."""
+    was = model.training
+    model.eval()
+    loss_sum = torch.zeros((), device=runtime.device, dtype=torch.float64)
+    correct = torch.zeros((), device=runtime.device, dtype=torch.float64)
+    count = torch.zeros((), device=runtime.device, dtype=torch.float64)
+    for x, y in loader:
+        with runtime.autocast():
+            out = model(x)
+        loss_sum += F.cross_entropy(out.float(), y, reduction="sum").double()
+        correct += (out.argmax(1) == y).sum().double()
+        count += y.numel()
+    totals = runtime.all_reduce_sum(torch.stack([loss_sum, correct, count]))
+    model.train(was)
+    n = max(float(totals[2]), 1.0)
+    return {"loss": float(totals[0]) / n, "acc": 100.0 * float(totals[1]) / n}
+
+
+@dataclass
+class SearchSettings:
+    epochs: int = 10
+    warmup_epochs: int = 1
+    temp_schedule: str = "exponential"
+    temp_start: float = 5.0
+    temp_end: float = 0.5
+    hardware_weight: float = 0.5
+    latency_target_ms: Optional[float] = None
+    memory_budget_kb: Optional[float] = None
+    grad_clip: float = 5.0
+    progressive_epochs: int = 0
+
+
+@dataclass
+class SearchState:
+    """Everything that changes during the search and must survive a restart."""
+    epoch: int = 0                      # next epoch to run
+    log_rows: List[dict] = field(default_factory=list)
+    alpha_history: List[dict] = field(default_factory=list)
+    elapsed_s: float = 0.0
+
+
+def alpha_snapshot(model: nn.Module, epoch: int, temperature: float) -> dict:
+    return {"epoch": epoch, "temperature": temperature,
+            "probs": {n: [round(float(v), 6) for v in l.probs(sample=False).detach().cpu()]
+                      for n, l in mixed_layers(model)}}
+
+
+def run_epoch(model, epoch, settings: SearchSettings, train_loader, opt_w, runtime, alpha_loader=None,
+              hw_cost=None, opt_a=None, progress=None) -> Dict[str, float]:
+    """One epoch of weight steps on ``train_loader``. With ``alpha_loader`` (and after warm-up), each
+    weight step is followed by an α step on the next batch of ``alpha_loader`` (cycled). Without it
+    this is plain (QAT) training, which is what fine-tuning runs."""
+    search_alpha = alpha_loader is not None and epoch >= settings.warmup_epochs
+    weights = [p for p in weight_parameters(model)]
+    alphas = arch_parameters(model)
+    train_loader.set_epoch(epoch)
+    if search_alpha:
+        alpha_loader.set_epoch(epoch)
+        alpha_iter = _cycle(alpha_loader, epoch)
+    model.train()
+    sums = {"train_loss": 0.0, "train_correct": 0.0, "train_count": 0.0, "hw_loss": 0.0,
+            "alpha_loss": 0.0, "alpha_steps": 0}
+    hw_stats: Dict[str, float] = {}
+    for step, (x, y) in enumerate(train_loader):
+        _maybe_fault(epoch, step)
+        # weight step: α frozen, so no gradient is computed for it
+        set_requires_grad(alphas, False)
+        set_requires_grad(weights, True)
+        with runtime.autocast():
+            out = model(x)
+            loss = F.cross_entropy(out.float(), y)
+        check_finite(loss, epoch, step, "weight-step")
+        opt_w.zero_grad(set_to_none=True)
+        loss.backward()
+        runtime.average_gradients(weights)
+        if settings.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(weights, settings.grad_clip)
+        opt_w.step()
+        sums["train_loss"] += float(loss.detach()) * y.numel()
+        sums["train_correct"] += float((out.argmax(1) == y).sum())
+        sums["train_count"] += y.numel()
+
+        if search_alpha:
+            xv, yv = next(alpha_iter)
+            set_requires_grad(weights, False)
+            set_requires_grad(alphas, True)
+            with frozen_bn_stats(model), runtime.autocast():
+                ce = F.cross_entropy(model(xv).float(), yv)
+            hw, hw_stats = hw_cost.loss(model, settings.hardware_weight, settings.latency_target_ms,
+                                        settings.memory_budget_kb)
+            total = ce + hw
+            check_finite(total, epoch, step, "alpha-step")
+            opt_a.zero_grad(set_to_none=True)
+            total.backward()
+            runtime.average_gradients(alphas)
+            opt_a.step()
+            sums["alpha_loss"] += float(ce.detach())
+            sums["hw_loss"] += float(hw.detach())
+            sums["alpha_steps"] += 1
+        if progress is not None:
+            progress.update(1)
+            progress.set_postfix(loss=f"{float(loss.detach()):.3f}")
+    set_requires_grad(weights, True)
+    set_requires_grad(alphas, True)
+    totals = runtime.all_reduce_sum(torch.tensor([sums["train_loss"], sums["train_correct"], sums["train_count"]],
+                                                 dtype=torch.float64, device=runtime.device))
+    n = max(float(totals[2]), 1.0)
+    result = {"train_loss": float(totals[0]) / n, "train_acc": 100.0 * float(totals[1]) / n}
+    if sums["alpha_steps"]:
+        result["hw_loss"] = sums["hw_loss"] / sums["alpha_steps"]
+        result["alpha_ce"] = sums["alpha_loss"] / sums["alpha_steps"]
+    return result
+
+
+def _cycle(loader, epoch: int) -> Iterator:
+    """Endless batches from ``loader``; each pass reshuffles with a new sub-epoch seed."""
+    k = 0
+    while True:
+        for batch in loader:
+            yield batch
+        k += 1
+        loader.set_epoch(epoch * 1000 + k)

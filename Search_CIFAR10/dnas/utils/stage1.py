@@ -1,0 +1,387 @@
+"""Stage 1 end to end: inputs → search → derive → fine-tune → summary, plots.
+
+The script ``dnas_search_cifar10_mbv2.py`` only parses arguments and calls ``run_stage1``. Stage 2
+reuses the pieces here (argument groups, the search/fine-tune drivers, the run directory layout).
+
+Run directory:
+  args.json         resolved arguments           log.csv        one row per epoch (search, finetune)
+  alphas.json       π history per layer          mapping.json   the derived precision per layer
+  split.json        data split (seed, indices)   summary.json   accuracies, hardware figures, times
+  supernet.pt       the searched supernet        final.pt       the fine-tuned network (chosen on val)
+  checkpoint_last.pt  atomic, resumable          *.png          plots
+"""
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import json
+import os
+import sys
+import time
+import warnings
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+
+import torch
+import torch.nn as nn
+
+from models import build_from_spec, build_model, list_models
+from models.base import (ALPHA_INITS, INT_PRECISIONS, PRECISION_ORDER, PRECISIONS, MODES, allowed_precisions,
+                         arch_parameters, calibrate_activation_clips, derive_mapping, mixed_layers,
+                         set_gumbel, set_mode, set_temperature, weight_parameters)
+
+from .checkpoint import (CheckpointError, check_spec, load_checkpoint, read_json, rng_state, save_atomic,
+                         set_rng_state, write_json_atomic)
+from .cli import non_negative_float, non_negative_int, positive_float, positive_int
+from .finetune import derive_fixed_network, mapping_document, precision_histogram
+from .hardware_loss import HardwareCost
+from .search import (TEMP_SCHEDULES, SearchSettings, alpha_entropy, alpha_snapshot, apply_progressive,
+                     evaluate, progressive_min_bits, run_epoch, temperature_at)
+
+OP_KINDS = ("conv", "dwconv", "pwconv", "linear")
+
+
+# ----------------------------------------------------------------------------------------------------
+# Arguments
+# ----------------------------------------------------------------------------------------------------
+def add_search_args(parser: argparse.ArgumentParser, stage: int = 1) -> None:
+    """Argument groups shared by stage 1 and stage 2 (data and runtime groups come from their modules)."""
+    g = parser.add_argument_group("search schedule")
+    g.add_argument("--epochs", type=positive_int, default=10, help="search epochs (default %(default)s)")
+    g.add_argument("--warmup_epochs", type=non_negative_int, default=1,
+                   help="first epochs train the shared weights only, α frozen (default %(default)s)")
+    g.add_argument("--batch_size", type=positive_int, default=64, help="batch size of both splits (default %(default)s)")
+    g.add_argument("--temp_schedule", choices=TEMP_SCHEDULES, default="exponential",
+                   help="temperature annealing per epoch (default %(default)s)")
+    g.add_argument("--temp_start", type=positive_float, default=5.0, help="temperature at the first epoch (default %(default)s)")
+    g.add_argument("--temp_end", type=positive_float, default=0.5, help="temperature at the last epoch (default %(default)s)")
+    g.add_argument("--gumbel", action="store_true", help="sample π with Gumbel-softmax during training steps")
+    g.add_argument("--alpha_init", choices=ALPHA_INITS, default="int8_biased",
+                   help="initial logits: the seed's int8-biased values or uniform (default %(default)s)")
+    g.add_argument("--search_mode", choices=("composite", "exact"), default="composite",
+                   help="composite: mix quantized weights and inputs, one conv per layer (fast); "
+                        "exact: one conv per precision (for checking) (default %(default)s)")
+    g.add_argument("--lr_weights", type=positive_float, default=0.01, help="weight learning rate (default %(default)s)")
+    g.add_argument("--weight_optimizer", choices=("sgd", "adamw"), default="sgd",
+                   help="optimizer of the weights (SGD with momentum 0.9, cosine schedule) (default %(default)s)")
+    g.add_argument("--weight_decay", type=non_negative_float, default=4e-5,
+                   help="weight decay of conv/linear weights (not BN, bias, clips) (default %(default)s)")
+    g.add_argument("--lr_alpha", type=positive_float, default=0.01, help="α learning rate (default %(default)s)")
+    g.add_argument("--alpha_optimizer", choices=("adam", "sgd"), default="adam", help="optimizer of α (default %(default)s)")
+    g.add_argument("--alpha_weight_decay", type=non_negative_float, default=1e-3, help="α weight decay (default %(default)s)")
+    g.add_argument("--grad_clip", type=non_negative_float, default=5.0,
+                   help="clip the weights' gradient norm; 0 disables (default %(default)s)")
+    g.add_argument("--progressive", type=non_negative_int, nargs="?", const=-1, default=0, metavar="EPOCHS",
+                   help="progressive precision reduction: lower bits unlock over the first EPOCHS search "
+                        "epochs (FP16 → INT8 → INT4 → INT2); without a value, half the search epochs")
+    g.add_argument("--protect", action="append", default=None, metavar="PATTERN=MIN",
+                   help="critical-layer protection: layers matched by PATTERN keep at least precision MIN "
+                        "(a layer-name glob like 'features.0.*', an op kind conv|dwconv|pwconv|linear, "
+                        "'first' or 'last'); repeatable, e.g. --protect first=int8 --protect dwconv=int8")
+
+    h = parser.add_argument_group("hardware objective")
+    h.add_argument("--hardware_weight", type=non_negative_float, default=0.5,
+                   help="λ: weight of the hardware term relative to cross-entropy (0 = accuracy only) "
+                        "(default %(default)s)")
+    h.add_argument("--latency_target_ms", type=positive_float, default=None,
+                   help="predicted-latency target; only latency above it is penalised (default: none, "
+                        "then all latency is penalised relative to the all-INT8 network)")
+    h.add_argument("--memory_budget_kb", type=positive_float, default=None,
+                   help="peak-RAM budget in KB; only the excess is penalised (default: none; the memory "
+                        "filter has already removed options that overflow the analysis threshold)")
+
+    f = parser.add_argument_group("derivation and fine-tuning")
+    f.add_argument("--finetune_epochs", type=non_negative_int, default=5,
+                   help="QAT fine-tuning epochs of the derived network (default %(default)s)")
+    f.add_argument("--finetune_lr", type=positive_float, default=0.005, help="fine-tuning learning rate (default %(default)s)")
+
+    r = parser.add_argument_group("run")
+    r.add_argument("--output_dir", default=None, help="run directory (default: runs/dnas/<name>)")
+    r.add_argument("--resume", action="store_true",
+                   help="continue the run in --output_dir from its checkpoint_last.pt, with its saved arguments")
+    r.add_argument("--seed", type=int, default=0, help="random seed (default %(default)s)")
+    r.add_argument("--compile", choices=("auto", "on", "off"), default="auto",
+                   help="fuse the precision mixture with torch.compile (auto: on where a C compiler works)")
+
+
+def parse_protect(rules: Optional[Sequence[str]]) -> List[Tuple[str, str]]:
+    if rules is None:
+        return []
+    parsed = []
+    for rule in rules:
+        if "=" not in rule:
+            raise ValueError(f"--protect: expected PATTERN=MIN (e.g. dwconv=int8), got {rule!r}")
+        pattern, minimum = rule.split("=", 1)
+        if minimum not in PRECISIONS:
+            raise ValueError(f"--protect {rule}: unknown precision {minimum!r}; expected one of {', '.join(PRECISION_ORDER)}")
+        parsed.append((pattern, minimum))
+    return parsed
+
+
+def apply_constraints(allowed: Dict[str, List[str]], op_kinds: Mapping[str, str], int_only: bool,
+                      protect: Sequence[Tuple[str, str]]) -> Dict[str, List[str]]:
+    """Allowed precisions per layer after --int_only and --protect (removed options do not exist in α)."""
+    names = list(allowed)
+    out = {}
+    for i, name in enumerate(names):
+        options = list(allowed[name])
+        if int_only:
+            kept = [p for p in options if p in INT_PRECISIONS]
+            if not kept:
+                raise ValueError(f"--int_only: layer {name} allows no integer precision ({', '.join(options)})")
+            options = kept
+        for pattern, minimum in protect:
+            hit = ((pattern == "first" and i == 0) or (pattern == "last" and i == len(names) - 1)
+                   or pattern == op_kinds.get(name) or fnmatch.fnmatchcase(name, pattern))
+            if hit:
+                kept = [p for p in options if PRECISIONS[p].bits >= PRECISIONS[minimum].bits]
+                if not kept:
+                    warnings.warn(f"--protect {pattern}={minimum}: layer {name} allows only "
+                                  f"{', '.join(options)}; keeping its highest, {options[0]}")
+                    kept = options[:1]
+                options = kept
+        out[name] = options
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------
+# Inputs: everything is checked before any training starts
+# ----------------------------------------------------------------------------------------------------
+SPEC_MATCH_KEYS = ("type", "width_mult", "input_size", "strides", "num_classes")
+
+
+def check_analysis_matches(analysis: Mapping, spec: Mapping, path: str) -> None:
+    a_spec = analysis.get("model", {})
+    diffs = [f"{k} {a_spec.get(k)!r} (model: {spec.get(k)!r})" for k in SPEC_MATCH_KEYS
+             if k in a_spec and a_spec.get(k) != spec.get(k)]
+    if diffs:
+        raise ValueError(f"{path}: analysis was made for another model or input size: {'; '.join(diffs)}")
+
+
+def check_layer_names(model: nn.Module, names: Sequence[str], path: str) -> None:
+    own = [n for n, _ in mixed_layers(model)]
+    missing = [n for n in own if n not in names]
+    unknown = [n for n in names if n not in own]
+    if missing or unknown:
+        raise ValueError(f"{path}: layer names do not match the model"
+                         + (f"; missing: {', '.join(missing[:10])}{' ...' if len(missing) > 10 else ''}" if missing else "")
+                         + (f"; unknown: {', '.join(unknown[:10])}{' ...' if len(unknown) > 10 else ''}" if unknown else ""))
+
+
+def load_pretrained_into(model: nn.Module, ckpt: Mapping, path: str) -> None:
+    """Copy a pretraining checkpoint's weights; the search-only tensors (α, clips) keep their init."""
+    check_spec(model.spec, ckpt["spec"], f"--pretrained {path}")
+    state = ckpt["model"]
+    own = model.state_dict()
+    search_only = (".alpha", ".act_clip")
+    missing = [k for k in own if k not in state and not k.endswith(search_only)]
+    if missing:
+        raise CheckpointError(f"--pretrained {path}: checkpoint lacks {', '.join(missing[:5])}")
+    model.load_state_dict({k: v for k, v in state.items() if not k.endswith(search_only) and k in own},
+                          strict=False)
+
+
+def build_optimizers(model: nn.Module, args, epochs: int):
+    decay, no_decay = [], []
+    for p in weight_parameters(model):
+        (decay if p.dim() > 1 else no_decay).append(p)   # BN, biases and PACT clips are 1-D
+    groups = [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if args.weight_optimizer == "adamw":
+        opt_w = torch.optim.AdamW(groups, lr=args.lr_weights)
+    else:
+        opt_w = torch.optim.SGD(groups, lr=args.lr_weights, momentum=0.9, nesterov=True)
+    sched_w = torch.optim.lr_scheduler.CosineAnnealingLR(opt_w, T_max=max(epochs, 1))
+    alphas = arch_parameters(model)
+    if args.alpha_optimizer == "adam":
+        opt_a = torch.optim.Adam(alphas, lr=args.lr_alpha, betas=(0.5, 0.999), weight_decay=args.alpha_weight_decay)
+    else:
+        opt_a = torch.optim.SGD(alphas, lr=args.lr_alpha, momentum=0.9, weight_decay=args.alpha_weight_decay)
+    return opt_w, sched_w, opt_a
+
+
+# ----------------------------------------------------------------------------------------------------
+# Drivers shared by stage 1 and stage 2
+# ----------------------------------------------------------------------------------------------------
+def log_line(row: Mapping) -> str:
+    parts = [f"[{row['phase']}] epoch {row['epoch']}"]
+    for key, fmt in (("temperature", "T={:.3g}"), ("train_loss", "loss={:.3f}"), ("train_acc", "train={:.1f}%"),
+                     ("val_acc", "val={:.1f}%"), ("hw_loss", "hw={:.3f}"), ("exp_latency_ms", "E[lat]={:.2f}ms"),
+                     ("argmax_latency_ms", "argmax lat={:.2f}ms"), ("exp_peak_ram_kb", "E[RAM]={:.1f}KB"),
+                     ("argmax_peak_ram_kb", "argmax RAM={:.1f}KB"), ("alpha_entropy", "H(π)={:.3f}"),
+                     ("time_s", "{:.0f}s")):
+        value = row.get(key)
+        if value not in (None, ""):
+            parts.append(fmt.format(value))
+    return "  ".join(parts)
+
+
+def search_epoch_row(model, epoch, temperature, train_stats, val_stats, hw: HardwareCost, elapsed, lrs) -> dict:
+    with torch.no_grad():
+        exp_lat = float(hw.expected_latency_ms(model))
+        exp_ram = float(hw.expected_peak_ram_bytes(model)) / 1024.0
+    choice = derive_mapping(model)
+    return {"epoch": epoch, "phase": "search", "temperature": temperature,
+            "train_loss": train_stats["train_loss"], "train_acc": train_stats["train_acc"],
+            "val_loss": val_stats["loss"], "val_acc": val_stats["acc"], "hw_loss": train_stats.get("hw_loss", ""),
+            "exp_latency_ms": exp_lat, "exp_peak_ram_kb": exp_ram,
+            "argmax_latency_ms": hw.mapping_latency_ms(choice),
+            "argmax_peak_ram_kb": hw.mapping_peak_ram_bytes(choice) / 1024.0,
+            "alpha_entropy": alpha_entropy(model), "lr_weights": lrs[0], "lr_alpha": lrs[1], "time_s": elapsed}
+
+
+
+LOG_COLUMNS = ["epoch", "phase", "temperature", "train_loss", "train_acc", "val_loss", "val_acc", "hw_loss",
+               "exp_latency_ms", "exp_peak_ram_kb", "argmax_latency_ms", "argmax_peak_ram_kb", "alpha_entropy",
+               "lr_weights", "lr_alpha", "time_s"]
+
+
+class RunFiles:
+    """Paths of one run directory, and its atomic writers (rank 0 only)."""
+
+    def __init__(self, out_dir: str, is_main: bool = True):
+        self.dir = out_dir
+        self.is_main = is_main
+        if is_main:
+            os.makedirs(out_dir, exist_ok=True)
+
+    def path(self, name: str) -> str:
+        return os.path.join(self.dir, name)
+
+    def json(self, name: str, obj) -> None:
+        if self.is_main:
+            write_json_atomic(obj, self.path(name))
+
+    def checkpoint(self, name: str, obj) -> None:
+        if self.is_main:
+            save_atomic(obj, self.path(name))
+
+    def log_csv(self, rows: Sequence[Mapping]) -> None:
+        if not self.is_main:
+            return
+        from .checkpoint import write_text_atomic
+        lines = [",".join(LOG_COLUMNS)]
+        for row in rows:
+            lines.append(",".join(_csv_cell(row.get(c, "")) for c in LOG_COLUMNS))
+        write_text_atomic("\n".join(lines) + "\n", self.path("log.csv"))
+
+
+def _csv_cell(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return str(value)
+
+
+def alphas_document(model: nn.Module, history: Sequence[dict]) -> dict:
+    return {"schema": "adaptqnet/alphas/1", "layers": [n for n, _ in mixed_layers(model)],
+            "precisions": allowed_precisions(model), "history": list(history)}
+
+
+def search_loop(model, args, settings: SearchSettings, loaders, hw: HardwareCost, runtime, files: RunFiles,
+                resume: Optional[Mapping], checkpoint_extra: Mapping, progress_factory) -> List[dict]:
+    """Run (or continue) the search epochs; returns the log rows. Checkpoints after every epoch."""
+    train_loader, alpha_loader, val_loader = loaders
+    opt_w, sched_w, opt_a = build_optimizers(model, args, settings.epochs)
+    rows, history, start = [], [], 0
+    if resume is not None and resume.get("phase") == "search":
+        model.load_state_dict(resume["model"])
+        opt_w.load_state_dict(resume["opt_w"])
+        opt_a.load_state_dict(resume["opt_a"])
+        sched_w.load_state_dict(resume["sched_w"])
+        rows, history, start = list(resume["log_rows"]), list(resume["alpha_history"]), int(resume["epoch"])
+        set_rng_state(resume["rng"])
+    for epoch in range(start, settings.epochs):
+        t0 = time.time()
+        temperature = temperature_at(epoch, settings.epochs, settings.temp_start, settings.temp_end,
+                                     settings.temp_schedule)
+        set_temperature(model, temperature)
+        apply_progressive(model, progressive_min_bits(epoch, settings.progressive_epochs))
+        lrs = (opt_w.param_groups[0]["lr"], opt_a.param_groups[0]["lr"])
+        with progress_factory(len(train_loader), f"search {epoch + 1}/{settings.epochs}") as bar:
+            stats = run_epoch(model, epoch, settings, train_loader, opt_w, runtime, alpha_loader=alpha_loader,
+                              hw_cost=hw, opt_a=opt_a, progress=bar)
+        sched_w.step()
+        runtime.sync_buffers(model)
+        val = evaluate(model, val_loader, runtime)
+        row = search_epoch_row(model, epoch, temperature, stats, val, hw, time.time() - t0, lrs)
+        rows.append(row)
+        history.append(alpha_snapshot(model, epoch, temperature))
+        files.log_csv(rows)
+        files.json("alphas.json", alphas_document(model, history))
+        files.checkpoint("checkpoint_last.pt", {
+            **checkpoint_extra, "phase": "search", "epoch": epoch + 1, "model": model.state_dict(),
+            "opt_w": opt_w.state_dict(), "opt_a": opt_a.state_dict(), "sched_w": sched_w.state_dict(),
+            "log_rows": rows, "alpha_history": history, "rng": rng_state()})
+        if runtime.is_main:
+            print(log_line(row), flush=True)
+    apply_progressive(model, 0)
+    return rows
+
+
+def finetune_loop(net, args, loaders, runtime, files: RunFiles, resume: Optional[Mapping], rows: List[dict],
+                  checkpoint_extra: Mapping, final_extra: Mapping, progress_factory) -> Tuple[List[dict], float]:
+    """QAT fine-tuning of a fixed network; final.pt is the epoch with the best validation accuracy."""
+    train_loader, val_loader = loaders
+    settings = SearchSettings(epochs=args.finetune_epochs, grad_clip=args.grad_clip)
+    ft_args = argparse.Namespace(**{**vars(args), "lr_weights": args.finetune_lr})
+    opt, sched, _ = build_optimizers(net, ft_args, max(args.finetune_epochs, 1))
+    start, best = 0, -1.0
+    if resume is not None and resume.get("phase") == "finetune":
+        net.load_state_dict(resume["model"])
+        opt.load_state_dict(resume["opt_w"])
+        sched.load_state_dict(resume["sched_w"])
+        start, best, rows = int(resume["epoch"]), float(resume["best_val"]), list(resume["log_rows"])
+        set_rng_state(resume["rng"])
+
+    def save_final(val_acc):
+        files.checkpoint("final.pt", {**final_extra, "model": net.state_dict(), "val_acc": val_acc})
+
+    if args.finetune_epochs == 0 and not os.path.exists(files.path("final.pt")):
+        best = evaluate(net, val_loader, runtime)["acc"]
+        save_final(best)
+    for epoch in range(start, args.finetune_epochs):
+        t0 = time.time()
+        lr = opt.param_groups[0]["lr"]
+        with progress_factory(len(train_loader), f"finetune {epoch + 1}/{args.finetune_epochs}") as bar:
+            stats = run_epoch(net, epoch, settings, train_loader, opt, runtime, progress=bar)
+        sched.step()
+        runtime.sync_buffers(net)
+        val = evaluate(net, val_loader, runtime)
+        if val["acc"] > best:
+            best = val["acc"]
+            save_final(best)
+        row = {"epoch": epoch, "phase": "finetune", "train_loss": stats["train_loss"], "train_acc": stats["train_acc"],
+               "val_loss": val["loss"], "val_acc": val["acc"], "lr_weights": lr, "time_s": time.time() - t0}
+        rows.append(row)
+        files.log_csv(rows)
+        files.checkpoint("checkpoint_last.pt", {
+            **checkpoint_extra, "phase": "finetune", "epoch": epoch + 1, "model": net.state_dict(),
+            "opt_w": opt.state_dict(), "sched_w": sched.state_dict(), "best_val": best, "log_rows": rows,
+            "rng": rng_state()})
+        if runtime.is_main:
+            print(log_line(row), flush=True)
+    return rows, best
+
+
+# ----------------------------------------------------------------------------------------------------
+# Stage 1
+# ----------------------------------------------------------------------------------------------------
+def default_output_dir(args) -> str:
+    stem = os.path.splitext(os.path.basename(args.tensor_analysis_json))[0]
+    tag = f"{stem}_lam{args.hardware_weight:g}" + ("_intonly" if args.int_only else "")
+    return os.path.join(REPO_ROOT, "runs", "dnas", tag)
+
+
+REPO_ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", ".."))
+RESUME_KEEP = ("resume", "output_dir", "device")
+
+
+def resolve_resume(args) -> Tuple[argparse.Namespace, Optional[dict]]:
+    """With --resume, the run continues with the arguments it was started with."""
+    if not args.resume:
+        return args, None
+    if not args.output_dir:
+        raise ValueError("--resume needs --output_dir (the run directory to continue)")
+    ckpt = load_checkpoint(os.path.join(args.output_dir, "checkpoint_last.pt"))
+    saved = dict(ckpt.get("args", {}))
+    for key in RESUME_KEEP:
+        saved[key] = getattr(args, key)
+    return argparse.Namespace(**{**vars(args), **saved}), ckpt
