@@ -1,0 +1,56 @@
+"""Print one aligned table of every run under a folder (each run's summary.json), optionally as CSV
+and Markdown files too.
+
+    python summarize_runs.py ../../runs/dnas_batch
+    python summarize_runs.py ../../runs/dnas_batch --csv table.csv --markdown table.md
+
+A summary.json that cannot be read is named on stderr and skipped; the exit status is non-zero only
+when no run could be read.
+"""
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..")))
+
+from Search_CIFAR10.dnas.utils.cli import run_cli  # noqa: E402
+from Search_CIFAR10.dnas.utils.run_summary import (  # noqa: E402
+    collect_runs, format_table, write_csv, write_markdown)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        epilog="Missing values show as '-'. Columns: run folder, dataset, hardware profile, input size, "
+               "λ (--hardware_weight), int_only, test accuracy, validation accuracy (fine-tuned), "
+               "predicted latency, peak RAM, Flash, compression, search and fine-tune time.")
+    parser.add_argument("folder", metavar="DIR", help="folder searched recursively for summary.json files")
+    parser.add_argument("--csv", metavar="FILE", default=None,
+                        help="also write the table as CSV (raw numbers, times in seconds)")
+    parser.add_argument("--markdown", metavar="FILE", default=None,
+                        help="also write the table as a Markdown table")
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    rows, problems = collect_runs(args.folder)
+    for path, problem in problems:
+        print(f"warning: {path}: {problem} (skipped)", file=sys.stderr)
+    if not rows:
+        if problems:
+            raise ValueError(f"{args.folder}: none of the {len(problems)} summary.json files could be read")
+        raise ValueError(f"{args.folder}: no summary.json found")
+    print(format_table(rows), end="")
+    print(f"{len(rows)} run(s){f', {len(problems)} skipped' if problems else ''}")
+    if args.csv:
+        write_csv(rows, args.csv)
+        print(f"wrote {args.csv}")
+    if args.markdown:
+        write_markdown(rows, args.markdown)
+        print(f"wrote {args.markdown}")
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)
