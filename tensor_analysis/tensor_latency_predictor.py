@@ -1,0 +1,111 @@
+"""Latency predictor: per-layer milliseconds, MMACs, RAM and Flash of a network on an MCU profile.
+
+Give the precisions as a mapping file (mapping.json from a search, or a bare {layer: precision}
+object; dual-core entries split a layer over two units) or one --precision for every layer. Prints a
+per-operator table and totals (latency, peak RAM layer-wise and with in-place depthwise, Flash, each
+unit's busy/idle time); --output_file saves them as JSON. --lut writes the per-layer × per-precision
+(× dual-core option) latency table the search consumes.
+
+    python tensor_analysis/tensor_latency_predictor.py --model_type mobilenetv1 --width_mult 0.25 \\
+        --input_size 224 --num_classes 1000 --precision int8 --hardware stm32h747 --clock_mhz 400
+    python tensor_analysis/tensor_latency_predictor.py --model_type mobilenetv2 --input_size 32 \\
+        --precision_mapping_file tensor_analysis/example_precision_mapping.json --lut lut.json
+"""
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..")))
+
+from Search_CIFAR10.dnas.utils.cli import run_cli  # noqa: E402
+from models.base import PRECISION_ORDER, get_precision  # noqa: E402
+from tensor_analysis.analysis import (_read_json, analyze_network, as_analysis, read_mapping)  # noqa: E402
+from tensor_analysis.cli_common import (OneLineParser, add_model_args, positive_mhz, precision_list,  # noqa: E402
+                                        spec_from_args, write_json)
+from tensor_analysis.hardware import (DEFAULT_SPLITS, build_lut, list_profiles, load_profile,  # noqa: E402
+                                      parse_splits, predict_network)
+from tensor_analysis.reports import prediction_report  # noqa: E402
+
+PREDICTION_SCHEMA = "adaptqnet/prediction/1"
+SPEC_CHECKED = ("type", "input_size", "width_mult", "num_classes")
+
+
+def build_parser():
+    p = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_model_args(p, required=False)
+    p.add_argument("--analysis", default=None,
+                   help="take the model from an analysis.json instead of --model_type (the mapping file's "
+                        "'model' is used when neither is given)")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--precision_mapping_file", default=None,
+                   help="mapping.json or {layer: precision}; every layer must be named")
+    g.add_argument("--precision", default=None, help="one precision for every layer (default int8)")
+    h = p.add_argument_group("hardware")
+    h.add_argument("--hardware", default="stm32h747",
+                   help=f"profile name ({', '.join(list_profiles())}) or a profile .json path (default stm32h747)")
+    h.add_argument("--clock_mhz", type=positive_mhz, default=None,
+                   help="the first unit's clock in MHz (default: the profile's); other units keep their ratio")
+    h.add_argument("--unit", default=None, help="run single-precision layers on this unit (default: the first)")
+    o = p.add_argument_group("output")
+    o.add_argument("--output_file", default=None, help="write the prediction (per operator + totals) as JSON")
+    o.add_argument("--lut", default=None, help="write the latency table (lut.json) for the search")
+    o.add_argument("--lut_precisions", type=precision_list, default=list(PRECISION_ORDER),
+                   help="precisions in the table (default all five)")
+    o.add_argument("--no_dual", action="store_true",
+                   help="leave dual-core options out of the table (included when the profile has two units)")
+    o.add_argument("--splits", type=parse_splits, default=list(DEFAULT_SPLITS),
+                   help="dual-core split ratios for the table (default 0.25,0.5,0.75,balanced)")
+    o.add_argument("--quiet", action="store_true", help="print the totals only")
+    return p
+
+
+def resolve(args):
+    """(analysis, layers mapping) from the flags."""
+    file_spec, layers = None, None
+    if args.precision_mapping_file:
+        file_spec, layers = read_mapping(_read_json(args.precision_mapping_file, "precision mapping file"),
+                                         args.precision_mapping_file)
+    if args.analysis:
+        analysis = as_analysis(args.analysis)
+    elif args.model_type:
+        analysis = analyze_network(spec_from_args(args))
+    elif file_spec:
+        analysis = analyze_network(file_spec)
+    else:
+        raise ValueError("no model: give --model_type, --analysis, or a mapping file that records its 'model'")
+    if file_spec and (args.analysis or args.model_type):
+        diffs = [f"{k}: {file_spec.get(k)!r} in the file, {analysis.spec.get(k)!r} here"
+                 for k in SPEC_CHECKED if k in file_spec and file_spec.get(k) != analysis.spec.get(k)]
+        if diffs:
+            raise ValueError(f"{args.precision_mapping_file}: made for another model ({'; '.join(diffs)})")
+    if layers is None:
+        precision = args.precision or "int8"
+        get_precision(precision, "--precision")
+        layers = {n: precision for n in analysis.layer_names}
+    else:
+        analysis.check_mapping(layers, where=args.precision_mapping_file)
+    return analysis, layers
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    profile = load_profile(args.hardware)
+    if args.unit is not None:
+        profile.unit(args.unit)
+    analysis, layers = resolve(args)
+    result = predict_network(analysis, layers, profile, args.clock_mhz, args.unit)
+    report = prediction_report(result)
+    print(report if not args.quiet else report[report.index("latency:"):])
+    if args.output_file:
+        write_json({"schema": PREDICTION_SCHEMA, "mapping": layers, **result}, args.output_file)
+        print(f"wrote {args.output_file}")
+    if args.lut:
+        lut = build_lut(analysis, profile, args.clock_mhz, dual=bool(profile.dual) and not args.no_dual,
+                        precisions=args.lut_precisions, splits=args.splits)
+        write_json(lut, args.lut)
+        print(f"wrote {args.lut}")
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)
