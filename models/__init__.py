@@ -153,3 +153,42 @@ def mobilenetv2(num_classes: int = 10, width_mult: float = 1.0, input_size: int 
 __all__ = ["build_model", "build_from_spec", "list_models", "register_model", "torchvision_name",
            "load_torchvision_state_dict", "load_imagenet_pretrained", "PretrainedUnavailable",
            "allowed_precisions"]
+
+
+# -- MobileNetV3 and EfficientNet (issue 8) ---------------------------------------------------------
+from .efficientnet import EfficientNet  # noqa: E402
+from .mobilenetv3 import MobileNetV3  # noqa: E402
+
+
+@register_model("mobilenetv3_small", torchvision_name="mobilenet_v3_small")
+def mobilenetv3_small(num_classes: int = 10, width_mult: float = 1.0, input_size: int = 32,
+                      strides="auto", dropout: float = 0.2, precisions=PRECISION_ORDER,
+                      alpha_init: str = "uniform") -> nn.Module:
+    return MobileNetV3("small", num_classes=num_classes, width_mult=width_mult, input_size=input_size,
+                       strides=strides, dropout=dropout, precisions=precisions, alpha_init=alpha_init)
+
+
+@register_model("mobilenetv3_large", torchvision_name="mobilenet_v3_large")
+def mobilenetv3_large(num_classes: int = 10, width_mult: float = 1.0, input_size: int = 32,
+                      strides="auto", dropout: float = 0.2, precisions=PRECISION_ORDER,
+                      alpha_init: str = "uniform") -> nn.Module:
+    return MobileNetV3("large", num_classes=num_classes, width_mult=width_mult, input_size=input_size,
+                       strides=strides, dropout=dropout, precisions=precisions, alpha_init=alpha_init)
+
+
+@register_model("efficientnet_b0", torchvision_name="efficientnet_b0")
+def efficientnet_b0(num_classes: int = 10, width_mult: float = 1.0, input_size: int = 32,
+                    strides="auto", dropout: float = 0.2, stochastic_depth_prob: float = 0.2,
+                    precisions=PRECISION_ORDER, alpha_init: str = "uniform") -> nn.Module:
+    return EfficientNet("b0", num_classes=num_classes, width_mult=width_mult, input_size=input_size,
+                        strides=strides, dropout=dropout, stochastic_depth_prob=stochastic_depth_prob,
+                        precisions=precisions, alpha_init=alpha_init)
+
+
+@register_model("efficientnet_lite0")
+def efficientnet_lite0(num_classes: int = 10, width_mult: float = 1.0, input_size: int = 32,
+                       strides="auto", dropout: float = 0.2, stochastic_depth_prob: float = 0.2,
+                       precisions=PRECISION_ORDER, alpha_init: str = "uniform") -> nn.Module:
+    return EfficientNet("lite0", num_classes=num_classes, width_mult=width_mult, input_size=input_size,
+                        strides=strides, dropout=dropout, stochastic_depth_prob=stochastic_depth_prob,
+                        precisions=precisions, alpha_init=alpha_init)

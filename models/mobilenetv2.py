@@ -44,16 +44,27 @@ def make_divisible(v: float, divisor: int = 8, min_value: int = None) -> int:
     return new_v
 
 
-def resolve_strides(strides: Union[str, Sequence[int]], input_size: int, n_stages: int) -> tuple:
-    """'auto' picks 'cifar' for inputs up to 64 px and 'imagenet' above."""
+def stride_presets(imagenet: Sequence[int]) -> dict:
+    """The three presets of STRIDE_PRESETS for another network, from its ImageNet strides (stem first):
+    'cifar' also sets the stem and the first stride-2 stage to 1, 'seed' only the stem."""
+    imagenet = tuple(imagenet)
+    first_down = next(i for i, s in enumerate(imagenet[1:], start=1) if s == 2)
+    cifar = tuple(1 if i in (0, first_down) else s for i, s in enumerate(imagenet))
+    return {"imagenet": imagenet, "cifar": cifar, "seed": (1,) + imagenet[1:]}
+
+
+def resolve_strides(strides: Union[str, Sequence[int]], input_size: int, n_stages: int,
+                    presets: dict = STRIDE_PRESETS) -> tuple:
+    """'auto' picks 'cifar' for inputs up to 64 px and 'imagenet' above. ``presets`` defaults to
+    MobileNetV2's; other networks pass their own (see stride_presets)."""
     if isinstance(strides, str):
         key = strides
         if key == "auto":
             key = "cifar" if input_size <= SMALL_INPUT_MAX else "imagenet"
-        if key not in STRIDE_PRESETS:
+        if key not in presets:
             raise ValueError(f"strides: unknown preset {strides!r}; expected auto, "
-                             f"{', '.join(STRIDE_PRESETS)} or {n_stages + 1} integers")
-        return STRIDE_PRESETS[key]
+                             f"{', '.join(presets)} or {n_stages + 1} integers")
+        return tuple(presets[key])
     strides = tuple(int(s) for s in strides)
     if len(strides) != n_stages + 1 or any(s not in (1, 2) for s in strides):
         raise ValueError(f"strides: expected {n_stages + 1} values of 1 or 2 (stem + {n_stages} stages), "

@@ -1,0 +1,92 @@
+"""Building blocks shared by MobileNetV3 and EfficientNet, laid out like torchvision's so that module
+paths (and state_dict keys) are torchvision's.
+
+Each block knows whether its output can be negative, so the next mixed-precision layer gets the right
+PACT form (DESIGN.md §2): ReLU and ReLU6 outputs are unsigned; hard-swish (min −0.375) and SiLU
+(min ≈ −0.278) outputs, linear projections and residual sums are signed.
+"""
+from __future__ import annotations
+
+from typing import Callable, Optional, Sequence, Type
+
+import torch
+import torch.nn as nn
+
+from .base import PRECISION_ORDER, MixedPrecisionConv2d
+
+# Whether an activation's output can be negative.
+ACTIVATION_SIGNED = {nn.ReLU: False, nn.ReLU6: False, nn.Hardswish: True, nn.SiLU: True}
+
+
+def activation_signed(activation: Optional[Type[nn.Module]]) -> bool:
+    """No activation (a linear projection) leaves the output signed."""
+    if activation is None:
+        return True
+    try:
+        return ACTIVATION_SIGNED[activation]
+    except KeyError:
+        raise ValueError(f"activation {activation.__name__} has no known output sign; "
+                         f"expected one of {', '.join(a.__name__ for a in ACTIVATION_SIGNED)}") from None
+
+
+class ConvNormAct(nn.Sequential):
+    """conv → norm → activation (none for a linear projection), keys 0.*, 1.* like torchvision's
+    Conv2dNormActivation. ``output_signed`` tells the next layer which PACT form it needs."""
+
+    def __init__(self, inp: int, oup: int, kernel_size: int = 3, stride: int = 1, groups: int = 1,
+                 activation: Optional[Type[nn.Module]] = nn.ReLU6, signed_input: bool = True,
+                 norm_layer: Callable[[int], nn.Module] = nn.BatchNorm2d,
+                 precisions: Sequence[str] = PRECISION_ORDER, alpha_init: str = "uniform"):
+        padding = (kernel_size - 1) // 2
+        layers = [
+            MixedPrecisionConv2d(inp, oup, kernel_size, stride, padding, groups=groups, bias=False,
+                                 precisions=precisions, signed_input=signed_input, alpha_init=alpha_init),
+            norm_layer(oup),
+        ]
+        if activation is not None:
+            layers.append(activation(inplace=True))
+        super().__init__(*layers)
+        self.out_channels = oup
+        self.output_signed = activation_signed(activation)
+
+
+class SqueezeExcitation(nn.Module):
+    """x · σ(fc2(δ(fc1(avgpool(x))))) (Hu et al. 2018), with torchvision's attribute names.
+
+    ``signed_input`` is the sign of x; the pooled vector fc1 sees has the same sign. The scale is in
+    [0, 1] (sigmoid / hard-sigmoid), so the output keeps x's sign.
+    """
+
+    def __init__(self, channels: int, squeeze_channels: int, activation: Type[nn.Module] = nn.ReLU,
+                 scale_activation: Type[nn.Module] = nn.Sigmoid, signed_input: bool = True,
+                 precisions: Sequence[str] = PRECISION_ORDER, alpha_init: str = "uniform"):
+        super().__init__()
+        kw = dict(precisions=precisions, alpha_init=alpha_init)
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc1 = MixedPrecisionConv2d(channels, squeeze_channels, 1, bias=True, signed_input=signed_input, **kw)
+        self.fc2 = MixedPrecisionConv2d(squeeze_channels, channels, 1, bias=True,
+                                        signed_input=activation_signed(activation), **kw)
+        self.activation = activation(inplace=True)
+        self.scale_activation = scale_activation()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        scale = self.avgpool(x)
+        scale = self.activation(self.fc1(scale))
+        scale = self.scale_activation(self.fc2(scale))
+        return scale * x
+
+
+def init_like_torchvision(model: nn.Module, linear_init: Callable[[nn.Linear], None]) -> None:
+    """torchvision's initialisation for its mobile networks (they differ only in the Linear layers),
+    so an untrained model behaves like theirs."""
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Linear):
+            linear_init(m)
+            nn.init.zeros_(m.bias)

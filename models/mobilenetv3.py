@@ -1,0 +1,146 @@
+"""MobileNetV3-Small and -Large (Howard et al. 2019) built from mixed-precision layers.
+
+The module tree mirrors torchvision's ``mobilenet_v3_small`` / ``mobilenet_v3_large`` exactly:
+``features.4.block.2.fc1`` is block 4's squeeze-excitation reduce conv, ``classifier.3`` the last
+Linear, and a torchvision state_dict loads with no renaming. Every conv (squeeze-excitation convs
+included) and both classifier Linear layers are mixed-precision layers.
+"""
+from __future__ import annotations
+
+from functools import partial
+from typing import List, Sequence, Union
+
+import torch
+import torch.nn as nn
+
+from .base import PRECISION_ORDER, MixedPrecisionLinear, name_layers
+from .blocks import ConvNormAct, SqueezeExcitation, activation_signed, init_like_torchvision
+from .mobilenetv2 import make_divisible, resolve_strides, stride_presets
+
+# kernel, expanded channels, output channels, squeeze-excitation, activation (RE = ReLU, HS = hard-swish),
+# stride: the paper's Tables 1 (Large) and 2 (Small), one row per block.
+LARGE_SETTING = [
+    (3, 16, 16, False, "RE", 1),
+    (3, 64, 24, False, "RE", 2),
+    (3, 72, 24, False, "RE", 1),
+    (5, 72, 40, True, "RE", 2),
+    (5, 120, 40, True, "RE", 1),
+    (5, 120, 40, True, "RE", 1),
+    (3, 240, 80, False, "HS", 2),
+    (3, 200, 80, False, "HS", 1),
+    (3, 184, 80, False, "HS", 1),
+    (3, 184, 80, False, "HS", 1),
+    (3, 480, 112, True, "HS", 1),
+    (3, 672, 112, True, "HS", 1),
+    (5, 672, 160, True, "HS", 2),
+    (5, 960, 160, True, "HS", 1),
+    (5, 960, 160, True, "HS", 1),
+]
+SMALL_SETTING = [
+    (3, 16, 16, True, "RE", 2),
+    (3, 72, 24, False, "RE", 2),
+    (3, 88, 24, False, "RE", 1),
+    (5, 96, 40, True, "HS", 2),
+    (5, 240, 40, True, "HS", 1),
+    (5, 240, 40, True, "HS", 1),
+    (5, 120, 48, True, "HS", 1),
+    (5, 144, 48, True, "HS", 1),
+    (5, 288, 96, True, "HS", 2),
+    (5, 576, 96, True, "HS", 1),
+    (5, 576, 96, True, "HS", 1),
+]
+# setting, hidden width of the classifier (before width scaling)
+VARIANTS = {"large": (LARGE_SETTING, 1280), "small": (SMALL_SETTING, 1024)}
+STEM_CHANNELS = 16
+HEAD_EXPANSION = 6  # the last 1x1 conv widens the last block's output 6×
+ACTIVATIONS = {"RE": nn.ReLU, "HS": nn.Hardswish}
+# Stem stride followed by each block's stride: one entry per table row.
+STRIDE_PRESETS = {name: stride_presets((2,) + tuple(row[5] for row in setting))
+                  for name, (setting, _) in VARIANTS.items()}
+# torchvision's BatchNorm for MobileNetV3 (TF's defaults)
+norm_layer = partial(nn.BatchNorm2d, eps=0.001, momentum=0.01)
+
+
+class InvertedResidual(nn.Module):
+    """[1×1 expand] → k×k depthwise → [squeeze-excitation] → 1×1 linear projection (+ input)."""
+
+    def __init__(self, inp, kernel, expanded, oup, use_se, activation, stride, signed_input,
+                 precisions, alpha_init):
+        super().__init__()
+        kw = dict(norm_layer=norm_layer, precisions=precisions, alpha_init=alpha_init)
+        self.use_res_connect = stride == 1 and inp == oup
+        signed = signed_input
+        layers: List[nn.Module] = []
+        if expanded != inp:
+            layers.append(ConvNormAct(inp, expanded, 1, activation=activation, signed_input=signed, **kw))
+            signed = activation_signed(activation)
+        layers.append(ConvNormAct(expanded, expanded, kernel, stride, groups=expanded, activation=activation,
+                                  signed_input=signed, **kw))
+        signed = activation_signed(activation)
+        if use_se:
+            layers.append(SqueezeExcitation(expanded, make_divisible(expanded // 4, 8), nn.ReLU, nn.Hardsigmoid,
+                                            signed_input=signed, precisions=precisions, alpha_init=alpha_init))
+        layers.append(ConvNormAct(expanded, oup, 1, activation=None, signed_input=signed, **kw))
+        self.block = nn.Sequential(*layers)
+        self.out_channels = oup
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        result = self.block(x)
+        if self.use_res_connect:
+            result = result + x
+        return result
+
+
+class MobileNetV3(nn.Module):
+    def __init__(self, variant: str = "large", num_classes: int = 1000, width_mult: float = 1.0,
+                 input_size: int = 224, strides: Union[str, Sequence[int]] = "auto", dropout: float = 0.2,
+                 precisions: Sequence[str] = PRECISION_ORDER, alpha_init: str = "uniform"):
+        super().__init__()
+        if variant not in VARIANTS:
+            raise ValueError(f"MobileNetV3 variant must be one of {', '.join(VARIANTS)}, got {variant!r}")
+        if width_mult <= 0:
+            raise ValueError(f"width_mult must be > 0, got {width_mult}")
+        if num_classes <= 0:
+            raise ValueError(f"num_classes must be > 0, got {num_classes}")
+        if input_size <= 0:
+            raise ValueError(f"input_size must be > 0, got {input_size}")
+        setting, hidden = VARIANTS[variant]
+        self.variant = variant
+        self.strides = resolve_strides(strides, input_size, len(setting), STRIDE_PRESETS[variant])
+        kw = dict(precisions=precisions, alpha_init=alpha_init)
+
+        def scaled(c):
+            return make_divisible(c * width_mult, 8)
+
+        input_channel = scaled(STEM_CHANNELS)
+        # The image is normalised, hence signed.
+        stem = ConvNormAct(3, input_channel, 3, self.strides[0], activation=nn.Hardswish, signed_input=True,
+                           norm_layer=norm_layer, **kw)
+        features: List[nn.Module] = [stem]
+        signed = stem.output_signed
+        for i, (kernel, expanded, out, use_se, act, _) in enumerate(setting):
+            block = InvertedResidual(input_channel, kernel, scaled(expanded), scaled(out), use_se, ACTIVATIONS[act],
+                                     self.strides[i + 1], signed, **kw)
+            features.append(block)
+            input_channel = block.out_channels
+            signed = True  # a linear projection or a residual sum
+        head_channels = HEAD_EXPANSION * input_channel
+        features.append(ConvNormAct(input_channel, head_channels, 1, activation=nn.Hardswish, signed_input=signed,
+                                    norm_layer=norm_layer, **kw))
+        self.features = nn.Sequential(*features)
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.last_channel = scaled(hidden)
+        # Both Linear inputs are (pooled) hard-swish outputs, which can be negative.
+        self.classifier = nn.Sequential(
+            MixedPrecisionLinear(head_channels, self.last_channel, signed_input=True, **kw),
+            nn.Hardswish(inplace=True),
+            nn.Dropout(p=dropout),
+            MixedPrecisionLinear(self.last_channel, num_classes, signed_input=True, **kw),
+        )
+        init_like_torchvision(self, lambda m: nn.init.normal_(m.weight, 0, 0.01))
+        name_layers(self)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.features(x)
+        x = torch.flatten(self.avgpool(x), 1)
+        return self.classifier(x)
