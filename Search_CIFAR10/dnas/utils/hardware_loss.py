@@ -12,8 +12,8 @@ every profile.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Dict, List, Mapping, Optional, Tuple
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Mapping, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -23,47 +23,56 @@ from models.base import mixed_layers
 REFERENCE_PRECISION = "int8"
 
 
+def lut_latency_ms(lut: Mapping, mapping: Mapping[str, str]) -> float:
+    """Latency of a single-core mapping by the table: what the search optimised, and what a user's
+    measured table says."""
+    return float(lut.get("fixed_ms", 0.0)) + sum(float(lut["layers"][n][p]) for n, p in mapping.items())
+
+
 @dataclass
 class HardwareCost:
     """Per-layer cost vectors (aligned with each layer's α) plus what the search does not choose."""
 
     layer_names: List[str]
+    option_labels: Dict[str, List[str]]        # what each α entry stands for (precision / dual option)
     latency_ms: Dict[str, torch.Tensor]        # per layer, per α entry
     live_bytes: Dict[str, torch.Tensor]        # per layer, per α entry: bytes alive while it runs
     fixed_ms: float = 0.0                      # residual adds, pooling, ...: not searched
     latency_ref_ms: float = 1.0
-    fixed_live_bytes: float = 0.0              # largest non-searchable operator's live bytes
-    option_labels: Dict[str, List[str]] = field(default_factory=dict)
+    # exact peak RAM of a concrete mapping (tensor_analysis.peak_ram_bytes), which also sees the
+    # operators that are not searched and the precision each tensor is stored at
+    peak_of_mapping: Optional[Callable[[Mapping[str, object]], float]] = None
 
     @classmethod
-    def from_lut(cls, model: nn.Module, lut: Mapping, analysis: Mapping) -> "HardwareCost":
+    def from_lut(cls, model: nn.Module, lut: Mapping, analysis_json: Mapping, analysis=None) -> "HardwareCost":
         """Stage 1: α entries are precisions; latency from the LUT, live bytes from analysis.json."""
         layers = list(mixed_layers(model))
         lut_layers = lut.get("layers", {})
-        ana_layers = {entry["name"]: entry for entry in analysis.get("layers", [])}
-        problems = []
-        for name, layer in layers:
-            for src, table, what in (("latency table", lut_layers, "ms"), ("analysis", ana_layers, "bytes")):
-                if name not in table:
-                    problems.append(f"{src} has no layer {name}")
-        if problems:
-            more = f" (and {len(problems) - 8} more)" if len(problems) > 8 else ""
-            raise ValueError("; ".join(problems[:8]) + more)
+        ana_layers = {entry["name"]: entry for entry in analysis_json.get("layers", [])}
+        missing = [n for n, _ in layers if n not in lut_layers]
+        if missing:
+            raise ValueError(f"latency table has no entry for layers: {', '.join(missing[:10])}"
+                             + (f" (and {len(missing) - 10} more)" if len(missing) > 10 else ""))
+        key = "live_inplace" if analysis_json.get("memory_model") == "inplace_depthwise" else "live"
         latency, live, labels = {}, {}, {}
         ref = float(lut.get("fixed_ms", 0.0))
         for name, layer in layers:
             row = lut_layers[name]
-            live_row = ana_layers[name].get("live", ana_layers[name].get("bytes", {}).get("live", {}))
-            missing = [p for p in layer.precisions if p not in row or p not in live_row]
+            per_precision = ana_layers[name]["bytes"]
+            missing = [p for p in layer.precisions if p not in row or p not in per_precision]
             if missing:
                 raise ValueError(f"layer {name}: no latency or live-bytes entry for {', '.join(missing)} "
-                                 f"(latency table has {sorted(row)}, analysis has {sorted(live_row)})")
+                                 f"(latency table has {sorted(row)}, analysis has {sorted(per_precision)})")
             latency[name] = torch.tensor([float(row[p]) for p in layer.precisions])
-            live[name] = torch.tensor([float(live_row[p]) for p in layer.precisions])
+            live[name] = torch.tensor([float(per_precision[p][key]) for p in layer.precisions])
             labels[name] = list(layer.precisions)
             ref += float(row[REFERENCE_PRECISION]) if REFERENCE_PRECISION in row else float(min(row.values()))
-        fixed_live = max((float(op.get("live_bytes", 0)) for op in analysis.get("fixed_ops", [])), default=0.0)
-        return cls([n for n, _ in layers], latency, live, float(lut.get("fixed_ms", 0.0)), ref, fixed_live, labels)
+        peak = None
+        if analysis is not None:
+            from tensor_analysis.analysis import peak_ram_bytes
+            inplace = key == "live_inplace"
+            peak = lambda mapping: float(peak_ram_bytes(analysis, mapping, inplace_depthwise=inplace))  # noqa: E731
+        return cls([n for n, _ in layers], labels, latency, live, float(lut.get("fixed_ms", 0.0)), ref, peak)
 
     def to(self, device) -> "HardwareCost":
         self.latency_ms = {k: v.to(device) for k, v in self.latency_ms.items()}
@@ -86,7 +95,7 @@ class HardwareCost:
         """Max over layers of the expected live bytes: the gradient goes to the layer at the peak,
         which is the one whose precision must drop for the network to fit."""
         per_layer = torch.stack([layer.expected_cost(self.live_bytes[name]) for name, layer in self._layers(model)])
-        return torch.clamp_min(per_layer.max(), self.fixed_live_bytes)
+        return per_layer.max()
 
     # -- a concrete choice (argmax / derived mapping) --------------------------------------------
     def _pick(self, table: Dict[str, torch.Tensor], choice: Mapping[str, str]) -> List[float]:
@@ -101,8 +110,10 @@ class HardwareCost:
     def mapping_latency_ms(self, choice: Mapping[str, str]) -> float:
         return self.fixed_ms + sum(self._pick(self.latency_ms, choice))
 
-    def mapping_peak_ram_bytes(self, choice: Mapping[str, str]) -> float:
-        return max(max(self._pick(self.live_bytes, choice)), self.fixed_live_bytes)
+    def mapping_peak_ram_bytes(self, choice: Mapping[str, object]) -> float:
+        if self.peak_of_mapping is not None:
+            return self.peak_of_mapping(choice)
+        return max(self._pick(self.live_bytes, choice))
 
     def cheapest_choice(self) -> Dict[str, str]:
         return {n: self.option_labels[n][int(torch.argmin(self.latency_ms[n]))] for n in self.layer_names}

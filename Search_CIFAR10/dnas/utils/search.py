@@ -13,16 +13,18 @@ import contextlib
 import math
 import os
 import signal
-import time
-from dataclasses import dataclass, field
-from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence
+from dataclasses import dataclass
+from typing import Dict, Iterable, Iterator, Optional, Sequence
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+import torch.distributed as dist
 
-from models.base import (PRECISIONS, arch_parameters, current_mapping, mixed_layers, set_temperature,
-                         weight_parameters)
+from models.base import PRECISIONS, arch_parameters, mixed_layers, weight_parameters
+
+from .logging_utils import progress
+from .runtime import all_reduce_sum
 
 TEMP_SCHEDULES = ("exponential", "cosine", "linear")
 
@@ -99,10 +101,11 @@ def set_requires_grad(params: Iterable[nn.Parameter], flag: bool) -> None:
         p.requires_grad_(flag)
 
 
-def _maybe_fault(epoch: int, step: int) -> None:
-    """Test hook: ADAPTQNET_KILL_AT=epoch:step SIGKILLs the process there, to prove --resume."""
+def fault_point(where: str, step: int) -> None:
+    """Fault injection for the resume tests: ADAPTQNET_KILL_AT=<where>:<step> (e.g. search:1:3)
+    SIGKILLs the process there, mid-epoch, the way a user's Ctrl-C or an OOM kill would."""
     spec = os.environ.get("ADAPTQNET_KILL_AT")
-    if spec and spec == f"{epoch}:{step}":
+    if spec and spec == f"{where}:{step}":
         os.kill(os.getpid(), signal.SIGKILL)
 
 
@@ -113,24 +116,21 @@ def check_finite(loss: torch.Tensor, epoch: int, step: int, what: str) -> None:
                             f"or --grad_clip.")
 
 
-@torch.no_grad()
-def evaluate(model: nn.Module, loader, runtime) -> Dict[str, float]:
-    """Loss and accuracy on a loader (summed over ranks)."""
-    was = model.training
-    model.eval()
-    loss_sum = torch.zeros((), device=runtime.device, dtype=torch.float64)
-    correct = torch.zeros((), device=runtime.device, dtype=torch.float64)
-    count = torch.zeros((), device=runtime.device, dtype=torch.float64)
-    for x, y in loader:
-        with runtime.autocast():
-            out = model(x)
-        loss_sum += F.cross_entropy(out.float(), y, reduction="sum").double()
-        correct += (out.argmax(1) == y).sum().double()
-        count += y.numel()
-    totals = runtime.all_reduce_sum(torch.stack([loss_sum, correct, count]))
-    model.train(was)
-    n = max(float(totals[2]), 1.0)
-    return {"loss": float(totals[0]) / n, "acc": 100.0 * float(totals[1]) / n}
+def average_gradients(params: Sequence[nn.Parameter]) -> None:
+    """Mean of each gradient over ranks (the search steps weights and α separately, so it cannot use
+    DistributedDataParallel's hooks, which expect one backward per parameter set)."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+    flat /= dist.get_world_size()
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset:offset + g.numel()].view_as(g))
+        offset += g.numel()
 
 
 @dataclass
@@ -147,85 +147,74 @@ class SearchSettings:
     progressive_epochs: int = 0
 
 
-@dataclass
-class SearchState:
-    """Everything that changes during the search and must survive a restart."""
-    epoch: int = 0                      # next epoch to run
-    log_rows: List[dict] = field(default_factory=list)
-    alpha_history: List[dict] = field(default_factory=list)
-    elapsed_s: float = 0.0
-
-
 def alpha_snapshot(model: nn.Module, epoch: int, temperature: float) -> dict:
     return {"epoch": epoch, "temperature": temperature,
             "probs": {n: [round(float(v), 6) for v in l.probs(sample=False).detach().cpu()]
                       for n, l in mixed_layers(model)}}
 
 
-def run_epoch(model, epoch, settings: SearchSettings, train_loader, opt_w, runtime, alpha_loader=None,
-              hw_cost=None, opt_a=None, progress=None) -> Dict[str, float]:
-    """One epoch of weight steps on ``train_loader``. With ``alpha_loader`` (and after warm-up), each
-    weight step is followed by an α step on the next batch of ``alpha_loader`` (cycled). Without it
-    this is plain (QAT) training, which is what fine-tuning runs."""
-    search_alpha = alpha_loader is not None and epoch >= settings.warmup_epochs
-    weights = [p for p in weight_parameters(model)]
+def run_search_epoch(model, epoch, settings: SearchSettings, train_loader, alpha_loader, hw_cost, opt_w, opt_a,
+                     runtime, desc: str = "search") -> Dict[str, float]:
+    """One search epoch: a weight step on each ``train_loader`` batch (α frozen); after warm-up each
+    is followed by an α step on the next ``alpha_loader`` batch (cycled; weights frozen)."""
+    search_alpha = epoch >= settings.warmup_epochs
+    weights = weight_parameters(model)
     alphas = arch_parameters(model)
     train_loader.set_epoch(epoch)
     if search_alpha:
         alpha_loader.set_epoch(epoch)
         alpha_iter = _cycle(alpha_loader, epoch)
     model.train()
-    sums = {"train_loss": 0.0, "train_correct": 0.0, "train_count": 0.0, "hw_loss": 0.0,
-            "alpha_loss": 0.0, "alpha_steps": 0}
-    hw_stats: Dict[str, float] = {}
-    for step, (x, y) in enumerate(train_loader):
-        _maybe_fault(epoch, step)
-        # weight step: α frozen, so no gradient is computed for it
+    device = runtime.device
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    correct = torch.zeros((), dtype=torch.float64, device=device)
+    seen = torch.zeros((), dtype=torch.float64, device=device)
+    hw_sum, ce_sum, alpha_steps = 0.0, 0.0, 0
+    batches = progress(train_loader, desc=desc, total=len(train_loader), enabled=None if runtime.is_main else False)
+    for step, (x, y) in enumerate(batches):
+        fault_point(f"search:{epoch}", step)
         set_requires_grad(alphas, False)
         set_requires_grad(weights, True)
         with runtime.autocast():
             out = model(x)
-            loss = F.cross_entropy(out.float(), y)
+        loss = F.cross_entropy(out.float(), y)
         check_finite(loss, epoch, step, "weight-step")
         opt_w.zero_grad(set_to_none=True)
         loss.backward()
-        runtime.average_gradients(weights)
+        average_gradients(weights)
         if settings.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(weights, settings.grad_clip)
         opt_w.step()
-        sums["train_loss"] += float(loss.detach()) * y.numel()
-        sums["train_correct"] += float((out.argmax(1) == y).sum())
-        sums["train_count"] += y.numel()
+        loss_sum += loss.detach().double() * y.numel()
+        correct += (out.detach().argmax(1) == y).sum().double()
+        seen += y.numel()
 
         if search_alpha:
             xv, yv = next(alpha_iter)
             set_requires_grad(weights, False)
             set_requires_grad(alphas, True)
             with frozen_bn_stats(model), runtime.autocast():
-                ce = F.cross_entropy(model(xv).float(), yv)
-            hw, hw_stats = hw_cost.loss(model, settings.hardware_weight, settings.latency_target_ms,
-                                        settings.memory_budget_kb)
+                out_v = model(xv)
+            ce = F.cross_entropy(out_v.float(), yv)
+            hw, _ = hw_cost.loss(model, settings.hardware_weight, settings.latency_target_ms,
+                                 settings.memory_budget_kb)
             total = ce + hw
             check_finite(total, epoch, step, "alpha-step")
             opt_a.zero_grad(set_to_none=True)
             total.backward()
-            runtime.average_gradients(alphas)
+            average_gradients(alphas)
             opt_a.step()
-            sums["alpha_loss"] += float(ce.detach())
-            sums["hw_loss"] += float(hw.detach())
-            sums["alpha_steps"] += 1
-        if progress is not None:
-            progress.update(1)
-            progress.set_postfix(loss=f"{float(loss.detach()):.3f}")
+            ce_sum += float(ce.detach())
+            hw_sum += float(hw.detach())
+            alpha_steps += 1
     set_requires_grad(weights, True)
     set_requires_grad(alphas, True)
-    totals = runtime.all_reduce_sum(torch.tensor([sums["train_loss"], sums["train_correct"], sums["train_count"]],
-                                                 dtype=torch.float64, device=runtime.device))
+    totals = all_reduce_sum(torch.stack([loss_sum, correct, seen]))
     n = max(float(totals[2]), 1.0)
     result = {"train_loss": float(totals[0]) / n, "train_acc": 100.0 * float(totals[1]) / n}
-    if sums["alpha_steps"]:
-        result["hw_loss"] = sums["hw_loss"] / sums["alpha_steps"]
-        result["alpha_ce"] = sums["alpha_loss"] / sums["alpha_steps"]
+    if alpha_steps:
+        result["hw_loss"] = hw_sum / alpha_steps
+        result["alpha_ce"] = ce_sum / alpha_steps
     return result
 
 

@@ -29,13 +29,16 @@ from models.base import (ALPHA_INITS, INT_PRECISIONS, PRECISION_ORDER, PRECISION
                          arch_parameters, calibrate_activation_clips, derive_mapping, mixed_layers,
                          set_gumbel, set_mode, set_temperature, weight_parameters)
 
-from .checkpoint import (CheckpointError, check_spec, load_checkpoint, read_json, rng_state, save_atomic,
-                         set_rng_state, write_json_atomic)
+from .checkpoint import (CheckpointError, check_spec, load_checkpoint, rng_state, save_atomic, set_rng_state,
+                         write_json_atomic, write_text_atomic)
 from .cli import non_negative_float, non_negative_int, positive_float, positive_int
 from .finetune import derive_fixed_network, mapping_document, precision_histogram
-from .hardware_loss import HardwareCost
+from .hardware_loss import HardwareCost, lut_latency_ms
+from .runtime import barrier, broadcast_buffers
 from .search import (TEMP_SCHEDULES, SearchSettings, alpha_entropy, alpha_snapshot, apply_progressive,
-                     evaluate, progressive_min_bits, run_epoch, temperature_at)
+                     average_gradients, fault_point, progressive_min_bits, run_search_epoch, set_requires_grad,
+                     temperature_at)
+from .train_utils import evaluate, train_one_epoch
 
 OP_KINDS = ("conv", "dwconv", "pwconv", "linear")
 
@@ -257,7 +260,6 @@ class RunFiles:
     def log_csv(self, rows: Sequence[Mapping]) -> None:
         if not self.is_main:
             return
-        from .checkpoint import write_text_atomic
         lines = [",".join(LOG_COLUMNS)]
         for row in rows:
             lines.append(",".join(_csv_cell(row.get(c, "")) for c in LOG_COLUMNS))
@@ -276,7 +278,7 @@ def alphas_document(model: nn.Module, history: Sequence[dict]) -> dict:
 
 
 def search_loop(model, args, settings: SearchSettings, loaders, hw: HardwareCost, runtime, files: RunFiles,
-                resume: Optional[Mapping], checkpoint_extra: Mapping, progress_factory) -> List[dict]:
+                resume: Optional[Mapping], checkpoint_extra: Mapping) -> List[dict]:
     """Run (or continue) the search epochs; returns the log rows. Checkpoints after every epoch."""
     train_loader, alpha_loader, val_loader = loaders
     opt_w, sched_w, opt_a = build_optimizers(model, args, settings.epochs)
@@ -295,12 +297,11 @@ def search_loop(model, args, settings: SearchSettings, loaders, hw: HardwareCost
         set_temperature(model, temperature)
         apply_progressive(model, progressive_min_bits(epoch, settings.progressive_epochs))
         lrs = (opt_w.param_groups[0]["lr"], opt_a.param_groups[0]["lr"])
-        with progress_factory(len(train_loader), f"search {epoch + 1}/{settings.epochs}") as bar:
-            stats = run_epoch(model, epoch, settings, train_loader, opt_w, runtime, alpha_loader=alpha_loader,
-                              hw_cost=hw, opt_a=opt_a, progress=bar)
+        stats = run_search_epoch(model, epoch, settings, train_loader, alpha_loader, hw, opt_w, opt_a, runtime,
+                                 desc=f"search {epoch + 1}/{settings.epochs}")
         sched_w.step()
-        runtime.sync_buffers(model)
-        val = evaluate(model, val_loader, runtime)
+        broadcast_buffers(model)
+        val = evaluate(model, val_loader, runtime, show_progress=False)
         row = search_epoch_row(model, epoch, temperature, stats, val, hw, time.time() - t0, lrs)
         rows.append(row)
         history.append(alpha_snapshot(model, epoch, temperature))
@@ -317,10 +318,9 @@ def search_loop(model, args, settings: SearchSettings, loaders, hw: HardwareCost
 
 
 def finetune_loop(net, args, loaders, runtime, files: RunFiles, resume: Optional[Mapping], rows: List[dict],
-                  checkpoint_extra: Mapping, final_extra: Mapping, progress_factory) -> Tuple[List[dict], float]:
+                  checkpoint_extra: Mapping, final_extra: Mapping) -> Tuple[List[dict], float]:
     """QAT fine-tuning of a fixed network; final.pt is the epoch with the best validation accuracy."""
     train_loader, val_loader = loaders
-    settings = SearchSettings(epochs=args.finetune_epochs, grad_clip=args.grad_clip)
     ft_args = argparse.Namespace(**{**vars(args), "lr_weights": args.finetune_lr})
     opt, sched, _ = build_optimizers(net, ft_args, max(args.finetune_epochs, 1))
     start, best = 0, -1.0
@@ -331,24 +331,30 @@ def finetune_loop(net, args, loaders, runtime, files: RunFiles, resume: Optional
         start, best, rows = int(resume["epoch"]), float(resume["best_val"]), list(resume["log_rows"])
         set_rng_state(resume["rng"])
 
+    # the derived network has nothing left to search: freeze α so DDP sees only trained parameters
+    set_requires_grad(arch_parameters(net), False)
+    trained = runtime.wrap(net)
+
     def save_final(val_acc):
         files.checkpoint("final.pt", {**final_extra, "model": net.state_dict(), "val_acc": val_acc})
 
-    if args.finetune_epochs == 0 and not os.path.exists(files.path("final.pt")):
-        best = evaluate(net, val_loader, runtime)["acc"]
+    if args.finetune_epochs == 0:
+        best = evaluate(net, val_loader, runtime, show_progress=False)["acc"]
         save_final(best)
     for epoch in range(start, args.finetune_epochs):
         t0 = time.time()
         lr = opt.param_groups[0]["lr"]
-        with progress_factory(len(train_loader), f"finetune {epoch + 1}/{args.finetune_epochs}") as bar:
-            stats = run_epoch(net, epoch, settings, train_loader, opt, runtime, progress=bar)
+        train_loader.set_epoch(epoch)
+        stats = train_one_epoch(trained, train_loader, opt, runtime, nn.functional.cross_entropy,
+                                grad_clip=args.grad_clip, desc=f"finetune {epoch + 1}/{args.finetune_epochs}",
+                                on_step=lambda step, _e=epoch: fault_point(f"finetune:{_e}", step))
         sched.step()
-        runtime.sync_buffers(net)
-        val = evaluate(net, val_loader, runtime)
+        broadcast_buffers(net)
+        val = evaluate(net, val_loader, runtime, show_progress=False)
         if val["acc"] > best:
             best = val["acc"]
             save_final(best)
-        row = {"epoch": epoch, "phase": "finetune", "train_loss": stats["train_loss"], "train_acc": stats["train_acc"],
+        row = {"epoch": epoch, "phase": "finetune", "train_loss": stats["loss"], "train_acc": stats["acc"],
                "val_loss": val["loss"], "val_acc": val["acc"], "lr_weights": lr, "time_s": time.time() - t0}
         rows.append(row)
         files.log_csv(rows)
@@ -385,3 +391,224 @@ def resolve_resume(args) -> Tuple[argparse.Namespace, Optional[dict]]:
     for key in RESUME_KEEP:
         saved[key] = getattr(args, key)
     return argparse.Namespace(**{**vars(args), **saved}), ckpt
+
+
+def add_stage1_args(parser: argparse.ArgumentParser) -> None:
+    from .data_utils import add_data_args
+    from .runtime import add_runtime_args
+    g = parser.add_argument_group("inputs")
+    g.add_argument("--tensor_analysis_json", required=True,
+                   help="analysis.json from tensor_analysis/tensor_memory_filter.py: layers and the precisions "
+                        "each may use under the RAM threshold")
+    g.add_argument("--latency_lut", default=None,
+                   help="latency table (lut.json) from tensor_latency_predictor.py --lut, or measured numbers "
+                        "in the same format (default: built from --hardware)")
+    g.add_argument("--hardware", default="stm32h747",
+                   help="hardware profile name or JSON path, used when --latency_lut is not given and for the "
+                        "RAM/Flash report (default %(default)s)")
+    g.add_argument("--clock_mhz", type=positive_float, default=None, help="override the profile's clock")
+    g.add_argument("--pretrained", default=None,
+                   help="FP32 checkpoint from the pretrain script (best.pt); without it the supernet trains "
+                        "from scratch (with a warning)")
+    g.add_argument("--model", default=None, choices=list_models(),
+                   help="model when no --pretrained is given (default: the analysis file's model)")
+    g.add_argument("--width_mult", type=positive_float, default=None,
+                   help="width multiplier when no --pretrained is given (default: the analysis file's)")
+    g.add_argument("--input_size", type=positive_int, default=None,
+                   help="input resolution; must match the analysis file (default: the analysis file's)")
+    g.add_argument("--int_only", action="store_true", help="allow only int8/int4/int2 in every layer")
+    add_data_args(parser)
+    add_search_args(parser)
+    add_runtime_args(parser)
+
+
+def prepare_model(args, analysis: Mapping, num_classes: int, runtime) -> Tuple[nn.Module, Optional[dict]]:
+    """Build the supernet the analysis describes, load the pretrained weights, restrict each layer to
+    its allowed precisions. Every mismatch is reported before any training starts."""
+    a_path = args.tensor_analysis_json
+    a_spec = dict(analysis.get("model", {}))
+    pretrained = None
+    if args.pretrained:
+        pretrained = load_checkpoint(args.pretrained)
+        if "spec" not in pretrained or "model" not in pretrained:
+            raise CheckpointError(f"--pretrained {args.pretrained}: not a pretraining checkpoint (no spec/model)")
+        spec = dict(pretrained["spec"])
+    else:
+        warnings.warn("no --pretrained checkpoint: the supernet trains from scratch")
+        spec = {k: a_spec[k] for k in a_spec}
+        spec["type"] = args.model or a_spec.get("type", "mobilenetv2")
+        spec["num_classes"] = num_classes
+        if args.width_mult is not None:
+            spec["width_mult"] = args.width_mult
+    if args.input_size is not None and args.input_size != spec.get("input_size"):
+        raise ValueError(f"--input_size {args.input_size} does not match the model's input size "
+                         f"{spec.get('input_size')} (from {'--pretrained' if pretrained else a_path})")
+    if spec.get("num_classes") != num_classes:
+        raise ValueError(f"the model has {spec.get('num_classes')} classes but --dataset {args.dataset} has {num_classes}")
+    check_analysis_matches(analysis, spec, a_path)
+    model = build_from_spec(spec, alpha_init=args.alpha_init)
+    if pretrained is not None:
+        load_pretrained_into(model, pretrained, args.pretrained)
+    allowed = {entry["name"]: list(entry["allowed_precisions"]) for entry in analysis["layers"]}
+    check_layer_names(model, list(allowed), a_path)
+    op_kinds = {entry["name"]: entry.get("op") for entry in analysis["layers"]}
+    allowed = apply_constraints(allowed, op_kinds, args.int_only, parse_protect(args.protect))
+    from models.base import restrict_precisions
+    restrict_precisions(model, allowed, where=a_path)
+    return model, pretrained
+
+
+def run_stage1(args) -> dict:
+    from tensor_analysis.analysis import as_analysis, load_analysis_json
+    from tensor_analysis.hardware import build_lut, load_lut_json, load_profile
+    from .data_utils import DeviceLoader, build_loaders, save_split_info
+    from .runtime import setup_runtime
+
+    args, resume = resolve_resume(args)
+    # every input is read and checked before the first training step
+    analysis = load_analysis_json(args.tensor_analysis_json)
+    net_analysis = as_analysis(analysis)
+    profile = load_profile(args.hardware)
+    lut = (load_lut_json(args.latency_lut, net_analysis) if args.latency_lut
+           else build_lut(net_analysis, profile, clock_mhz=args.clock_mhz))
+    runtime = setup_runtime(args)
+    torch.manual_seed(args.seed)
+    splits, train_loader, val_loader, test_loader = build_loaders(
+        args, args.batch_size, analysis["model"]["input_size"], runtime.device, args.seed,
+        runtime.rank, runtime.world_size)
+    model, pretrained = prepare_model(args, analysis, splits.num_classes, runtime)
+    hw = HardwareCost.from_lut(model, lut, analysis, net_analysis)
+    files = RunFiles(args.output_dir or default_output_dir(args), runtime.is_main)
+    args.output_dir = files.dir
+    if resume is None:
+        files.json("args.json", vars(args))
+        files.json("lut.json", lut)
+        if runtime.is_main:
+            save_split_info(splits, files.path("split.json"))
+    model.to(runtime.device)
+    hw.to(runtime.device)
+    alpha_loader = DeviceLoader(splits.val_x, splits.val_y, args.batch_size, model.spec["input_size"],
+                                splits.mean, splits.std, shuffle=True, augment=False, flip=splits.flip,
+                                seed=args.seed + 1, drop_last=True, rank=runtime.rank,
+                                world_size=runtime.world_size)
+    set_mode(model, args.search_mode)
+    set_gumbel(model, args.gumbel)
+    if pretrained is not None and resume is None:
+        calibrate_activation_clips(model, next(iter(train_loader))[0])
+    if resume is not None and "fp32_acc" in resume:
+        fp32_acc = dict(resume["fp32_acc"])
+    else:
+        fp32_acc = reference_fp32_accuracy(pretrained, val_loader, test_loader, runtime) if pretrained else {}
+
+    settings = SearchSettings(
+        epochs=args.epochs, warmup_epochs=args.warmup_epochs, temp_schedule=args.temp_schedule,
+        temp_start=args.temp_start, temp_end=args.temp_end, hardware_weight=args.hardware_weight,
+        latency_target_ms=args.latency_target_ms, memory_budget_kb=args.memory_budget_kb,
+        grad_clip=args.grad_clip,
+        progressive_epochs=(max(args.epochs // 2, 1) if args.progressive == -1 else args.progressive))
+    extra = {"args": vars(args), "spec": model.spec, "allowed": allowed_precisions(model), "fp32_acc": fp32_acc}
+    if resume is None or resume["phase"] == "search":
+        rows = search_loop(model, args, settings, (train_loader, alpha_loader, val_loader), hw, runtime, files,
+                           resume, extra)
+        mapping = derive_mapping(model)
+        supernet_val = rows[-1]["val_acc"]
+        files.checkpoint("supernet.pt", {**extra, "model": model.state_dict(), "mapping": mapping})
+        net = derive_fixed_network(model, mapping)
+        derived_val = evaluate(net, val_loader, runtime, show_progress=False)["acc"]
+        resume = None
+    else:
+        mapping = dict(resume["mapping"])
+        supernet_val, derived_val = resume["supernet_val"], resume["derived_val"]
+        net = build_from_spec(resume["spec"], precisions={n: [p] for n, p in mapping.items()}).to(runtime.device)
+        rows = list(resume["log_rows"])
+    files.json("mapping.json", mapping_document(model.spec, mapping, {"hardware": profile.name}))
+    ft_extra = {**extra, "mapping": mapping, "supernet_val": supernet_val, "derived_val": derived_val}
+    final_extra = {"spec": model.spec, "allowed": {n: [p] for n, p in mapping.items()}, "mapping": mapping}
+    if resume is None or resume["phase"] == "finetune":
+        rows, best_val = finetune_loop(net, args, (train_loader, val_loader), runtime, files, resume, rows,
+                                       ft_extra, final_extra)
+    else:
+        best_val = resume["best_val"]
+    barrier()
+    final = load_checkpoint(files.path("final.pt"))
+    net.load_state_dict(final["model"])
+    test = evaluate(net, test_loader, runtime, show_progress=False)   # the test split's only use
+    times = {phase: sum(float(r["time_s"]) for r in rows if r["phase"] == phase) for phase in ("search", "finetune")}
+    summary = build_summary(args, model.spec, mapping, net_analysis, lut, profile, fp32_acc,
+                            {"supernet_val": supernet_val, "derived_val_before_finetune": derived_val,
+                             "finetuned_val": best_val, "test": test["acc"]}, times)
+    files.json("summary.json", summary)
+    files.checkpoint("checkpoint_last.pt", {**ft_extra, "phase": "done", "epoch": 0, "log_rows": rows,
+                                            "best_val": best_val})
+    if runtime.is_main:
+        write_run_plots(files, rows, summary, args)
+        print(summary_text(summary), flush=True)
+    runtime.cleanup()
+    return summary
+
+
+def build_summary(args, spec, mapping, net_analysis, lut, profile, fp32_acc, accuracy, times) -> dict:
+    """summary.json: accuracies, the predicted hardware figures of the result and of uniform
+    references, the precision histogram, per-layer rows for reports, and wall times."""
+    from tensor_analysis.analysis import compression
+    from tensor_analysis.hardware import predict_network
+    prediction = predict_network(net_analysis, mapping, profile, clock_mhz=args.clock_mhz)
+    totals = prediction["totals"]
+    comp = compression(net_analysis, mapping)
+    references = {}
+    for p in ("fp32", "int8"):
+        uniform = {n: p for n in mapping}
+        ref = predict_network(net_analysis, uniform, profile, clock_mhz=args.clock_mhz)["totals"]
+        references[p] = {"latency_ms": lut_latency_ms(lut, uniform),
+                         "peak_ram_kb": ref["peak_ram_bytes"] / 1024.0, "flash_kb": ref["flash_bytes"] / 1024.0}
+    layer_rows = [{"name": r["name"], "op": r["op"], "precision": r["precision"], "live_kb": r["live_bytes"] / 1024.0,
+                   "latency_ms": r["ms"], "macs": r["macs"]} for r in prediction["operators"] if r["layer"]]
+    return {
+        "schema": "adaptqnet/summary/1",
+        "stage": 1,
+        "model": dict(spec),
+        "args": {k: v for k, v in vars(args).items() if isinstance(v, (str, int, float, bool, type(None), list))},
+        "accuracy": {**fp32_acc, **accuracy},
+        "hardware": {
+            "profile": profile.name, "label": profile.label,
+            "latency_ms": lut_latency_ms(lut, mapping),
+            "latency_ms_profile": totals["latency_ms"],
+            "peak_ram_kb": totals["peak_ram_bytes"] / 1024.0,
+            "peak_ram_kb_inplace": totals["peak_ram_bytes_inplace"] / 1024.0,
+            "flash_kb": totals["flash_bytes"] / 1024.0,
+            "compression": comp.get("ratio"),
+            "latency_target_ms": args.latency_target_ms, "memory_budget_kb": args.memory_budget_kb,
+            "references": references,
+        },
+        "precision_histogram": precision_histogram(mapping),
+        "layers": layer_rows,
+        "time_s": times,
+    }
+
+
+def summary_text(summary: Mapping) -> str:
+    acc, hwd = summary["accuracy"], summary["hardware"]
+    fp32 = f"FP32 test {acc['fp32_test']:.2f}%  " if "fp32_test" in acc else ""
+    return (f"done: {fp32}final test {acc['test']:.2f}% (val {acc['finetuned_val']:.2f}%)  "
+            f"latency {hwd['latency_ms']:.2f} ms  peak RAM {hwd['peak_ram_kb']:.1f} KB  "
+            f"Flash {hwd['flash_kb']:.1f} KB  compression {hwd['compression']:.2f}x  "
+            f"precisions {summary['precision_histogram']}")
+
+
+def write_run_plots(files: RunFiles, rows, summary: Mapping, args) -> None:
+    from .visualization_utils import plot_precision_map, plot_run_dir
+    plot_run_dir(files.dir)
+    plot_precision_map(summary["layers"], files.path("precision_map.png"),
+                       memory_budget_kb=args.memory_budget_kb, latency_target_ms=args.latency_target_ms,
+                       title=f"{summary['model']['type']} on {summary['hardware']['profile']}")
+
+
+def reference_fp32_accuracy(pretrained: Mapping, val_loader, test_loader, runtime) -> Dict[str, float]:
+    """Accuracy of the pretrained network at FP32: the baseline every result is compared with."""
+    ref = build_from_spec(pretrained["spec"])
+    ref.load_state_dict(pretrained["model"])
+    for _, layer in mixed_layers(ref):
+        layer.set_precision("fp32")
+    ref.to(runtime.device)
+    return {"fp32_val": evaluate(ref, val_loader, runtime)["acc"],
+            "fp32_test": evaluate(ref, test_loader, runtime)["acc"]}
