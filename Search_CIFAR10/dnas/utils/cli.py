@@ -26,6 +26,17 @@ def run_cli(main: Callable[[Optional[Sequence[str]]], Optional[int]], argv=None)
     sys.exit(code or 0)
 
 
+class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Appends "(default: X)" to a flag's help unless the help already says its default or there is
+    nothing to say (None, False: "(default: None)" tells a user nothing)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "default" in text or action.default is None or action.default is False or action.default == argparse.SUPPRESS:
+            return text
+        return super()._get_help_string(action)
+
+
 def positive_int(text: str) -> int:
     try:
         v = int(text)
