@@ -29,7 +29,7 @@ from .runtime import all_reduce_sum
 TEMP_SCHEDULES = ("exponential", "cosine", "linear")
 
 
-class NonFiniteLoss(RuntimeError):
+class NonFiniteLoss(ValueError):
     """A loss became NaN/inf: the run stops and the last good checkpoint is kept."""
 
 
@@ -101,12 +101,17 @@ def set_requires_grad(params: Iterable[nn.Parameter], flag: bool) -> None:
         p.requires_grad_(flag)
 
 
-def fault_point(where: str, step: int) -> None:
-    """Fault injection for the resume tests: ADAPTQNET_KILL_AT=<where>:<step> (e.g. search:1:3)
-    SIGKILLs the process there, mid-epoch, the way a user's Ctrl-C or an OOM kill would."""
-    spec = os.environ.get("ADAPTQNET_KILL_AT")
-    if spec and spec == f"{where}:{step}":
+def fault_point(where: str, step: int) -> bool:
+    """Fault injection for the resume/divergence tests. ADAPTQNET_FAULT=kill@<where>:<step> (e.g.
+    kill@search:1:3) SIGKILLs the process there, mid-epoch, the way an OOM kill would;
+    nan@<where>:<step> returns True so the caller poisons that step's loss."""
+    spec = os.environ.get("ADAPTQNET_FAULT", "")
+    kind, _, at = spec.partition("@")
+    if at != f"{where}:{step}":
+        return False
+    if kind == "kill":
         os.kill(os.getpid(), signal.SIGKILL)
+    return kind == "nan"
 
 
 def check_finite(loss: torch.Tensor, epoch: int, step: int, what: str) -> None:
@@ -153,13 +158,56 @@ def alpha_snapshot(model: nn.Module, epoch: int, temperature: float) -> dict:
                       for n, l in mixed_layers(model)}}
 
 
+def weight_step(model, x, y, opt_w, settings: SearchSettings, runtime, poison: bool = False):
+    """One step of the shared weights, BN and PACT clips on a train batch; α is frozen (no gradient
+    is even computed for it). Returns (loss, logits), detached."""
+    set_requires_grad(arch_parameters(model), False)
+    weights = weight_parameters(model)
+    try:
+        with runtime.autocast():
+            out = model(x)
+        loss = F.cross_entropy(out.float(), y)
+        if poison:
+            loss = loss * float("nan")
+        opt_w.zero_grad(set_to_none=True)
+        if torch.isfinite(loss.detach()):
+            loss.backward()
+            average_gradients(weights)
+            if settings.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(weights, settings.grad_clip)
+            opt_w.step()
+    finally:
+        set_requires_grad(arch_parameters(model), True)
+    return loss.detach(), out.detach()
+
+
+def alpha_step(model, x, y, hw_cost, opt_a, settings: SearchSettings, runtime):
+    """One step of α on a validation batch: weights frozen, BN statistics untouched, loss = CE + the
+    hardware term. Returns (cross-entropy, hardware loss), detached."""
+    set_requires_grad(weight_parameters(model), False)
+    alphas = arch_parameters(model)
+    set_requires_grad(alphas, True)
+    try:
+        with frozen_bn_stats(model), runtime.autocast():
+            out = model(x)
+        ce = F.cross_entropy(out.float(), y)
+        hw, _ = hw_cost.loss(model, settings.hardware_weight, settings.latency_target_ms, settings.memory_budget_kb)
+        total = ce + hw
+        opt_a.zero_grad(set_to_none=True)
+        if torch.isfinite(total.detach()):
+            total.backward()
+            average_gradients(alphas)
+            opt_a.step()
+    finally:
+        set_requires_grad(model.parameters(), True)
+    return ce.detach(), hw.detach()
+
+
 def run_search_epoch(model, epoch, settings: SearchSettings, train_loader, alpha_loader, hw_cost, opt_w, opt_a,
                      runtime, desc: str = "search") -> Dict[str, float]:
-    """One search epoch: a weight step on each ``train_loader`` batch (α frozen); after warm-up each
-    is followed by an α step on the next ``alpha_loader`` batch (cycled; weights frozen)."""
+    """One search epoch: a weight step on each ``train_loader`` batch; after warm-up each is followed
+    by an α step on the next ``alpha_loader`` batch (cycled)."""
     search_alpha = epoch >= settings.warmup_epochs
-    weights = weight_parameters(model)
-    alphas = arch_parameters(model)
     train_loader.set_epoch(epoch)
     if search_alpha:
         alpha_loader.set_epoch(epoch)
@@ -172,43 +220,18 @@ def run_search_epoch(model, epoch, settings: SearchSettings, train_loader, alpha
     hw_sum, ce_sum, alpha_steps = 0.0, 0.0, 0
     batches = progress(train_loader, desc=desc, total=len(train_loader), enabled=None if runtime.is_main else False)
     for step, (x, y) in enumerate(batches):
-        fault_point(f"search:{epoch}", step)
-        set_requires_grad(alphas, False)
-        set_requires_grad(weights, True)
-        with runtime.autocast():
-            out = model(x)
-        loss = F.cross_entropy(out.float(), y)
+        loss, out = weight_step(model, x, y, opt_w, settings, runtime, poison=fault_point(f"search:{epoch}", step))
         check_finite(loss, epoch, step, "weight-step")
-        opt_w.zero_grad(set_to_none=True)
-        loss.backward()
-        average_gradients(weights)
-        if settings.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(weights, settings.grad_clip)
-        opt_w.step()
-        loss_sum += loss.detach().double() * y.numel()
-        correct += (out.detach().argmax(1) == y).sum().double()
+        loss_sum += loss.double() * y.numel()
+        correct += (out.argmax(1) == y).sum().double()
         seen += y.numel()
-
         if search_alpha:
             xv, yv = next(alpha_iter)
-            set_requires_grad(weights, False)
-            set_requires_grad(alphas, True)
-            with frozen_bn_stats(model), runtime.autocast():
-                out_v = model(xv)
-            ce = F.cross_entropy(out_v.float(), yv)
-            hw, _ = hw_cost.loss(model, settings.hardware_weight, settings.latency_target_ms,
-                                 settings.memory_budget_kb)
-            total = ce + hw
-            check_finite(total, epoch, step, "alpha-step")
-            opt_a.zero_grad(set_to_none=True)
-            total.backward()
-            average_gradients(alphas)
-            opt_a.step()
-            ce_sum += float(ce.detach())
-            hw_sum += float(hw.detach())
+            ce, hw = alpha_step(model, xv, yv, hw_cost, opt_a, settings, runtime)
+            check_finite(ce + hw, epoch, step, "alpha-step")
+            ce_sum += float(ce)
+            hw_sum += float(hw)
             alpha_steps += 1
-    set_requires_grad(weights, True)
-    set_requires_grad(alphas, True)
     totals = all_reduce_sum(torch.stack([loss_sum, correct, seen]))
     n = max(float(totals[2]), 1.0)
     result = {"train_loss": float(totals[0]) / n, "train_acc": 100.0 * float(totals[1]) / n}
@@ -220,6 +243,8 @@ def run_search_epoch(model, epoch, settings: SearchSettings, train_loader, alpha
 
 def _cycle(loader, epoch: int) -> Iterator:
     """Endless batches from ``loader``; each pass reshuffles with a new sub-epoch seed."""
+    if len(loader) == 0:
+        raise ValueError("the validation split yields no batch for the α steps; lower --batch_size")
     k = 0
     while True:
         for batch in loader:

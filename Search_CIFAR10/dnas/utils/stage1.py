@@ -152,12 +152,13 @@ def apply_constraints(allowed: Dict[str, List[str]], op_kinds: Mapping[str, str]
 SPEC_MATCH_KEYS = ("type", "width_mult", "input_size", "strides", "num_classes")
 
 
-def check_analysis_matches(analysis: Mapping, spec: Mapping, path: str) -> None:
+def check_analysis_matches(analysis: Mapping, spec: Mapping, path: str, source: str) -> None:
     a_spec = analysis.get("model", {})
     diffs = [f"{k} {a_spec.get(k)!r} (model: {spec.get(k)!r})" for k in SPEC_MATCH_KEYS
              if k in a_spec and a_spec.get(k) != spec.get(k)]
     if diffs:
-        raise ValueError(f"{path}: analysis was made for another model or input size: {'; '.join(diffs)}")
+        raise ValueError(f"{path}: analysis was made for another model or input size than {source}: "
+                         f"{'; '.join(diffs)}")
 
 
 def check_layer_names(model: nn.Module, names: Sequence[str], path: str) -> None:
@@ -397,9 +398,9 @@ def add_stage1_args(parser: argparse.ArgumentParser) -> None:
     from .data_utils import add_data_args
     from .runtime import add_runtime_args
     g = parser.add_argument_group("inputs")
-    g.add_argument("--tensor_analysis_json", required=True,
+    g.add_argument("--tensor_analysis_json", default=None,
                    help="analysis.json from tensor_analysis/tensor_memory_filter.py: layers and the precisions "
-                        "each may use under the RAM threshold")
+                        "each may use under the RAM threshold (required, except with --resume)")
     g.add_argument("--latency_lut", default=None,
                    help="latency table (lut.json) from tensor_latency_predictor.py --lut, or measured numbers "
                         "in the same format (default: built from --hardware)")
@@ -445,7 +446,8 @@ def prepare_model(args, analysis: Mapping, num_classes: int, runtime) -> Tuple[n
                          f"{spec.get('input_size')} (from {'--pretrained' if pretrained else a_path})")
     if spec.get("num_classes") != num_classes:
         raise ValueError(f"the model has {spec.get('num_classes')} classes but --dataset {args.dataset} has {num_classes}")
-    check_analysis_matches(analysis, spec, a_path)
+    check_analysis_matches(analysis, spec, a_path,
+                           f"--pretrained {args.pretrained}" if pretrained else "the command line")
     model = build_from_spec(spec, alpha_init=args.alpha_init)
     if pretrained is not None:
         load_pretrained_into(model, pretrained, args.pretrained)
@@ -465,6 +467,8 @@ def run_stage1(args) -> dict:
     from .runtime import setup_runtime
 
     args, resume = resolve_resume(args)
+    if not args.tensor_analysis_json:
+        raise ValueError("--tensor_analysis_json is required (an analysis.json from tensor_memory_filter.py)")
     # every input is read and checked before the first training step
     analysis = load_analysis_json(args.tensor_analysis_json)
     net_analysis = as_analysis(analysis)
@@ -475,7 +479,7 @@ def run_stage1(args) -> dict:
     torch.manual_seed(args.seed)
     splits, train_loader, val_loader, test_loader = build_loaders(
         args, args.batch_size, analysis["model"]["input_size"], runtime.device, args.seed,
-        runtime.rank, runtime.world_size)
+        runtime.rank, runtime.world_size, channels_last=runtime.channels_last)
     model, pretrained = prepare_model(args, analysis, splits.num_classes, runtime)
     hw = HardwareCost.from_lut(model, lut, analysis, net_analysis)
     files = RunFiles(args.output_dir or default_output_dir(args), runtime.is_main)
@@ -485,12 +489,14 @@ def run_stage1(args) -> dict:
         files.json("lut.json", lut)
         if runtime.is_main:
             save_split_info(splits, files.path("split.json"))
-    model.to(runtime.device)
+    model = runtime.prepare_model(model)
     hw.to(runtime.device)
     alpha_loader = DeviceLoader(splits.val_x, splits.val_y, args.batch_size, model.spec["input_size"],
                                 splits.mean, splits.std, shuffle=True, augment=False, flip=splits.flip,
-                                seed=args.seed + 1, drop_last=True, rank=runtime.rank,
-                                world_size=runtime.world_size)
+                                seed=args.seed + 1, rank=runtime.rank,
+                                drop_last=len(splits.val_y) // runtime.world_size >= args.batch_size,
+                                world_size=runtime.world_size, rotate_deg=splits.rotate_deg,
+                                channels_last=runtime.channels_last)
     set_mode(model, args.search_mode)
     set_gumbel(model, args.gumbel)
     if pretrained is not None and resume is None:
@@ -519,7 +525,7 @@ def run_stage1(args) -> dict:
     else:
         mapping = dict(resume["mapping"])
         supernet_val, derived_val = resume["supernet_val"], resume["derived_val"]
-        net = build_from_spec(resume["spec"], precisions={n: [p] for n, p in mapping.items()}).to(runtime.device)
+        net = runtime.prepare_model(build_from_spec(resume["spec"], precisions={n: [p] for n, p in mapping.items()}))
         rows = list(resume["log_rows"])
     files.json("mapping.json", mapping_document(model.spec, mapping, {"hardware": profile.name}))
     ft_extra = {**extra, "mapping": mapping, "supernet_val": supernet_val, "derived_val": derived_val}
@@ -609,6 +615,6 @@ def reference_fp32_accuracy(pretrained: Mapping, val_loader, test_loader, runtim
     ref.load_state_dict(pretrained["model"])
     for _, layer in mixed_layers(ref):
         layer.set_precision("fp32")
-    ref.to(runtime.device)
+    ref = runtime.prepare_model(ref)
     return {"fp32_val": evaluate(ref, val_loader, runtime)["acc"],
             "fp32_test": evaluate(ref, test_loader, runtime)["acc"]}

@@ -1,0 +1,276 @@
+"""Stage 1: the search loop's contracts and the real script end to end on tiny data."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from models import build_model
+from models.base import (apply_mapping, arch_parameters, derive_mapping, mixed_layers, restrict_precisions,
+                         set_mode, set_temperature, weight_parameters)
+from Search_CIFAR10.dnas.utils.checkpoint import load_checkpoint, save_atomic
+from Search_CIFAR10.dnas.utils.finetune import (derive_fixed_network, mapping_document,
+                                                parse_mapping_document)
+from Search_CIFAR10.dnas.utils.hardware_loss import HardwareCost
+from Search_CIFAR10.dnas.utils.runtime import setup_runtime
+from Search_CIFAR10.dnas.utils.search import (SearchSettings, alpha_step, frozen_bn_stats, progressive_min_bits,
+                                              temperature_at, weight_step)
+from tensor_analysis.analysis import analyze_network
+from tensor_analysis.hardware import build_lut
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPT = os.path.join(REPO, "Search_CIFAR10", "dnas", "dnas_search_cifar10_mbv2.py")
+SPEC = {"type": "mobilenetv2", "num_classes": 10, "width_mult": 0.1, "input_size": 16}
+
+
+def tiny_model(**kw):
+    return build_model("mobilenetv2", **{k: v for k, v in SPEC.items() if k != "type"}, **kw)
+
+
+@pytest.fixture(scope="module")
+def analysis_files(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("analysis")
+    net = analyze_network(tiny_model().spec)
+    doc = net.to_json(memory_threshold_kb=1024)
+    path = folder / "analysis.json"
+    path.write_text(json.dumps(doc))
+    lut = build_lut(net, "stm32h747")
+    lut_path = folder / "lut.json"
+    lut_path.write_text(json.dumps(lut))
+    return {"analysis": str(path), "lut": str(lut_path), "doc": doc, "lut_doc": lut, "net": net}
+
+
+class Batches:
+    """A loader over fixed random batches with the DeviceLoader interface the loop uses."""
+
+    def __init__(self, n_batches=2, batch=8, seed=0):
+        g = torch.Generator().manual_seed(seed)
+        self.batches = [(torch.randn(batch, 3, 16, 16, generator=g), torch.randint(0, 10, (batch,), generator=g))
+                        for _ in range(n_batches)]
+
+    def set_epoch(self, epoch):
+        pass
+
+    def __len__(self):
+        return len(self.batches)
+
+    def __iter__(self):
+        return iter(self.batches)
+
+
+def _hw(model, files):
+    return HardwareCost.from_lut(model, files["lut_doc"], files["doc"], files["net"])
+
+
+def test_cost_only_loss_drives_every_layer_to_its_cheapest_precision(analysis_files):
+    model = tiny_model()
+    hw = _hw(model, analysis_files)
+    opt = torch.optim.Adam(arch_parameters(model), lr=0.1)
+    for _ in range(150):
+        loss, _ = hw.loss(model, weight=1.0)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert derive_mapping(model) == hw.cheapest_choice()
+    # on Cortex-M the cheapest precision is int8 (lower bits unpack, floats are slower)
+    assert set(derive_mapping(model).values()) == {"int8"}
+
+
+def test_latency_target_penalises_only_the_excess(analysis_files):
+    model = tiny_model()
+    hw = _hw(model, analysis_files)
+    expected = float(hw.expected_latency_ms(model).detach())
+    loss, _ = hw.loss(model, weight=1.0, latency_target_ms=expected * 2)
+    assert float(loss.detach()) == 0.0
+    loss, _ = hw.loss(model, weight=1.0, latency_target_ms=expected / 2)
+    assert float(loss.detach()) == pytest.approx(expected / 2 / hw.latency_ref_ms, rel=1e-5)
+
+
+def test_alpha_step_leaves_weights_and_bn_unchanged_and_weight_step_leaves_alpha(analysis_files):
+    torch.manual_seed(0)
+    model = tiny_model(alpha_init="int8_biased")
+    model.train()
+    hw = _hw(model, analysis_files)
+    runtime = setup_runtime(device="cpu")
+    settings = SearchSettings(hardware_weight=1.0)
+    opt_w = torch.optim.SGD(weight_parameters(model), lr=0.1, momentum=0.9)
+    opt_a = torch.optim.Adam(arch_parameters(model), lr=0.1)
+    x, y = Batches().batches[0]
+
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    alpha_step(model, x, y, hw, opt_a, settings, runtime)
+    after = model.state_dict()
+    alpha_keys = {f"{n}.alpha" for n, _ in mixed_layers(model)}
+    for k in before:
+        if k not in alpha_keys:
+            assert torch.equal(before[k], after[k]), f"α step changed {k}"
+    assert all(not torch.equal(before[k], after[k]) for k in alpha_keys)
+
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    weight_step(model, x, y, opt_w, settings, runtime)
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in alpha_keys), "weight step changed α"
+    assert any(not torch.equal(before[k], after[k]) for k in before if k.endswith(".weight"))
+    assert all(p.requires_grad for p in model.parameters())
+
+
+def test_alpha_forward_does_not_touch_batchnorm_statistics():
+    model = tiny_model()
+    model.train()
+    before = {k: v.clone() for k, v in model.state_dict().items() if "running" in k or "num_batches" in k}
+    with frozen_bn_stats(model):
+        model(torch.randn(4, 3, 16, 16))
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_forced_alpha_derives_expected_mapping_and_mapping_json_round_trips(tmp_path):
+    model = tiny_model()
+    names = [n for n, _ in mixed_layers(model)]
+    wanted = {n: ("int4", "int8", "fp16", "int2", "fp32")[i % 5] for i, n in enumerate(names)}
+    for name, layer in mixed_layers(model):
+        layer.alpha.data.fill_(-5.0)
+        layer.alpha.data[layer.precisions.index(wanted[name])] = 5.0
+    assert derive_mapping(model) == wanted
+    path = tmp_path / "mapping.json"
+    path.write_text(json.dumps(mapping_document(model.spec, wanted)))
+    assert parse_mapping_document(json.loads(path.read_text()), str(path), model) == wanted
+    other = dict(wanted)
+    other.pop(names[3])
+    other["features.99.conv"] = "int8"
+    with pytest.raises(ValueError, match=r"missing: .*" + names[3].replace(".", r"\.") + r".*unknown: features\.99\.conv"):
+        parse_mapping_document(mapping_document(model.spec, other), "m.json", model)
+    with pytest.raises(ValueError, match="unknown precision 'int3'"):
+        parse_mapping_document({"layers": {names[0]: "int3"}}, "m.json")
+
+
+def test_derived_fixed_network_equals_supernet_at_one_hot_pi():
+    torch.manual_seed(0)
+    model = tiny_model()
+    model.eval()
+    names = [n for n, _ in mixed_layers(model)]
+    mapping = {n: ("int8", "int4", "fp16", "int2", "fp32")[i % 5] for i, n in enumerate(names)}
+    for name, layer in mixed_layers(model):
+        layer.alpha.data.fill_(-1e4)
+        layer.alpha.data[layer.precisions.index(mapping[name])] = 1e4
+        layer.act_clip.data.uniform_(1.0, 4.0)
+    set_mode(model, "composite")
+    x = torch.randn(3, 3, 16, 16)
+    fixed = derive_fixed_network(model, mapping)
+    fixed.eval()
+    assert all(layer.mode == "fixed" and layer.precisions == (mapping[n],) for n, layer in mixed_layers(fixed))
+    torch.testing.assert_close(fixed(x), model(x), rtol=0, atol=1e-5)
+
+
+def test_temperature_schedules_and_progressive_unlocking():
+    for schedule in ("exponential", "cosine", "linear"):
+        assert temperature_at(0, 10, 5.0, 0.5, schedule) == pytest.approx(5.0)
+        assert temperature_at(9, 10, 5.0, 0.5, schedule) == pytest.approx(0.5)
+        temps = [temperature_at(e, 10, 5.0, 0.5, schedule) for e in range(10)]
+        assert temps == sorted(temps, reverse=True)
+    assert [progressive_min_bits(e, 4) for e in range(6)] == [16, 8, 4, 2, 0, 0]
+
+
+# ----------------------------------------------------------------------------------------------------
+# The real script
+# ----------------------------------------------------------------------------------------------------
+def run_script(args, env_extra=None, timeout=240):
+    env = dict(os.environ, PYTHONPATH=REPO, ADAPTQNET_COMPILE="off", OMP_NUM_THREADS="1")
+    env.update(env_extra or {})
+    return subprocess.run([sys.executable, SCRIPT, *args], capture_output=True, text=True, env=env,
+                          timeout=timeout, cwd=os.path.dirname(SCRIPT))
+
+
+def tiny_args(files, out, *extra):
+    return ["--tensor_analysis_json", files["analysis"], "--latency_lut", files["lut"],
+            "--width_mult", "0.1", "--input_size", "16", "--epochs", "2", "--warmup_epochs", "1",
+            "--finetune_epochs", "1", "--batch_size", "16", "--limit_train", "48", "--limit_eval", "32",
+            "--output_dir", str(out), "--device", "cpu", *extra]
+
+
+RUN_FILES = ["args.json", "log.csv", "alphas.json", "mapping.json", "summary.json", "split.json", "lut.json",
+             "supernet.pt", "final.pt", "checkpoint_last.pt", "training_curves.png", "alpha_evolution.png",
+             "precision_map.png"]
+
+
+def test_two_epoch_run_writes_every_file_and_resume_after_kill_matches(analysis_files, tmp_path):
+    full = tmp_path / "full"
+    r = run_script(tiny_args(analysis_files, full))
+    assert r.returncode == 0, r.stderr[-3000:]
+    for name in RUN_FILES:
+        assert (full / name).is_file() and (full / name).stat().st_size > 0, name
+    summary = json.loads((full / "summary.json").read_text())
+    assert set(summary["accuracy"]) >= {"supernet_val", "derived_val_before_finetune", "finetuned_val", "test"}
+    assert summary["hardware"]["latency_ms"] > 0 and summary["hardware"]["peak_ram_kb"] > 0
+    log_rows = (full / "log.csv").read_text().strip().splitlines()
+    assert len(log_rows) == 1 + 2 + 1
+    mapping = json.loads((full / "mapping.json").read_text())
+    assert mapping["schema"] == "adaptqnet/mapping/1" and len(mapping["layers"]) == 53
+
+    # killed (SIGKILL) in the middle of the second search epoch, then resumed
+    part = tmp_path / "part"
+    r = run_script(tiny_args(analysis_files, part), {"ADAPTQNET_FAULT": "kill@search:1:1"})
+    assert r.returncode != 0
+    assert load_checkpoint(str(part / "checkpoint_last.pt"))["epoch"] == 1
+    r = run_script(["--resume", "--output_dir", str(part)])
+    assert r.returncode == 0, r.stderr[-3000:]
+    a = load_checkpoint(str(full / "final.pt"))["model"]
+    b = load_checkpoint(str(part / "final.pt"))["model"]
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert json.loads((full / "mapping.json").read_text())["layers"] == json.loads((part / "mapping.json").read_text())["layers"]
+
+
+def _error_line(result):
+    lines = [l for l in result.stderr.strip().splitlines() if l.strip() and "Warning" not in l and "warn" not in l]
+    return lines[-1] if lines else ""
+
+
+def test_analysis_for_another_model_is_rejected_before_training(analysis_files, tmp_path):
+    doc = dict(analysis_files["doc"])
+    doc["model"] = dict(doc["model"], input_size=32)
+    bad = tmp_path / "other.json"
+    bad.write_text(json.dumps(doc))
+    model = tiny_model()
+    ckpt = tmp_path / "pretrained.pt"
+    save_atomic({"spec": model.spec, "model": model.state_dict()}, str(ckpt))
+    r = run_script(tiny_args({**analysis_files, "analysis": str(bad)}, tmp_path / "out", "--pretrained", str(ckpt)))
+    assert r.returncode == 2
+    assert "Traceback" not in r.stderr
+    assert "another model or input size" in _error_line(r) and "input_size 32" in _error_line(r)
+    assert not (tmp_path / "out" / "checkpoint_last.pt").exists()
+
+
+def test_lut_missing_layers_is_rejected(analysis_files, tmp_path):
+    lut = json.loads(json.dumps(analysis_files["lut_doc"]))
+    del lut["layers"]["features.3.conv.1.0"]
+    bad = tmp_path / "lut.json"
+    bad.write_text(json.dumps(lut))
+    r = run_script(tiny_args({**analysis_files, "lut": str(bad)}, tmp_path / "out"))
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "features.3.conv.1.0" in _error_line(r)
+
+
+def test_mismatched_pretrained_checkpoint_is_rejected(analysis_files, tmp_path):
+    other = build_model("mobilenetv2", num_classes=10, width_mult=0.25, input_size=16)
+    ckpt = tmp_path / "other.pt"
+    save_atomic({"spec": other.spec, "model": other.state_dict()}, str(ckpt))
+    r = run_script(tiny_args(analysis_files, tmp_path / "out", "--pretrained", str(ckpt)))
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    line = _error_line(r)
+    assert "--pretrained" in line and "width_mult" in line
+
+
+def test_nan_loss_stops_with_epoch_and_keeps_last_good_checkpoint(analysis_files, tmp_path):
+    out = tmp_path / "nan"
+    r = run_script(tiny_args(analysis_files, out), {"ADAPTQNET_FAULT": "nan@search:1:1"})
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    line = _error_line(r)
+    assert "epoch 1, step 1" in line and "nan" in line.lower()
+    ckpt = load_checkpoint(str(out / "checkpoint_last.pt"))
+    assert ckpt["epoch"] == 1
+    assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
