@@ -244,3 +244,35 @@ def test_build_loaders_and_split_file(tmp_path):
     assert info["dataset"] == "digits" and info["split_seed"] == 5
     assert info["val_indices"] == splits.val_indices and info["sizes"] == {"train": 40, "val": 10, "test": 10}
     assert info["holdout_seed"] is not None and len(info["holdout_indices"]) == 539
+
+
+def test_svhn_mat_files(tmp_path):
+    import scipy.io
+    rng = np.random.default_rng(0)
+    for name, n in (("train_32x32.mat", 7), ("test_32x32.mat", 5)):
+        x = rng.integers(0, 256, size=(32, 32, 3, n), dtype=np.uint8)
+        y = np.array([[10], [1], [2], [3], [4], [5], [6]][:n], dtype=np.uint8)  # SVHN writes digit 0 as 10
+        scipy.io.savemat(tmp_path / name, {"X": x, "y": y})
+        if name.startswith("train"):
+            first = x[..., 0]
+    s = load_splits("svhn", data_dir=str(tmp_path))
+    assert s.train_y.tolist() == [0, 1, 2, 3, 4, 5, 6] and s.flip is False
+    assert torch.equal(s.train_x[0], torch.from_numpy(first.transpose(2, 0, 1).copy()))
+    assert len(s.val_y) == 3 and len(s.test_y) == 2
+    os.remove(tmp_path / "test_32x32.mat")
+    with pytest.raises(DatasetError, match=r"test_32x32.mat: SVHN file not found; pass --download"):
+        load_splits("svhn", data_dir=str(tmp_path))
+
+
+def test_image_folder_with_train_and_test_subfolders(tmp_path):
+    from PIL import Image
+    for part, n in (("train", 4), ("test", 5)):
+        for cls in ("a", "b"):
+            os.makedirs(tmp_path / part / cls)
+            for i in range(n):
+                Image.new("RGB", (12, 12), (i * 40, 0, 200 if cls == "a" else 0)).save(tmp_path / part / cls / f"{i}.png")
+    s = load_splits("imagefolder", data_dir=str(tmp_path), image_size=8)
+    assert len(s.train_y) == 8 and len(s.val_y) + len(s.test_y) == 10 and s.holdout_seed is None
+    os.makedirs(tmp_path / "test" / "c")
+    with pytest.raises(DatasetError, match=r"class folders .* differ from"):
+        load_splits("imagefolder", data_dir=str(tmp_path), image_size=8)

@@ -95,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--min_lr_ratio", type=non_negative_float, default=0.0,
                    help="final learning rate as a fraction of --lr (cosine schedule)")
     t.add_argument("--warmup_epochs", type=non_negative_float, default=2.0,
-                   help="epochs of linear learning-rate warm-up (may be fractional)")
+                   help="epochs of linear learning-rate warm-up (may be fractional; at most half of --epochs)")
     t.add_argument("--momentum", type=non_negative_float, default=0.9, help="sgd only")
     t.add_argument("--weight_decay", type=non_negative_float, default=None,
                    help=f"on conv/linear weights only, never on BatchNorm or biases (default "

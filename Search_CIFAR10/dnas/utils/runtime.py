@@ -168,6 +168,9 @@ def setup_runtime(args: Optional[argparse.Namespace] = None, device: str = None,
             amp_dtype = _AMP_DTYPES[amp]
         elif rank == 0:
             print(f"note: --amp {amp} is ignored on {dev.type} (autocast is used on CUDA only)", file=sys.stderr)
+    if dev.type == "cuda":
+        # input shapes are fixed for a whole run, so cuDNN's one-off kernel search pays for itself
+        torch.backends.cudnn.benchmark = True
     return Runtime(device=dev, amp_dtype=amp_dtype, channels_last=dev.type == "cuda",
                    rank=rank, world_size=world, local_rank=local)
 

@@ -45,12 +45,13 @@ def build_optimizer(name: str, groups: List[Dict], lr: float, momentum: float = 
 
 
 class WarmupCosine:
-    """LR multiplier per step: linear from ~0 to 1 over ``warmup_steps``, then cosine down to
-    ``min_ratio``. A plain object (not a lambda) so LambdaLR stores its fields in the checkpoint."""
+    """LR multiplier per step: linear from ~0 to 1 over ``warmup_steps`` (at most half the run, so a
+    short run still anneals), then cosine down to ``min_ratio``. A plain object (not a lambda) so
+    LambdaLR stores its fields in the checkpoint."""
 
     def __init__(self, total_steps: int, warmup_steps: int = 0, min_ratio: float = 0.0):
         self.total_steps = max(1, int(total_steps))
-        self.warmup_steps = max(0, min(int(warmup_steps), self.total_steps))
+        self.warmup_steps = max(0, min(int(warmup_steps), self.total_steps // 2))
         self.min_ratio = float(min_ratio)
 
     def __call__(self, step: int) -> float:
