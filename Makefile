@@ -25,3 +25,8 @@ bench: $(STAMP)
 
 clean-venv:
 	rm -rf $(VENV)
+
+# Regenerate Search_CIFAR10/tensor_analysis_result/ (memory filter, dual-core filter, latency table).
+.PHONY: analysis
+analysis: $(STAMP)
+	PYTHONPATH=$(CURDIR) $(PY) tensor_analysis/generate_results.py

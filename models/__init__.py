@@ -192,3 +192,15 @@ def efficientnet_lite0(num_classes: int = 10, width_mult: float = 1.0, input_siz
     return EfficientNet("lite0", num_classes=num_classes, width_mult=width_mult, input_size=input_size,
                         strides=strides, dropout=dropout, stochastic_depth_prob=stochastic_depth_prob,
                         precisions=precisions, alpha_init=alpha_init)
+
+
+# -- MobileNetV1 (issue 4) ---------------------------------------------------------------------------
+from .mobilenetv1 import MobileNetV1  # noqa: E402
+
+
+@register_model("mobilenetv1")
+def mobilenetv1(num_classes: int = 10, width_mult: float = 1.0, input_size: int = 32,
+                strides="auto", dropout: float = 0.2, precisions=PRECISION_ORDER,
+                alpha_init: str = "uniform") -> nn.Module:
+    return MobileNetV1(num_classes=num_classes, width_mult=width_mult, input_size=input_size,
+                       strides=strides, dropout=dropout, precisions=precisions, alpha_init=alpha_init)

@@ -616,19 +616,18 @@ class NetworkAnalysis:
         }
 
     def totals(self, precisions: Sequence[str] = PRECISION_ORDER) -> Dict[str, Any]:
-        peak, peak_in, where, flash = {}, {}, {}, {}
+        peak, peak_in, where, where_in, flash = {}, {}, {}, {}, {}
         for p in precisions:
             uniform = {n: p for n in self.layer_names}
-            lw = self.mapping_live_bytes(uniform)
-            ip = self.mapping_live_bytes(uniform, inplace_depthwise=True)
-            op, b = max(lw, key=lambda x: x[1])
-            peak[p], where[p] = b, op.name
-            peak_in[p] = max(b for _, b in ip)
+            op, peak[p] = max(self.mapping_live_bytes(uniform), key=lambda x: x[1])
+            where[p] = op.name
+            op, peak_in[p] = max(self.mapping_live_bytes(uniform, inplace_depthwise=True), key=lambda x: x[1])
+            where_in[p] = op.name
             flash[p] = flash_bytes(self, uniform)
         return {"macs": self.macs, "params": self.model_params, "layer_params": self.layer_params,
                 "layers": len(self.layers), "operators": len(self.operators),
-                "peak_ram_bytes": peak, "peak_ram_bytes_inplace": peak_in, "peak_operator": where,
-                "flash_bytes": flash}
+                "peak_ram_bytes": peak, "peak_operator": where, "peak_ram_bytes_inplace": peak_in,
+                "peak_operator_inplace": where_in, "flash_bytes": flash}
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> "NetworkAnalysis":

@@ -129,13 +129,18 @@ def compact_json(obj: Any, indent: int = 0, width: int = 110) -> str:
     return "[\n" + ",\n".join(items) + f"\n{pad}]"
 
 
-def write_json(obj: Any, path: str) -> None:
+def write_text(text: str, path: str) -> None:
+    """Atomic write (temporary file + rename), then the usual permissions: mkstemp creates files
+    with mode 0600, and results are meant to be shared."""
     from Search_CIFAR10.dnas.utils.checkpoint import write_text_atomic
-    write_text_atomic(compact_json(obj) + "\n", path)
-    # the atomic write goes through mkstemp (mode 0600); results are meant to be shared
+    write_text_atomic(text, path)
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(path, 0o666 & ~umask)
+
+
+def write_json(obj: Any, path: str) -> None:
+    write_text(compact_json(obj) + "\n", path)
 
 
 def table(rows: Sequence[Sequence[Any]], header: Sequence[str], align: Optional[str] = None) -> str:
@@ -160,6 +165,6 @@ def shape(s: Sequence[int]) -> str:
 
 
 __all__ = ["OneLineParser", "add_model_args", "model_name", "spec_from_args", "analysis_from_args",
-           "model_tag", "kb_tag", "compact_json", "write_json", "table", "kb", "shape", "non_negative_kb",
+           "model_tag", "kb_tag", "compact_json", "write_json", "write_text", "table", "kb", "shape", "non_negative_kb",
            "positive_mhz", "precision_list", "PRECISION_ORDER", "MAPPING_SCHEMA", "as_analysis",
            "load_analysis_json"]

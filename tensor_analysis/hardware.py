@@ -7,7 +7,7 @@ and a ``sources`` table citing where each number comes from (REFERENCES.md).
 Latency of one layer on one unit (cycles, divided by the unit's clock):
 
     overhead
-    + MACs    · cycles_per_mac[op][p] · lane_padding(channels, simd_lanes[p])
+    + MACs    · cycles_per_mac[op][p] · lane_padding(vector length, simd_lanes[p])
     + outputs · cycles_per_output[p]          (epilogue: requantise / bias / activation / store)
     + staged  · cycles_per_im2col[p]          (input staging: im2col copy, int8→int16 widening,
                                                INT4/INT2 unpacking, FP16→FP32 conversion)
@@ -15,7 +15,9 @@ Latency of one layer on one unit (cycles, divided by the unit's clock):
 ``staged`` = H_out·W_out·(C_in/groups)·k_h·k_w for conv / pointwise (the im2col columns), the input
 elements for depthwise, the input features for linear. Narrow layers come out slower per MAC by
 construction: the epilogue is amortised over C_in/groups·k² MACs, the staging over C_out, and a
-channel count that is not a multiple of the SIMD width wastes lanes. That is the per-layer
+vector length that is not a multiple of the SIMD width wastes lanes (the vector is the im2col column
+C_in/groups·k_h·k_w, or the input channels for engines that vectorise over channels (``simd_over``),
+or the channels of a depthwise conv). That is the per-layer
 efficiency the published figures show (REFERENCES.md: narrow layers run at worse cycles/MAC), without
 one global constant.
 
@@ -65,6 +67,9 @@ class Unit:
     simd_lanes: Dict[str, int]
     elementwise_cycles: Dict[str, float]
     emulated: Dict[str, str] = field(default_factory=dict)
+    # what the SIMD lanes run over in conv / pointwise / linear: the im2col column ("reduction":
+    # C_in/groups·k_h·k_w, CMSIS-NN and PULP-NN) or the input channels ("channels", ESP-NN)
+    simd_over: str = "reduction"
 
 
 @dataclass
@@ -178,7 +183,10 @@ def parse_profile(d: Any, where: str) -> HardwareProfile:
             simd_lanes={p: max(1, int(v)) for p, v in _per_precision(lanes, f"{w}.simd_lanes").items()},
             elementwise_cycles={k: _number(ew.get(k, ew.get("other", 0)), f"{w}.elementwise_cycles.{k}")
                                 for k in ELEMENTWISE_KINDS},
-            emulated=dict(u.get("emulated", {})))
+            emulated=dict(u.get("emulated", {})),
+            simd_over=str(u.get("simd_over", "reduction")))
+        if units[name].simd_over not in ("reduction", "channels"):
+            raise ValueError(f"{w}.simd_over: expected 'reduction' or 'channels', got {units[name].simd_over!r}")
     dual = d.get("dual")
     if dual:
         du = dual.get("units")
@@ -251,6 +259,8 @@ def layer_cycles(layer, precision: str, unit: Unit, fraction: float = 1.0) -> fl
         staged = op.in_elements * fraction
     else:
         vector_channels = max(1, cin // max(1, op.groups))
+        if unit.simd_over == "reduction":
+            vector_channels *= op.kernel[0] * op.kernel[1]
         if op.op == "linear":
             staged = cin * hin * win
         else:
@@ -272,10 +282,11 @@ def layer_latency_ms(layer, precision: str, profile, unit: Optional[str] = None,
     return layer_cycles(layer, precision, u, fraction) / (clock * 1e3)
 
 
-def fixed_operator_ms(op: Operator, profile: HardwareProfile, clock_mhz: Optional[float] = None) -> float:
-    """A non-searched operator (add, pool, ...) on the primary unit. Compute operators outside the
-    search (plain convolutions) run at INT8."""
-    u = profile.unit(None)
+def fixed_operator_ms(op: Operator, profile: HardwareProfile, clock_mhz: Optional[float] = None,
+                      unit: Optional[str] = None) -> float:
+    """A non-searched operator (add, pool, ...) on ``unit`` (default: the primary unit). Compute
+    operators outside the search (plain convolutions) run at INT8."""
+    u = profile.unit(unit)
     clock = profile.clocks(clock_mhz)[u.name]
     if op.op in LAYER_OPS:
         return layer_cycles(op, "int8", u) / (clock * 1e3)
@@ -543,3 +554,44 @@ def predict_network(analysis, mapping: Mapping[str, Any], profile, clock_mhz: Op
                           "utilization": b / total if total else 0.0} for n, b in busy_total.items()},
         },
     }
+
+
+# ----------------------------------------------------------------------------------------------------
+# Dual-core speed-up: the same network on one unit
+# ----------------------------------------------------------------------------------------------------
+def single_unit_latency_ms(analysis, mapping: Mapping[str, Any], profile, unit: Optional[str] = None,
+                           clock_mhz: Optional[float] = None) -> float:
+    """Latency of ``mapping``'s network run entirely on ``unit``: every layer whole there, each run of
+    neighbouring channels at one precision one kernel call (a layer split into int8 and int4 parts is
+    two calls), no hand-over; the other operators on ``unit`` too. The arithmetic is the dual-core
+    network's, so this is the single-unit network of equal accuracy."""
+    a = as_analysis(analysis)
+    prof = load_profile(profile)
+    u = prof.unit(unit)
+    clock = prof.clocks(clock_mhz)[u.name]
+    parts_of = a.check_mapping(mapping)
+    total = 0.0
+    for op in a.operators:
+        if not op.is_layer:
+            total += fixed_operator_ms(op, prof, clock_mhz, u.name)
+            continue
+        runs: List[List[Any]] = []
+        for p in parts_of[op.name]:
+            if runs and runs[-1][0] == p.precision:
+                runs[-1][1] += p.c1 - p.c0
+            else:
+                runs.append([p.precision, p.c1 - p.c0])
+        total += sum(layer_cycles(op, prec, u, n / op.out_channels) for prec, n in runs) / (clock * 1e3)
+    return total
+
+
+def dual_speedup(analysis, mapping: Mapping[str, Any], profile, clock_mhz: Optional[float] = None) -> Dict[str, Any]:
+    """Speed-up of a dual-core mapping over the best single-unit run of the same network
+    (single_unit_latency_ms on each unit of the profile's dual pair)."""
+    prof = load_profile(profile)
+    dual_ms = predict_network(analysis, mapping, prof, clock_mhz)["totals"]["latency_ms"]
+    units = prof.dual_units if prof.dual else (prof.primary,)
+    single = {u: single_unit_latency_ms(analysis, mapping, prof, u, clock_mhz) for u in units}
+    best = min(single, key=single.get)
+    return {"latency_ms": dual_ms, "single_unit_ms": single, "best_single_unit": best,
+            "speedup": single[best] / dual_ms if dual_ms else None}

@@ -42,9 +42,9 @@ def filter_report(d: Mapping[str, Any]) -> str:
     out.append(f"layers: {n}, operators: {t['operators']}, MACs: {t['macs'] / 1e6:.2f} M, params: "
                f"{t['params'] / 1e6:.3f} M ({t['layer_params'] / 1e6:.3f} M in conv/linear layers)")
     out.append("layers allowing each precision: " + ", ".join(f"{p} {hist[p]}/{n}" for p in precisions))
-    out.append(table([[p, kb(t["peak_ram_bytes"][p]), kb(t["peak_ram_bytes_inplace"][p]), t["peak_operator"][p],
-                       kb(t["flash_bytes"][p])] for p in precisions],
-                     ["uniform", "peak KB", "in-place dw KB", "peak at", "flash KB"], "lrrlr"))
+    out.append(table([[p, kb(t["peak_ram_bytes"][p]), t["peak_operator"][p], kb(t["peak_ram_bytes_inplace"][p]),
+                       t["peak_operator_inplace"][p], kb(t["flash_bytes"][p])] for p in precisions],
+                     ["uniform", "peak KB", "at", "in-place dw KB", "at", "flash KB"], "lrlrlr"))
     if d["infeasible"]:
         out.append("")
         out.append(f"{len(d['infeasible'])} operator(s) fit {d['memory_threshold_kb']:g} KB at no precision:")

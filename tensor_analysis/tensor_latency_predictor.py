@@ -3,7 +3,8 @@
 Give the precisions as a mapping file (mapping.json from a search, or a bare {layer: precision}
 object; dual-core entries split a layer over two units) or one --precision for every layer. Prints a
 per-operator table and totals (latency, peak RAM layer-wise and with in-place depthwise, Flash, each
-unit's busy/idle time); --output_file saves them as JSON. --lut writes the per-layer × per-precision
+unit's busy/idle time, and for a dual-core mapping the speed-up over the same network on the best single
+unit); --output_file saves them as JSON. --lut writes the per-layer × per-precision
 (× dual-core option) latency table the search consumes.
 
     python tensor_analysis/tensor_latency_predictor.py --model_type mobilenetv1 --width_mult 0.25 \\
@@ -22,8 +23,8 @@ from models.base import PRECISION_ORDER, get_precision  # noqa: E402
 from tensor_analysis.analysis import (_read_json, analyze_network, as_analysis, read_mapping)  # noqa: E402
 from tensor_analysis.cli_common import (OneLineParser, add_model_args, positive_mhz, precision_list,  # noqa: E402
                                         spec_from_args, write_json)
-from tensor_analysis.hardware import (DEFAULT_SPLITS, build_lut, list_profiles, load_profile,  # noqa: E402
-                                      parse_splits, predict_network)
+from tensor_analysis.hardware import (DEFAULT_SPLITS, build_lut, dual_speedup, list_profiles,  # noqa: E402
+                                      load_profile, parse_splits, predict_network)
 from tensor_analysis.reports import prediction_report  # noqa: E402
 
 PREDICTION_SCHEMA = "adaptqnet/prediction/1"
@@ -96,6 +97,12 @@ def main(argv=None):
     result = predict_network(analysis, layers, profile, args.clock_mhz, args.unit)
     report = prediction_report(result)
     print(report if not args.quiet else report[report.index("latency:"):])
+    if any(len(parts) > 1 or parts[0].unit is not None for parts in analysis.check_mapping(layers).values()):
+        # a dual-core mapping: what the second unit buys over the same network on one unit
+        result["dual_speedup"] = dual_speedup(analysis, layers, profile, args.clock_mhz)
+        s = result["dual_speedup"]
+        print(f"dual-core speed-up: {s['speedup']:.3f}x over the same network on {s['best_single_unit']} alone ("
+              + ", ".join(f"{u} {ms:.2f} ms" for u, ms in s["single_unit_ms"].items()) + ")")
     if args.output_file:
         write_json({"schema": PREDICTION_SCHEMA, "mapping": layers, **result}, args.output_file)
         print(f"wrote {args.output_file}")

@@ -1,0 +1,101 @@
+"""MobileNetV1 (Howard et al. 2017) built from mixed-precision layers.
+
+ImageNet layout: a 3×3 stem and 13 depthwise-separable blocks (3×3 depthwise → 1×1 pointwise, each
+followed by BN and ReLU6, as in Keras' ``MobileNet``, the network behind the published STM32 figures),
+global average pooling and one classifier. It is here because most published MCU latencies are for
+it: the hardware profiles are checked against them.
+
+Layer names: ``features.0.0`` (stem), ``features.<i>.conv.0.0`` (block i's depthwise),
+``features.<i>.conv.1.0`` (its pointwise), ``classifier.1``.
+"""
+from __future__ import annotations
+
+from typing import List, Sequence, Union
+
+import torch
+import torch.nn as nn
+
+from .base import PRECISION_ORDER, MixedPrecisionLinear, name_layers
+from .mobilenetv2 import ConvBNAct, make_divisible, resolve_strides, stride_presets
+
+# (output channels, repeats, stride of the first repeat): the paper's Table 1 grouped into stages.
+STAGES = [
+    (64, 1, 1),
+    (128, 2, 2),
+    (256, 2, 2),
+    (512, 6, 2),
+    (1024, 2, 2),
+]
+STEM_CHANNELS = 32
+# stem stride followed by each stage's first stride; the 'cifar' and 'seed' presets follow the same
+# small-input rule as MobileNetV2 (stride 1 in the stem and the first stride-2 stage).
+STRIDE_PRESETS = stride_presets((2,) + tuple(s for _, _, s in STAGES))
+
+
+class DepthwiseSeparable(nn.Sequential):
+    """3×3 depthwise → 1×1 pointwise; both inputs follow a ReLU6, hence unsigned."""
+
+    def __init__(self, inp: int, oup: int, stride: int, precisions, alpha_init):
+        super().__init__()
+        kw = dict(precisions=precisions, alpha_init=alpha_init, signed_input=False)
+        self.conv = nn.Sequential(
+            ConvBNAct(inp, inp, kernel_size=3, stride=stride, groups=inp, **kw),
+            ConvBNAct(inp, oup, kernel_size=1, **kw),
+        )
+        self.out_channels = oup
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x)
+
+
+class MobileNetV1(nn.Module):
+    def __init__(self, num_classes: int = 1000, width_mult: float = 1.0, input_size: int = 224,
+                 strides: Union[str, Sequence[int]] = "auto", dropout: float = 0.2,
+                 precisions: Sequence[str] = PRECISION_ORDER, alpha_init: str = "uniform",
+                 round_nearest: int = 8):
+        super().__init__()
+        if width_mult <= 0:
+            raise ValueError(f"width_mult must be > 0, got {width_mult}")
+        if num_classes <= 0:
+            raise ValueError(f"num_classes must be > 0, got {num_classes}")
+        if input_size <= 0:
+            raise ValueError(f"input_size must be > 0, got {input_size}")
+        self.strides = resolve_strides(strides, input_size, len(STAGES), presets=STRIDE_PRESETS)
+        kw = dict(precisions=precisions, alpha_init=alpha_init)
+        # For the published widths (0.25/0.5/0.75/1.0) this equals Keras' int(c·α).
+        channels = make_divisible(STEM_CHANNELS * width_mult, round_nearest)
+        # the normalised image is signed; every later input follows a ReLU6
+        features: List[nn.Module] = [ConvBNAct(3, channels, stride=self.strides[0], signed_input=True, **kw)]
+        for stage, (c, n, s) in enumerate(STAGES):
+            out = make_divisible(c * width_mult, round_nearest)
+            for i in range(n):
+                stride = self.strides[stage + 1] if i == 0 else 1
+                features.append(DepthwiseSeparable(channels, out, stride, **kw))
+                channels = out
+        self.features = nn.Sequential(*features)
+        self.last_channel = channels
+        self.classifier = nn.Sequential(
+            nn.Dropout(p=dropout),
+            MixedPrecisionLinear(channels, num_classes, signed_input=False, **kw),
+        )
+        self._init_weights()
+        name_layers(self)
+
+    def _init_weights(self):
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out")
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.Linear):
+                nn.init.normal_(m.weight, 0, 0.01)
+                nn.init.zeros_(m.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.features(x)
+        x = nn.functional.adaptive_avg_pool2d(x, 1)
+        x = torch.flatten(x, 1)
+        return self.classifier(x)
