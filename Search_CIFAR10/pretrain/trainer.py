@@ -32,10 +32,7 @@ once.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import sys
-import time
 from typing import Any, Callable, Dict, Optional, Sequence
 
 import torch
