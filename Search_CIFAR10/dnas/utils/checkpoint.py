@@ -103,8 +103,9 @@ def set_rng_state(state: Dict[str, Any]) -> None:
 
 
 def check_spec(expected: Dict[str, Any], found: Dict[str, Any], what: str) -> None:
-    """Raise CheckpointError naming the fields where two model specs differ."""
+    """Raise CheckpointError naming the fields where two model specs differ ("found" is the file's)."""
     keys = sorted(set(expected) | set(found))
-    diffs = [f"{k}: {found.get(k)!r} != {expected.get(k)!r}" for k in keys if expected.get(k) != found.get(k)]
+    diffs = [f"{k} {found.get(k)!r} there, {expected.get(k)!r} here" for k in keys
+             if expected.get(k) != found.get(k)]
     if diffs:
         raise CheckpointError(f"{what} was made for another model ({'; '.join(diffs)})")
