@@ -42,10 +42,10 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
-from models.base import PRECISION_ORDER, PRECISIONS, get_precision
+from models.base import PRECISION_ORDER, get_precision
 
-from .analysis import (LAYER_OPS, NetworkAnalysis, Operator, Part, as_analysis, dual_entry, dual_option_key,
-                       normalize_entry, precision_bits, tensor_bytes)
+from .analysis import (LAYER_OPS, NetworkAnalysis, Operator, Part, as_analysis, dual_option_key, precision_bits,
+                       tensor_bytes)
 
 PROFILE_SCHEMA = "adaptqnet/hardware/1"
 LUT_SCHEMA = "adaptqnet/lut/1"
@@ -524,9 +524,9 @@ def predict_network(analysis, mapping: Mapping[str, Any], profile, clock_mhz: Op
             flash = sum(op.flash_bytes(p.precision, (p.c1 - p.c0) / op.out_channels) for p in parts)
             where = parts[0].unit if len(parts) == 1 else "+".join(p.unit for p in parts)
         else:
-            ms = fixed_operator_ms(op, prof, clock_mhz)
-            busy = {prof.primary: ms}
-            label, flash, where = "-", 0, prof.primary
+            ms = fixed_operator_ms(op, prof, clock_mhz, run_on)
+            busy = {run_on: ms}
+            label, flash, where = "-", 0, run_on
         for k, v in busy.items():
             busy_total[k] += v
         total += ms

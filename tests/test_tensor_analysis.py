@@ -299,6 +299,15 @@ def test_artifact_profile_reproduces_the_seed_table():
             assert layer_latency_ms(op, p, prof) == pytest.approx(ms)
 
 
+def test_whole_network_on_the_second_unit(mbv2_32):
+    prof = load_profile("stm32h747")
+    r = predict_network(mbv2_32, uniform(mbv2_32, "int8"), prof, unit="m4")["totals"]
+    assert r["units"]["m7"]["busy_ms"] == 0 and r["units"]["m4"]["busy_ms"] == pytest.approx(r["latency_ms"])
+    m7 = predict_network(mbv2_32, uniform(mbv2_32, "int8"), prof)["totals"]["latency_ms"]
+    # the M4 delivers about a third of the M7's MAC rate (REFERENCES.md 'Dual-core')
+    assert 2.5 < r["latency_ms"] / m7 < 4.0
+
+
 def test_clock_override_scales_every_unit(mbv2_32):
     prof = load_profile("stm32h747")
     op = mbv2_32.layer("features.3.conv.0.0")
@@ -423,8 +432,9 @@ def cli_errors(tmp_path_factory):
                                                            str(tmp / "inf.json")]),
     }
     env = dict(os.environ, PYTHONPATH=ROOT)
+    # one run from the tools' own folder: scripts must work from there too
     procs = {k: subprocess.Popen([sys.executable, os.path.join(TOOLS, script), *args], stdout=subprocess.PIPE,
-                                 stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+                                 stderr=subprocess.PIPE, text=True, env=env, cwd=TOOLS if k == "hardware" else ROOT)
              for k, (script, args) in cases.items()}
     results = {}
     for k, p in procs.items():
