@@ -136,7 +136,8 @@ class Operator:
     def to_json(self) -> Dict[str, Any]:
         d = {"index": self.index, "name": self.name, "op": self.op, "layer": self.is_layer,
              "inputs": list(self.inputs), "output": self.output,
-             "in_shape": list(self.in_shape), "out_shape": list(self.out_shape), "macs": self.macs}
+             "in_shape": list(self.in_shape), "out_shape": list(self.out_shape), "macs": self.macs,
+             "elements": self.out_elements}
         if self.weight_elements or self.op in LAYER_OPS:
             d.update(weight_elements=self.weight_elements, bias_elements=self.bias_elements,
                      kernel=list(self.kernel), stride=list(self.stride), groups=self.groups)
