@@ -130,13 +130,8 @@ def compact_json(obj: Any, indent: int = 0, width: int = 110) -> str:
 
 
 def write_text(text: str, path: str) -> None:
-    """Atomic write (temporary file + rename), then the usual permissions: mkstemp creates files
-    with mode 0600, and results are meant to be shared."""
     from Search_CIFAR10.dnas.utils.checkpoint import write_text_atomic
     write_text_atomic(text, path)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, 0o666 & ~umask)
 
 
 def write_json(obj: Any, path: str) -> None:

@@ -30,14 +30,15 @@ def atomic_write(path: str, write) -> None:
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        # mkstemp creates 0600; results are meant to be shared like any file the user writes
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
-
-
-_atomic_write = atomic_write  # earlier private name, kept for existing callers
 
 
 def save_atomic(obj: Dict[str, Any], path: str) -> None:
