@@ -23,10 +23,26 @@ from models.base import mixed_layers
 REFERENCE_PRECISION = "int8"
 
 
-def lut_latency_ms(lut: Mapping, mapping: Mapping[str, str]) -> float:
-    """Latency of a single-core mapping by the table: what the search optimised, and what a user's
-    measured table says."""
-    return float(lut.get("fixed_ms", 0.0)) + sum(float(lut["layers"][n][p]) for n, p in mapping.items())
+def lut_latency_ms(lut: Mapping, mapping: Mapping[str, object]) -> float:
+    """Latency of a mapping by the table: what the search optimised, and what a user's measured table
+    says. Dual-core entries (option keys or mapping.json objects) come from the table's dual section."""
+    return float(lut.get("fixed_ms", 0.0)) + sum(lut_entry_ms(lut, n, e) for n, e in mapping.items())
+
+
+def lut_entry_ms(lut: Mapping, name: str, entry) -> float:
+    """One layer's milliseconds: a precision from ``layers``, a dual-core option from ``dual.options``."""
+    if isinstance(entry, str) and ":" not in entry:
+        return float(lut["layers"][name][entry])
+    if isinstance(entry, Mapping):  # the mapping.json object: {"units": {unit: {precision, channels}}}
+        from tensor_analysis.analysis import Part, dual_option_key
+        parts = sorted((Part(u, s["precision"], *s["channels"]) for u, s in entry["units"].items()),
+                       key=lambda p: p.c0)
+        entry = dual_option_key(parts)
+    options = lut.get("dual", {}).get("options", {}).get(name, {})
+    if entry not in options:
+        raise ValueError(f"latency table has no dual-core option {entry!r} for layer {name}"
+                         + ("" if "dual" in lut else " (the table has no dual-core section)"))
+    return float(options[entry]["ms"])
 
 
 @dataclass

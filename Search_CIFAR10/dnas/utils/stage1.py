@@ -58,11 +58,12 @@ def add_search_args(parser: argparse.ArgumentParser, stage: int = 1) -> None:
     g.add_argument("--temp_start", type=positive_float, default=5.0, help="temperature at the first epoch (default %(default)s)")
     g.add_argument("--temp_end", type=positive_float, default=0.5, help="temperature at the last epoch (default %(default)s)")
     g.add_argument("--gumbel", action="store_true", help="sample π with Gumbel-softmax during training steps")
-    g.add_argument("--alpha_init", choices=ALPHA_INITS, default="int8_biased",
-                   help="initial logits: the seed's int8-biased values or uniform (default %(default)s)")
-    g.add_argument("--search_mode", choices=("composite", "exact"), default="composite",
-                   help="composite: mix quantized weights and inputs, one conv per layer (fast); "
-                        "exact: one conv per precision (for checking) (default %(default)s)")
+    if stage == 1:  # stage 2's α is over dual-core options, and its mixture is always exact
+        g.add_argument("--alpha_init", choices=ALPHA_INITS, default="int8_biased",
+                       help="initial logits: the seed's int8-biased values or uniform (default %(default)s)")
+        g.add_argument("--search_mode", choices=("composite", "exact"), default="composite",
+                       help="composite: mix quantized weights and inputs, one conv per layer (fast); "
+                            "exact: one conv per precision (for checking) (default %(default)s)")
     g.add_argument("--lr_weights", type=positive_float, default=0.01, help="weight learning rate (default %(default)s)")
     g.add_argument("--weight_optimizer", choices=("sgd", "adamw"), default="sgd",
                    help="optimizer of the weights (SGD with momentum 0.9, cosine schedule) (default %(default)s)")
@@ -73,9 +74,10 @@ def add_search_args(parser: argparse.ArgumentParser, stage: int = 1) -> None:
     g.add_argument("--alpha_weight_decay", type=non_negative_float, default=1e-3, help="α weight decay (default %(default)s)")
     g.add_argument("--grad_clip", type=non_negative_float, default=5.0,
                    help="clip the weights' gradient norm; 0 disables (default %(default)s)")
-    g.add_argument("--progressive", type=non_negative_int, nargs="?", const=-1, default=0, metavar="EPOCHS",
-                   help="progressive precision reduction: lower bits unlock over the first EPOCHS search "
-                        "epochs (FP16 → INT8 → INT4 → INT2); without a value, half the search epochs")
+    if stage == 1:
+        g.add_argument("--progressive", type=non_negative_int, nargs="?", const=-1, default=0, metavar="EPOCHS",
+                       help="progressive precision reduction: lower bits unlock over the first EPOCHS search "
+                            "epochs (FP16 → INT8 → INT4 → INT2); without a value, half the search epochs")
     g.add_argument("--protect", action="append", default=None, metavar="PATTERN=MIN",
                    help="critical-layer protection: layers matched by PATTERN keep at least precision MIN "
                         "(a layer-name glob like 'features.0.*', an op kind conv|dwconv|pwconv|linear, "
@@ -279,8 +281,9 @@ def alphas_document(model: nn.Module, history: Sequence[dict]) -> dict:
 
 
 def search_loop(model, args, settings: SearchSettings, loaders, hw: HardwareCost, runtime, files: RunFiles,
-                resume: Optional[Mapping], checkpoint_extra: Mapping) -> List[dict]:
-    """Run (or continue) the search epochs; returns the log rows. Checkpoints after every epoch."""
+                resume: Optional[Mapping], checkpoint_extra: Mapping, alphas_doc=None) -> List[dict]:
+    """Run (or continue) the search epochs; returns the log rows. Checkpoints after every epoch.
+    ``alphas_doc(model, history)`` writes alphas.json (default alphas_document; stage 2 has its own)."""
     train_loader, alpha_loader, val_loader = loaders
     opt_w, sched_w, opt_a = build_optimizers(model, args, settings.epochs)
     rows, history, start = [], [], 0
@@ -307,7 +310,7 @@ def search_loop(model, args, settings: SearchSettings, loaders, hw: HardwareCost
         rows.append(row)
         history.append(alpha_snapshot(model, epoch, temperature))
         files.log_csv(rows)
-        files.json("alphas.json", alphas_document(model, history))
+        files.json("alphas.json", (alphas_doc or alphas_document)(model, history))
         files.checkpoint("checkpoint_last.pt", {
             **checkpoint_extra, "phase": "search", "epoch": epoch + 1, "model": model.state_dict(),
             "opt_w": opt_w.state_dict(), "opt_a": opt_a.state_dict(), "sched_w": sched_w.state_dict(),
