@@ -9,6 +9,14 @@ execution order and the activation tensors between them:
   concatenations. BatchNorm, activations, dropout and reshapes are fused into the operator before them
   (they run in its epilogue or are views), so they own no buffer.
 
+Activations that cost arithmetic per element (hard-swish, hard-sigmoid, sigmoid, SiLU: see
+``ACTIVATION_FUNCTIONS``) are still fused, but recorded on the operator whose output they transform
+(``Operator.activations``) so the latency model can charge them per output element. ReLU / ReLU6 are
+the clamp of the requantisation and cost nothing extra. Fusing assumes an engine that runs the
+activation in the producer's epilogue (X-CUBE-AI / TinyEngine class); TFLM runs HARD_SWISH and
+LOGISTIC as operators of their own, with a second buffer, which this model does not count.
+Stochastic depth is the identity at inference (a view here), so it adds no operator.
+
 Memory model (the bytes a runtime's arena must hold while an operator runs):
 
 * **layer-wise (TFLM)**: no operator runs in place, so while operator *i* runs, every tensor produced
@@ -16,7 +24,9 @@ Memory model (the bytes a runtime's arena must hold while an operator runs):
   for a later consumer (the block input a residual add needs). tflite-micro memory_management.md.
 * **in-place depthwise (TinyEngine)**: a depthwise conv whose input is not needed later overwrites its
   input channel by channel, so it needs max(input, output) plus one output channel instead of
-  input + output (MCUNet, Lin et al. 2020: "N+1 channels instead of 2N").
+  input + output (MCUNet, Lin et al. 2020: "N+1 channels instead of 2N"). The squeeze-excitation
+  multiply ``x · s`` is a 1×1 depthwise product with per-channel weights ``s``, so under the same
+  model it overwrites ``x`` when ``x`` is not needed later: inputs + kept, no separate output.
 * Per-kernel scratch buffers (CMSIS-NN im2col, depthwise scratch) are not counted; they are small next
   to the activations and engine-specific.
 
@@ -99,6 +109,8 @@ class Operator:
     kernel: Tuple[int, int] = (1, 1)
     stride: Tuple[int, int] = (1, 1)
     groups: int = 1
+    # element-wise activations fused into this operator's epilogue, in order (ACTIVATION_KINDS)
+    activations: List[str] = field(default_factory=list)
 
     @property
     def params(self) -> int:
@@ -141,6 +153,8 @@ class Operator:
         if self.weight_elements or self.op in LAYER_OPS:
             d.update(weight_elements=self.weight_elements, bias_elements=self.bias_elements,
                      kernel=list(self.kernel), stride=list(self.stride), groups=self.groups)
+        if self.activations:
+            d["activations"] = list(self.activations)
         return d
 
 
@@ -162,6 +176,9 @@ _POOL_FUNCS = {"adaptive_avg_pool2d", "avg_pool2d", "max_pool2d", "adaptive_max_
 _ADD_FUNCS = {"add", "__add__", "__radd__", "__iadd__", "add_", "sub", "__sub__", "__rsub__", "__isub__"}
 _MUL_FUNCS = {"mul", "__mul__", "__rmul__", "__imul__", "mul_"}
 _CONCAT_FUNCS = {"cat", "concat", "concatenate", "stack"}
+# torch function name -> activation kind; hardware profiles cost each kind per element
+ACTIVATION_FUNCTIONS = {"hardswish": "hswish", "hardsigmoid": "hsigmoid", "sigmoid": "sigmoid", "silu": "silu"}
+ACTIVATION_KINDS = tuple(ACTIVATION_FUNCTIONS.values())
 
 
 def _func_name(func) -> str:
@@ -225,8 +242,15 @@ class _Tracer(TorchFunctionMode):
             self._record_other(kind, module_name, acts, out)
             return out
         src = self.tensors[acts[0]]
+        activation = ACTIVATION_FUNCTIONS.get(name.strip("_"))
+        if activation and src.producer < 0:
+            # nothing to fuse into (an activation of the network input): an operator of its own
+            self._record_other(activation, module_name, acts, out)
+            return out
         if out.numel() == src.elements and name not in _POOL_FUNCS:
             # fused element-wise (BN, activation, dropout, PACT) or a view: same buffer
+            if activation:
+                self.ops[src.producer].activations.append(activation)
             self.node_of[id(out)] = acts[0]
             self.keep.append(out)
             return out
@@ -445,6 +469,17 @@ class NetworkAnalysis:
     def _inplace_ok(self, op: Operator) -> bool:
         return op.op == "dwconv" and self._last_use[op.inputs[0]] == op.index
 
+    def _inplace_scaled_input(self, op: Operator) -> Optional[int]:
+        """The tensor a channel-scaling multiply (squeeze-excitation ``x · s``) overwrites in place:
+        an input of the output's shape that nobody reads later (module docstring)."""
+        if op.op != "mul":
+            return None
+        out_shape = self.tensors[op.output].shape
+        for t in op.inputs:
+            if self.tensors[t].shape == out_shape and self._last_use[t] == op.index:
+                return t
+        return None
+
     def operator_bytes(self, op: Operator, tensor_size, inplace_depthwise: bool = False) -> Dict[str, int]:
         """input / output / kept / live bytes of ``op`` with ``tensor_size(tensor_id) -> bytes``."""
         alive = self.alive(op.index)
@@ -454,6 +489,10 @@ class NetworkAnalysis:
         live = inputs + output + kept
         if inplace_depthwise and self._inplace_ok(op):
             live = kept + max(inputs, output) + int(math.ceil(output / max(1, op.out_channels)))
+        elif inplace_depthwise:
+            scaled = self._inplace_scaled_input(op)
+            if scaled is not None:
+                live = kept + inputs - tensor_size(scaled) + max(tensor_size(scaled), output)
         return {"input": inputs, "output": output, "kept": kept, "live": live}
 
     def uniform_size(self, precision: str):
@@ -579,6 +618,7 @@ class NetworkAnalysis:
             entry = {"name": op.name, "op": op.op, "in_shape": list(op.in_shape), "out_shape": list(op.out_shape),
                      "kernel": list(op.kernel), "stride": list(op.stride), "groups": op.groups,
                      "macs": op.macs, "params": op.params, "stage": self.stage_of(op),
+                     "activations": list(op.activations),
                      "bytes": per, "allowed_precisions": allowed, "min_live_bytes": need}
             if not allowed:
                 cheapest = min(precisions, key=lambda p: (per[p][key], precisions.index(p)))
@@ -640,7 +680,7 @@ class NetworkAnalysis:
                                 weight_elements=int(o.get("weight_elements", 0)),
                                 bias_elements=int(o.get("bias_elements", 0)),
                                 kernel=tuple(o.get("kernel", (1, 1))), stride=tuple(o.get("stride", (1, 1))),
-                                groups=int(o.get("groups", 1))))
+                                groups=int(o.get("groups", 1)), activations=list(o.get("activations", []))))
         tensors = [Tensor(t["id"], tuple(t["shape"]), t["producer"], list(t["consumers"])) for t in d["tensors"]]
         return cls(d["model"], ops, tensors, d["input_tensor"], d["output_tensors"],
                    d.get("totals", {}).get("params"))

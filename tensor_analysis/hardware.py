@@ -21,8 +21,16 @@ or the channels of a depthwise conv). That is the per-layer
 efficiency the published figures show (REFERENCES.md: narrow layers run at worse cycles/MAC), without
 one global constant.
 
+Element-wise activations fused into an operator (hard-swish, hard-sigmoid, sigmoid, SiLU:
+``Operator.activations``) add ``outputs · activation_cycles[kind][p]`` to it, at the operator's own
+precision: an integer layer's epilogue has the requantised code in hand and looks the activation up in
+a table, a float layer computes it (exp and a division for the sigmoids). ReLU / ReLU6 are the
+requantisation's clamp and cost nothing. A profile without ``activation_cycles`` (or without a kind)
+costs it as ``elementwise_cycles.other``.
+
 Non-layer operators (residual adds, SE multiplications, pooling) cost ``overhead + elements ·
-elementwise_cycles[kind]`` on the primary unit; they are not searched and form the LUT's ``fixed_ms``.
+elementwise_cycles[kind]`` (plus their fused activations at INT8) on the primary unit; they are not
+searched and form the LUT's ``fixed_ms``.
 
 Dual-core: a layer's output channels are split between two units, each at its own precision. Each
 unit pays its own overhead and stages the whole input (a depthwise unit: its channel slice). The layer
@@ -44,8 +52,8 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from models.base import PRECISION_ORDER, get_precision
 
-from .analysis import (LAYER_OPS, NetworkAnalysis, Operator, Part, as_analysis, dual_option_key, precision_bits,
-                       tensor_bytes)
+from .analysis import (ACTIVATION_KINDS, LAYER_OPS, NetworkAnalysis, Operator, Part, as_analysis, dual_option_key,
+                       precision_bits, tensor_bytes)
 
 PROFILE_SCHEMA = "adaptqnet/hardware/1"
 LUT_SCHEMA = "adaptqnet/lut/1"
@@ -66,6 +74,8 @@ class Unit:
     cycles_per_im2col: Dict[str, float]
     simd_lanes: Dict[str, int]
     elementwise_cycles: Dict[str, float]
+    # cycles per element of each fused activation, per precision of the operator it is fused into
+    activation_cycles: Dict[str, Dict[str, float]] = field(default_factory=dict)
     emulated: Dict[str, str] = field(default_factory=dict)
     # what the SIMD lanes run over in conv / pointwise / linear: the im2col column ("reduction":
     # C_in/groups·k_h·k_w, CMSIS-NN and PULP-NN) or the input channels ("channels", ESP-NN)
@@ -149,6 +159,14 @@ def _per_precision(d: Any, where: str) -> Dict[str, float]:
     return {p: _number(d[p], f"{where}.{p}") for p in PRECISION_ORDER}
 
 
+def _activation_costs(v: Any, where: str) -> Dict[str, float]:
+    """One number for every precision, or an object {precision: cycles}."""
+    if isinstance(v, Mapping):
+        return _per_precision(v, where)
+    c = _number(v, where)
+    return {p: c for p in PRECISION_ORDER}
+
+
 def parse_profile(d: Any, where: str) -> HardwareProfile:
     if not isinstance(d, Mapping):
         raise ValueError(f"{where}: not a hardware profile (expected a JSON object)")
@@ -172,6 +190,13 @@ def parse_profile(d: Any, where: str) -> HardwareProfile:
         ew = u.get("elementwise_cycles", {})
         if not isinstance(ew, Mapping):
             raise ValueError(f"{w}.elementwise_cycles: expected an object")
+        acts = u.get("activation_cycles", {})
+        if not isinstance(acts, Mapping):
+            raise ValueError(f"{w}.activation_cycles: expected an object {{activation: cycles or {{precision: cycles}}}}")
+        unknown = [k for k in acts if k not in ACTIVATION_KINDS]
+        if unknown:
+            raise ValueError(f"{w}.activation_cycles: unknown activation {', '.join(map(repr, unknown))}; "
+                             f"expected {', '.join(ACTIVATION_KINDS)}")
         units[name] = Unit(
             name=name, core=str(u.get("core", name)),
             clock_mhz=_number(u.get("clock_mhz"), f"{w}.clock_mhz", positive=True),
@@ -183,6 +208,8 @@ def parse_profile(d: Any, where: str) -> HardwareProfile:
             simd_lanes={p: max(1, int(v)) for p, v in _per_precision(lanes, f"{w}.simd_lanes").items()},
             elementwise_cycles={k: _number(ew.get(k, ew.get("other", 0)), f"{w}.elementwise_cycles.{k}")
                                 for k in ELEMENTWISE_KINDS},
+            activation_cycles={k: _activation_costs(acts.get(k, ew.get("other", 0)), f"{w}.activation_cycles.{k}")
+                               for k in ACTIVATION_KINDS},
             emulated=dict(u.get("emulated", {})),
             simd_over=str(u.get("simd_over", "reduction")))
         if units[name].simd_over not in ("reduction", "channels"):
@@ -237,7 +264,8 @@ def _as_operator(layer) -> Operator:
         return Operator(index=-1, name=layer["name"], op=layer["op"], is_layer=True, inputs=[], output=-1,
                         in_shape=tuple(layer["in_shape"]), out_shape=tuple(layer["out_shape"]),
                         macs=int(layer["macs"]), kernel=tuple(layer.get("kernel", (1, 1))),
-                        stride=tuple(layer.get("stride", (1, 1))), groups=int(layer.get("groups", 1)))
+                        stride=tuple(layer.get("stride", (1, 1))), groups=int(layer.get("groups", 1)),
+                        activations=list(layer.get("activations", [])))
     raise ValueError(f"expected a layer (Operator or analysis.json layer entry), got {type(layer).__name__}")
 
 
@@ -268,8 +296,14 @@ def layer_cycles(layer, precision: str, unit: Unit, fraction: float = 1.0) -> fl
     return (unit.overhead_cycles
             + op.macs * fraction * unit.cycles_per_mac[op.op][precision]
             * lane_padding(vector_channels, unit.simd_lanes[precision])
-            + op.out_elements * fraction * unit.cycles_per_output[precision]
+            + op.out_elements * fraction * (unit.cycles_per_output[precision]
+                                            + activation_cycles_per_element(op, precision, unit))
             + staged * unit.cycles_per_im2col[precision])
+
+
+def activation_cycles_per_element(op: Operator, precision: str, unit: Unit) -> float:
+    """Cycles per output element of the activations fused into ``op`` (0 for none, ReLU, ReLU6)."""
+    return sum(unit.activation_cycles[a][precision] for a in op.activations if a in unit.activation_cycles)
 
 
 def layer_latency_ms(layer, precision: str, profile, unit: Optional[str] = None,
@@ -290,9 +324,15 @@ def fixed_operator_ms(op: Operator, profile: HardwareProfile, clock_mhz: Optiona
     clock = profile.clocks(clock_mhz)[u.name]
     if op.op in LAYER_OPS:
         return layer_cycles(op, "int8", u) / (clock * 1e3)
-    kind = op.op if op.op in ELEMENTWISE_KINDS else "other"
-    elements = op.in_elements if kind == "pool" else op.out_elements
-    return (u.overhead_cycles + elements * u.elementwise_cycles[kind]) / (clock * 1e3)
+    if op.op in ACTIVATION_KINDS:  # an activation with no producer to fuse into
+        per_element = u.activation_cycles[op.op]["int8"]
+        elements = op.out_elements
+    else:
+        kind = op.op if op.op in ELEMENTWISE_KINDS else "other"
+        per_element = u.elementwise_cycles[kind]
+        elements = op.in_elements if kind == "pool" else op.out_elements
+    fused = op.out_elements * activation_cycles_per_element(op, "int8", u)
+    return (u.overhead_cycles + elements * per_element + fused) / (clock * 1e3)
 
 
 # ----------------------------------------------------------------------------------------------------
