@@ -18,7 +18,8 @@ sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..")
 from Search_CIFAR10.dnas.utils.cli import run_cli  # noqa: E402
 from models import list_models  # noqa: E402
 from tensor_analysis.analysis import KB, analyze_network  # noqa: E402
-from tensor_analysis.cli_common import OneLineParser, model_name, positive_mhz, write_text  # noqa: E402
+from models.base import get_precision  # noqa: E402
+from tensor_analysis.cli_common import OneLineParser, positive_mhz, write_text  # noqa: E402
 from tensor_analysis.hardware import load_profile, predict_network  # noqa: E402
 
 DEFAULT_MODELS = ("mobilenetv1", "mobilenetv2", "mobilenetv3_small", "mobilenetv3_large", "efficientnet_b0",
@@ -90,9 +91,13 @@ def build_parser():
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    models = [model_name(m.strip()) for m in args.models.split(",") if m.strip()]
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
     if not models:
         raise ValueError("--models: expected at least one model name")
+    unknown = [m for m in models if m not in list_models()]
+    if unknown:
+        raise ValueError(f"--models: unknown model {', '.join(unknown)}; known models: {', '.join(list_models())}")
+    get_precision(args.precision, "--precision")
     if not args.width_mult > 0:
         raise ValueError(f"--width_mult: expected a positive number, got {args.width_mult}")
     if args.num_classes <= 0:

@@ -159,3 +159,18 @@ def test_model_table_reproduces_the_published_mobilenetv2_figures():
     assert r["peak_ram_bytes"] == 1470 * 1024 and r["peak_ram_bytes_inplace"] == 1372 * 1024
     table = markdown_table(rows, "stm32h747 Cortex-M7 @480 MHz")
     assert "| mobilenetv2 | 224 | 300.8 | 3.50 | 1470 (features.2.conv.1.0) | 1372 (features.2.conv.0.0) |" in table
+
+
+def test_model_table_cli_writes_markdown_and_rejects_bad_flags(tmp_path, capsys):
+    from tensor_analysis import model_table
+    out = tmp_path / "table.md"
+    assert model_table.main(["--models", "mobilenetv3_small,efficientnet_lite0", "--sizes", "32", "--num_classes", "10",
+                             "--width_mult", "0.35", "--output_file", str(out)]) == 0
+    text = out.read_text()
+    assert "| mobilenetv3_small | 32 |" in text and "| efficientnet_lite0 | 32 |" in text
+    for argv, message in ((["--models", "efficientnet"], "--models: unknown model efficientnet"),
+                          (["--sizes", "0"], "--sizes: expected positive"),
+                          (["--precision", "int3"], "--precision: unknown precision 'int3'")):
+        with pytest.raises(ValueError, match=message):
+            model_table.main(argv)
+    capsys.readouterr()
