@@ -17,7 +17,6 @@ from models import build_model
 from models.base import mixed_layers
 from models.multicore import (DualOptionConv2d, DualOptionLinear, apply_dual_mapping, build_dual_network,
                               dual_layers, dual_mapping, open_dual_layers, option_parts, to_dual_layer)
-from Search_CIFAR10.dnas.utils.checkpoint import save_atomic
 from Search_CIFAR10.dnas.utils.finetune import mapping_document, parse_mapping_document
 from Search_CIFAR10.dnas.utils.hardware_loss import lut_latency_ms
 from Search_CIFAR10.dnas_multicore.stage2 import dual_hardware_cost
@@ -375,3 +374,32 @@ def test_latency_predictor_reports_dual_speedup(tmp_path, capsys):
     assert s["speedup"] == pytest.approx(s["single_unit_ms"]["m7"] / pred["totals"]["latency_ms"])
     assert set(pred["totals"]["units"]) == {"m7", "m4"}
     assert pred["totals"]["units"]["m4"]["busy_ms"] > 0 and pred["totals"]["units"]["m4"]["idle_ms"] > 0
+
+
+def test_layer_selection_by_latency_entropy_and_names(stage1_dir):
+    from Search_CIFAR10.dnas_multicore.stage2 import Stage1Run, rank_layers, select_layers
+    run = Stage1Run(str(stage1_dir))
+    lut = json.loads((stage1_dir / "lut.json").read_text())
+    by_latency = rank_layers(run, lut, "latency")
+    ms = [lut["layers"][n][run.mapping[n]] for n in by_latency]
+    assert ms == sorted(ms, reverse=True)
+    history = json.loads((stage1_dir / "alphas.json").read_text())["history"][-1]["probs"]
+    entropy = {n: -sum(p * math.log(p) for p in v if p > 0) for n, v in history.items()}
+    by_entropy = rank_layers(run, lut, "entropy")
+    assert [entropy[n] for n in by_entropy] == sorted(entropy.values(), reverse=True)
+
+    model = run.build_network()
+    net = analyze_network(run.spec)
+    dual_doc = dual_analysis_json(net, "stm32h747", 1024, precisions=["int8", "int4"], splits=["0.5"])
+    args = argparse.Namespace(dual_precisions=None, layers=None, topk=2, select="entropy", protect=None)
+    chosen = select_layers(args, run, model, dual_doc, lut)
+    assert set(chosen) == set(by_entropy[:2])
+    name = by_entropy[0]
+    assert chosen[name][0] == run.mapping[name]  # the stage-1 choice stays an option
+    args.layers, args.dual_precisions = f"{by_latency[5]},{by_latency[0]}", "int8"
+    chosen = select_layers(args, run, model, dual_doc, lut)
+    assert list(chosen) == [n for n in run.mapping if n in (by_latency[5], by_latency[0])]
+    assert all("int4" not in o for o in chosen[by_latency[0]])
+    args.layers = "features.99.conv"
+    with pytest.raises(ValueError, match="--layers: unknown layers features.99.conv"):
+        select_layers(args, run, model, dual_doc, lut)

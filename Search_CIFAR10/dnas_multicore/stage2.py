@@ -24,18 +24,16 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import time
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Dict, List, Mapping, Optional, Sequence
 
 import torch
 import torch.nn as nn
 
 from models import build_from_spec
 from models.base import PRECISION_ORDER, PRECISIONS, canonical_precisions, mixed_layers
-from models.multicore import (DUAL_LAYER_TYPES, apply_dual_mapping, build_dual_network, derive_dual_network,
+from models.multicore import (DUAL_LAYER_TYPES, build_dual_network, derive_dual_network,
                               dual_layers, dual_mapping, open_dual_layers, option_label, option_parts)
-from Search_CIFAR10.dnas.utils.checkpoint import (CheckpointError, check_spec, load_checkpoint, read_json,
-                                                  write_json_atomic)
+from Search_CIFAR10.dnas.utils.checkpoint import CheckpointError, check_spec, load_checkpoint, read_json
 from Search_CIFAR10.dnas.utils.cli import non_negative_float, positive_int
 from Search_CIFAR10.dnas.utils.finetune import parse_mapping_document
 from Search_CIFAR10.dnas.utils.hardware_loss import REFERENCE_PRECISION, HardwareCost, lut_entry_ms, lut_latency_ms
@@ -48,8 +46,9 @@ from Search_CIFAR10.dnas.utils.train_utils import evaluate
 STAGE1_FILES = ("args.json", "mapping.json", "summary.json", "final.pt", "supernet.pt")
 SELECT_MODES = ("latency", "entropy")
 DATA_KEYS = ("dataset", "data_dir", "split_seed", "limit_train", "limit_eval")
-# stage 2 starts from a fine-tuned network: gentler weight updates and a shorter schedule than stage 1
-STAGE2_DEFAULTS = dict(epochs=6, warmup_epochs=1, lr_weights=0.002, finetune_epochs=3, finetune_lr=0.002,
+# stage 2 starts from a fine-tuned network: no weight-only warm-up, gentler weight updates and a shorter
+# schedule than stage 1; α moves faster (there are ~100 options per layer, not 5)
+STAGE2_DEFAULTS = dict(epochs=6, warmup_epochs=0, lr_weights=0.002, finetune_epochs=3, finetune_lr=0.002,
                        lr_alpha=0.05)
 
 
