@@ -6,11 +6,12 @@ rebuilds the same network; checkpoints and analysis files record it.
 from __future__ import annotations
 
 import inspect
+import os
 from typing import Callable, Dict, List, Mapping, Optional, Sequence, Union
 
 import torch.nn as nn
 
-from .base import (PRECISION_ORDER, allowed_precisions, mixed_layers, name_layers,
+from .base import (PRECISION_ORDER, allowed_precisions, canonical_precisions, mixed_layers, name_layers,
                    restrict_precisions)
 
 _REGISTRY: Dict[str, Callable[..., nn.Module]] = {}
@@ -56,6 +57,8 @@ def build_model(name: str, precisions: Union[Sequence[str], Mapping[str, Sequenc
         raise ValueError(f"model {name!r} does not take {', '.join(unknown)}; "
                          f"it takes {', '.join(k for k in accepted if k != 'precisions')}")
     per_layer = isinstance(precisions, Mapping)
+    if not per_layer:  # one clear error here rather than one from the first layer built
+        precisions = canonical_precisions(precisions, f"model {name}: precisions")
     model = builder(precisions=PRECISION_ORDER if per_layer else tuple(precisions), **kwargs)
     if per_layer:
         restrict_precisions(model, precisions, where=f"precisions for {name}")
@@ -117,8 +120,11 @@ class PretrainedUnavailable(RuntimeError):
     """ImageNet weights could not be obtained (offline machine, unsupported width)."""
 
 
-def load_imagenet_pretrained(model: nn.Module) -> List[str]:
-    """Initialise from torchvision's ImageNet weights (downloads them once; needs the internet)."""
+def load_imagenet_pretrained(model: nn.Module, timeout_s: float = 20.0) -> List[str]:
+    """Initialise from torchvision's ImageNet weights: from the torch hub cache when they are there,
+    else downloaded into it (needs the internet). Network waits are bounded by ``timeout_s`` per
+    socket operation, so an offline machine fails in seconds instead of hanging on a dropped
+    connection. Raises PretrainedUnavailable with what to do instead."""
     spec = getattr(model, "spec", {})
     tv_name = _TORCHVISION_NAMES.get(spec.get("type"))
     if tv_name is None:
@@ -126,15 +132,24 @@ def load_imagenet_pretrained(model: nn.Module) -> List[str]:
     if spec.get("width_mult", 1.0) != 1.0:
         raise PretrainedUnavailable(f"torchvision publishes ImageNet weights for width 1.0 only, "
                                     f"not width_mult={spec.get('width_mult')}")
+    import socket
+    from urllib.parse import urlparse
+
+    import torch
     import torchvision
+    weights = torchvision.models.get_model_weights(tv_name).DEFAULT
+    cached = os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(urlparse(weights.url).path))
+    previous_timeout = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(timeout_s)  # urllib (used by torch.hub) has no timeout of its own
     try:
-        weights_enum = torchvision.models.get_model_weights(tv_name)
-        state = weights_enum.DEFAULT.get_state_dict(progress=False)
+        state = weights.get_state_dict(progress=False)  # reads `cached` when present
     except Exception as exc:
         raise PretrainedUnavailable(
-            f"could not download torchvision's ImageNet weights for {tv_name} "
+            f"could not get torchvision's ImageNet weights for {tv_name} "
             f"({exc.__class__.__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
-            f"this needs the internet, or a copy in the torch hub cache ($TORCH_HOME)") from None
+            f"this needs the internet, or the file {weights.url} saved as {cached}") from None
+    finally:
+        socket.setdefaulttimeout(previous_timeout)
     return load_torchvision_state_dict(model, state)
 
 

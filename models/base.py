@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 from dataclasses import dataclass
 from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
@@ -122,75 +123,312 @@ def pact_levels(bits: int, signed: bool) -> int:
 
 def quantize_activation_pact(x: torch.Tensor, clip: torch.Tensor, bits: int,
                              signed: bool = False) -> torch.Tensor:
-    """PACT (Choi et al. 2018): clip to [0, a] (or [-a, a] when ``signed``) and round onto
+    """PACT (Choi et al. 2018): clip to [0, a] (or [-a, a] when ``signed``) and round to nearest on
     2^k-1 (signed: 2^(k-1)-1 per side) uniform levels.
 
-    Gradients: to x, 1 inside the clip range and 0 outside; to ``clip``, 1 where x >= a (and -1 where
-    x <= -a when signed), 0 inside, as in the PACT paper.
+    Straight-through gradients as in the PACT paper (eq. 3-4): to x, 1 for lo < x < a (lo = 0, or -a
+    when signed) and 0 elsewhere; to ``clip``, 1 where x >= a (and -1 where x <= -a when signed). At
+    x = a the gradient goes to the clip alone, so ReLU6 outputs saturated at 6 = a train the clip.
     """
     _check_int_bits(bits, "quantize_activation_pact")
-    levels = pact_levels(bits, signed)
-    clip = clip.abs() + 1e-8  # a clip driven negative by an optimiser step must not flip the range
-    y = torch.minimum(x, clip)
-    y = torch.maximum(y, -clip) if signed else torch.clamp_min(y, 0.0)
-    step = clip / levels
-    q = torch.round(y / step) * step
-    return y + (q - y).detach()
+    clip = torch.as_tensor(clip, dtype=x.dtype, device=x.device).reshape(1)
+    return _QuantMix.apply(x, None, _positive_clip(clip), ("int",), (bits,), bool(signed))
 
 
 # ----------------------------------------------------------------------------------------------------
-# The element-wise mixture over precisions, optionally compiled
+# The element-wise mixture Σ_p π_p Q_p(x) over an activation, as one autograd node
 # ----------------------------------------------------------------------------------------------------
-def _quantize_input_one(x, precision: str, clip, signed: bool):
-    if precision == "fp32":
-        return x
-    if precision == "fp16":
-        return quantize_fp16(x)
-    return quantize_activation_pact(x, clip, PRECISIONS[precision].bits, signed)
+# Why a custom autograd function: composed from autograd ops, the five quantizers take ~40 passes
+# over the activation forward and more backward (torch.minimum's backward alone runs where/eq/gt/
+# masked_fill), and keep a dozen activation-sized tensors alive. Here the forward saves only x and the
+# backward recomputes what it needs. The math is written once, in plain tensor ops, and runs in one
+# of two forms:
+# * eager: π and the per-precision scalars arrive as Python floats, so each op is one vectorised
+#   kernel with scalar operands (tensor-bounded clamp and torch.where are several times slower on
+#   CPU) and partial results accumulate in place;
+# * compiled: they arrive as tensors (no host sync; one graph for any values) and torch.compile fuses
+#   each direction into a loop or two over the tensor.
+# The helpers pick the form from the operand type. The static structure of a mixture is ``kinds``,
+# one of "fp32" / "fp16" / "int" per precision; bit widths and signedness are runtime values, so all
+# layers with the same kinds share one compiled graph.
+_CLIP_EPS = 1e-8
 
 
-def _mix_inputs_eager(x: torch.Tensor, probs: torch.Tensor, clips: torch.Tensor,
-                      precisions: Tuple[str, ...], signed: bool) -> torch.Tensor:
-    """Σ_p π_p Q_p(x). clips holds one entry per integer precision, in `precisions` order."""
+def _positive_clip(clip: torch.Tensor) -> torch.Tensor:
+    # a clip driven negative by an optimiser step must not flip the range
+    return clip.abs() + _CLIP_EPS
+
+
+def _is_eager(v) -> bool:
+    return isinstance(v, float)
+
+
+def _grad_inside(grad, x, lo, hi):
+    """grad where lo < x < hi, else 0: the straight-through pass of a clamp."""
+    if _is_eager(hi):
+        return torch.ops.aten.hardtanh_backward(grad, x, lo, hi)
+    return torch.where((x > lo) & (x < hi), grad, torch.zeros_like(grad))
+
+
+def _clip_side(x, neg):
+    """+1 where x > 0, -1 where x < 0 for a signed range (neg = 1), 0 there otherwise."""
+    if _is_eager(neg):
+        return torch.sign(x) if neg else (x > 0).to(x.dtype)
+    return (x > 0).to(x.dtype) - neg * (x < 0).to(x.dtype)
+
+
+def _dot(u, v):
+    # torch.dot is one pass with no temporary; inside a compiled graph the product-sum fuses instead
+    return (u * v).sum() if torch.compiler.is_compiling() else torch.dot(u, v)
+
+
+def _accumulate(out, term, coef):
+    """out + coef·term (coef None: 1), reusing out's storage; a first term is scaled in place, so it
+    must be a fresh tensor."""
+    if out is None:
+        return term if coef is None else term.mul_(coef)
+    if coef is None:
+        return out.add_(term)
+    if _is_eager(coef):
+        return out.add_(term, alpha=coef)
+    return out.add_(term * coef)
+
+
+def _half_round_trip(x):
+    return x.to(torch.float16).to(x.dtype)
+
+
+def _pact_index(x, qp):
+    """round(clamp(x, lo, a)·scale): x's index on a PACT grid (qp = lo, a, scale, step)."""
+    lo, a, scale, _ = qp
+    return torch.clamp(x, lo, a).mul_(scale).round_()
+
+
+def _mix_forward_math(x, probs, qparams, neg, kinds: Tuple[str, ...]):
+    """Σ_p π_p Q_p(x). ``probs`` None: a single precision at weight 1. ``qparams``: one (lo, a,
+    scale = L/a, step = a/L) row per integer precision; ``neg`` 1 for a signed range, else 0."""
     out = None
     ci = 0
-    for i, p in enumerate(precisions):
-        clip = None
-        if not PRECISIONS[p].is_float:
-            clip = clips[ci]
+    for i, kind in enumerate(kinds):
+        pi = None if probs is None else probs[i]
+        if kind == "fp32":
+            if out is None:  # x is the caller's tensor: never scale it in place
+                out = x.clone() if pi is None else x * pi
+            else:
+                out = _accumulate(out, x, pi)
+        elif kind == "fp16":
+            out = _accumulate(out, _half_round_trip(x), pi)
+        else:
+            qp = qparams[ci]
             ci += 1
-        term = probs[i] * _quantize_input_one(x, p, clip, signed)
-        out = term if out is None else out + term
+            step = qp[3]
+            out = _accumulate(out, _pact_index(x, qp), step if pi is None else pi * step)
     return out
 
 
-_COMPILED_MIX = None
-_COMPILE_FAILED = False
+def _mix_backward_math(x, probs, qparams, neg, kinds: Tuple[str, ...], grad,
+                       need_x: bool, need_probs: bool, need_clips: bool):
+    """Straight-through gradients of Σ_p π_p Q_p(x) with respect to x, π and the clips a:
+    d/dx = Σ_float π_p + Σ_int π_p·[lo_p < x < a_p];  d/dπ_p = Σ grad·Q_p(x);
+    d/da_p = π_p·(Σ_{x ≥ a_p} grad − Σ_{x ≤ −a_p} grad), the second sum for a signed range only."""
+    grad_x = None
+    grad_probs = []
+    grad_clips = []
+    float_pis = [1.0 if probs is None else probs[i] for i, k in enumerate(kinds) if k != "int"]
+    if need_x and float_pis:
+        # a lone float precision passes grad through untouched (no integer term adds into it)
+        grad_x = grad if probs is None else grad * sum(float_pis[1:], float_pis[0])
+    side = _clip_side(x, neg) if need_clips else None
+    ci = 0
+    for i, kind in enumerate(kinds):
+        pi = None if probs is None else probs[i]
+        if kind != "int":
+            if need_probs:
+                grad_probs.append(_dot(grad, x if kind == "fp32" else _half_round_trip(x)))
+            continue
+        qp = qparams[ci]
+        ci += 1
+        lo, a, _, step = qp
+        if need_x or need_clips:
+            inside = _grad_inside(grad, x, lo, a)
+            if need_clips:
+                # grad − inside is exact: grad beyond a bound (or at x ≤ 0 unsigned, where side is 0)
+                beyond = _dot(grad - inside, side)
+                grad_clips.append(beyond if pi is None else beyond * pi)
+            if need_x:
+                grad_x = _accumulate(grad_x, inside, pi)
+        if need_probs:
+            grad_probs.append(_dot(grad, _pact_index(x, qp)) * step)
+    return (grad_x,
+            torch.stack(grad_probs) if need_probs else None,
+            torch.stack(grad_clips) if need_clips else None)
 
 
-def compile_enabled() -> bool:
-    """ADAPTQNET_COMPILE=1 fuses the mixture with torch.compile (one pass over the activation instead
-    of ~25 eager ones); 0 or unset keeps the plain path, which runs everywhere."""
-    return os.environ.get("ADAPTQNET_COMPILE", "0") not in ("0", "", "false", "no")
+# -- how the math runs: torch.compile or eager --------------------------------------------------------
+COMPILE_MODES = ("auto", "on", "off")
+_compile_mode: Optional[str] = None  # None: read $ADAPTQNET_COMPILE on first use
+_compiled: Dict[str, object] = {}
+_compile_broken: Optional[str] = None  # why 'auto' gave up on compiling in this process
 
 
-def mix_inputs(x, probs, clips, precisions, signed):
-    global _COMPILED_MIX, _COMPILE_FAILED
-    if len(precisions) == 1 or not compile_enabled() or _COMPILE_FAILED:
-        return _mix_inputs_eager(x, probs, clips, precisions, signed)
-    try:
-        if _COMPILED_MIX is None:
-            import torch._dynamo
-            # one graph per (allowed set, signedness): a network has a handful of those
-            torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
-            _COMPILED_MIX = torch.compile(_mix_inputs_eager, dynamic=True)
-        return _COMPILED_MIX(x, probs, clips, precisions, signed)
-    except Exception as exc:  # no compiler, unsupported platform: fall back once, loudly
-        _COMPILE_FAILED = True
-        import warnings
-        warnings.warn(f"torch.compile of the precision mixture failed ({exc.__class__.__name__}: "
-                      f"{exc}); using the eager path")
-        return _mix_inputs_eager(x, probs, clips, precisions, signed)
+def _parse_compile_mode(value: str, where: str) -> str:
+    v = str(value).strip().lower()
+    v = {"1": "on", "true": "on", "yes": "on", "0": "off", "false": "off", "no": "off", "": "auto"}.get(v, v)
+    if v not in COMPILE_MODES:
+        raise ValueError(f"{where}: unknown compile mode {value!r}; expected one of {', '.join(COMPILE_MODES)}")
+    return v
+
+
+def set_compile(mode: str) -> None:
+    """How the activation quantizers run: 'auto' (torch.compile where the device has a compiler: a
+    C++ compiler for CPU, Triton for CUDA; on failure, one warning and eager from then on), 'on'
+    (compile; failures raise), 'off' (eager). Default: $ADAPTQNET_COMPILE, else 'auto'."""
+    global _compile_mode, _compile_broken
+    _compile_mode = _parse_compile_mode(mode, "set_compile")
+    _compile_broken = None
+
+
+def get_compile() -> str:
+    global _compile_mode
+    if _compile_mode is None:
+        _compile_mode = _parse_compile_mode(os.environ.get("ADAPTQNET_COMPILE", "auto"), "$ADAPTQNET_COMPILE")
+    return _compile_mode
+
+
+def _compiler_present(device: torch.device) -> bool:
+    if device.type == "cpu":
+        if sys.platform == "win32":
+            return False  # inductor's CPU backend wants MSVC set up by hand there
+        import shutil
+        return shutil.which(os.environ.get("CXX") or "g++") is not None  # inductor's default compiler
+    if device.type == "cuda":
+        try:
+            from torch.utils._triton import has_triton
+            return has_triton()
+        except ImportError:
+            return False
+    return False
+
+
+def compile_enabled(device: Optional[torch.device] = None) -> bool:
+    """Whether the activation quantizers run through torch.compile now (on ``device``, default CPU)."""
+    mode = get_compile()
+    if mode == "off" or (mode == "auto" and _compile_broken is not None):
+        return False
+    return mode == "on" or _compiler_present(torch.device("cpu" if device is None else device))
+
+
+def _compiled_fn(name: str, fn):
+    if name not in _compiled:
+        import torch._dynamo
+        cfg = torch._dynamo.config
+        # one graph per kinds tuple and gradient set: a handful per network
+        for key in ("recompile_limit", "cache_size_limit"):
+            if hasattr(cfg, key):
+                setattr(cfg, key, max(getattr(cfg, key), 64))
+        # emulate_precision_casts keeps the fp32→fp16→fp32 round trip that inductor would otherwise
+        # fold away, which would make the fp16 term the identity
+        _compiled[name] = torch.compile(fn, dynamic=True, fullgraph=True,
+                                        options={"emulate_precision_casts": True})
+    return _compiled[name]
+
+
+# Smaller activations run eager: there per-op overhead dominates either way, and inductor specialises
+# its CPU reductions at this size (need_use_acc_helper), so compiling them would double the graphs.
+COMPILE_MIN_NUMEL = 4096
+
+
+def _use_compiled(x: torch.Tensor) -> bool:
+    return x.numel() > COMPILE_MIN_NUMEL and compile_enabled(x.device) and not torch.compiler.is_compiling()
+
+
+def _run_math(name: str, fn, x: torch.Tensor, probs, qparams, neg, *rest):
+    global _compile_broken
+    if _use_compiled(x):
+        try:
+            return _compiled_fn(name, fn)(x, probs, qparams, neg, *rest)
+        except Exception as exc:  # no working compiler after all: fall back, once and loudly
+            if get_compile() == "on":
+                raise
+            _compile_broken = f"{exc.__class__.__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            import warnings
+            warnings.warn(f"torch.compile of the activation quantizers failed ({_compile_broken}); "
+                          f"using the eager path (ADAPTQNET_COMPILE=off skips the attempt)")
+    # eager: every scalar of the layer crosses to the host in one transfer
+    n_probs = 0 if probs is None else probs.numel()
+    parts = [qparams.reshape(-1), neg.reshape(1)] + ([] if probs is None else [probs.reshape(-1)])
+    values = torch.cat(parts).tolist()
+    n_q = qparams.numel()
+    rows = [values[i:i + 4] for i in range(0, n_q, 4)]
+    eager_probs = None if probs is None else values[n_q + 1:n_q + 1 + n_probs]
+    return fn(x, eager_probs, rows, values[n_q], *rest)
+
+
+def _pact_qparams(clips: torch.Tensor, bits: Tuple[int, ...], signed: bool) -> torch.Tensor:
+    """(K, 4) rows lo, a, L/a, a/L for the positive clips a, in float32 so that the eager and the
+    compiled path see bit-identical scalars."""
+    levels = torch.tensor([pact_levels(b, signed) for b in bits],
+                          dtype=clips.dtype, device=clips.device)
+    lo = -clips if signed else torch.zeros_like(clips)
+    return torch.stack([lo, clips, levels / clips, clips / levels], dim=1)
+
+
+class _QuantMix(torch.autograd.Function):
+    """Σ_p π_p Q_p(x) with straight-through gradients to x, π and the clips; saves only x."""
+
+    @staticmethod
+    def forward(ctx, x, probs, clips, kinds, bits, signed):
+        qparams = _pact_qparams(clips.detach(), bits, signed)
+        neg = torch.tensor(1.0 if signed else 0.0, dtype=x.dtype, device=x.device)
+        probs_d = None if probs is None else probs.detach()
+        # flat and detached: every layer shares one graph, and the compiled call sees no views
+        out = _run_math("forward", _mix_forward_math, x.reshape(-1).detach(), probs_d, qparams, neg, kinds)
+        ctx.save_for_backward(x, probs, qparams, neg)
+        ctx.kinds = kinds
+        return out.view(x.shape)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, probs, qparams, neg = ctx.saved_tensors
+        need_x, need_probs, need_clips = ctx.needs_input_grad[:3]
+        need_probs = need_probs and probs is not None
+        need_clips = need_clips and qparams.numel() > 0
+        if _use_compiled(x):
+            need_x = True  # computing it anyway costs less than compiling a second graph for the stem
+        gx, gp, gc = _run_math("backward", _mix_backward_math, x.reshape(-1).detach(),
+                               None if probs is None else probs.detach(), qparams, neg, ctx.kinds,
+                               grad.reshape(-1).detach(), need_x, need_probs, need_clips)
+        if not ctx.needs_input_grad[0]:
+            gx = None
+        elif gx is None:  # integer precisions only, every element outside every clip range
+            gx = torch.zeros_like(x)
+        else:
+            gx = gx.view(x.shape)
+        return gx, gp, gc, None, None, None
+
+
+def _kinds_and_bits(precisions: Sequence[str]) -> Tuple[Tuple[str, ...], Tuple[int, ...]]:
+    kinds = tuple(p if PRECISIONS[p].is_float else "int" for p in precisions)
+    bits = tuple(PRECISIONS[p].bits for p in precisions if not PRECISIONS[p].is_float)
+    return kinds, bits
+
+
+def mix_inputs(x: torch.Tensor, probs: torch.Tensor, clips: torch.Tensor, precisions: Sequence[str],
+               signed: bool) -> torch.Tensor:
+    """Σ_p π_p Q_p(x) for a layer input: ``probs`` in ``precisions`` order, ``clips`` the raw PACT
+    clips, one per integer precision in that order. One autograd node; compiled when
+    ``compile_enabled()``."""
+    kinds, bits = _kinds_and_bits(precisions)
+    return _QuantMix.apply(x, probs, _positive_clip(clips), kinds, bits, bool(signed))
+
+
+def quantize_input_at(x: torch.Tensor, precision: str, clip: Optional[torch.Tensor], signed: bool) -> torch.Tensor:
+    """Q_p(x) for one precision through the same node (fp32: x itself; fp16 ignores ``clip``)."""
+    if precision == "fp32":
+        return x
+    kinds, bits = _kinds_and_bits([precision])
+    clips = x.new_zeros(0) if clip is None or not bits else _positive_clip(clip.reshape(1))
+    return _QuantMix.apply(x, None, clips, kinds, bits, bool(signed))
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -224,6 +462,8 @@ class MixedPrecisionMixin:
         self.mode = "composite" if len(self.precisions) > 1 else "fixed"
         self.fixed_precision: Optional[str] = self.precisions[0] if len(self.precisions) == 1 else None
         self.weight_per_channel = True
+        # progressive search: a bool mask over α entries; locked entries get π = 0 (None = all open)
+        self.active_mask: Optional[torch.Tensor] = None
 
     def _where(self) -> str:
         return f"layer {getattr(self, 'layer_name', '') or self.__class__.__name__}"
@@ -237,6 +477,8 @@ class MixedPrecisionMixin:
         if sample:
             u = torch.rand_like(logits).clamp_(1e-9, 1 - 1e-9)
             logits = logits - torch.log(-torch.log(u))
+        if self.active_mask is not None:
+            logits = logits.masked_fill(~self.active_mask, float("-inf"))
         return F.softmax(logits / self.temperature, dim=0)
 
     def expected_cost(self, costs: torch.Tensor) -> torch.Tensor:
@@ -285,7 +527,7 @@ class MixedPrecisionMixin:
         return quantize_weight_dorefa(w, bits, self.weight_per_channel) * dorefa_scale(w, self.weight_per_channel)
 
     def quantize_input(self, x: torch.Tensor, precision: str) -> torch.Tensor:
-        return _quantize_input_one(x, precision, self.clip_for(precision), self.signed_input)
+        return quantize_input_at(x, precision, self.clip_for(precision), self.signed_input)
 
     def _forward_mixed(self, x: torch.Tensor) -> torch.Tensor:
         if self.mode == "fixed":
