@@ -14,7 +14,15 @@ from typing import Callable, Optional, Sequence
 EXIT_BAD_INPUT = 2
 
 
+def _one_line_argument_error(parser: argparse.ArgumentParser, message: str):
+    raise ValueError(f"{message} (see --help)")
+
+
 def run_cli(main: Callable[[Optional[Sequence[str]]], Optional[int]], argv=None) -> None:
+    # argparse's own error() prints the whole usage first (40 lines for the search scripts) and hides the
+    # one line that names the flag; while a CLI runs, a bad flag is a ValueError like any other bad input
+    default_error = argparse.ArgumentParser.error
+    argparse.ArgumentParser.error = _one_line_argument_error
     try:
         code = main(argv)
     except KeyboardInterrupt:
@@ -23,6 +31,8 @@ def run_cli(main: Callable[[Optional[Sequence[str]]], Optional[int]], argv=None)
     except (ValueError, FileNotFoundError, NotADirectoryError, PermissionError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(EXIT_BAD_INPUT)
+    finally:
+        argparse.ArgumentParser.error = default_error
     sys.exit(code or 0)
 
 

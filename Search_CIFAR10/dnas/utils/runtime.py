@@ -157,6 +157,10 @@ def setup_runtime(args: Optional[argparse.Namespace] = None, device: str = None,
         raise ValueError(f"--amp: expected one of {', '.join(AMP_CHOICES)}, got {amp!r}")
     if threads:
         torch.set_num_threads(int(threads))
+    compile_mode = getattr(args, "compile", None) if args is not None else None
+    if compile_mode is not None:  # --compile given: it overrides $ADAPTQNET_COMPILE
+        from models.base import set_compile
+        set_compile(compile_mode)
     _, world, local = dist_env()
     dev = resolve_device(device or "auto", local if world > 1 else 0)
     rank, world, local = init_distributed(dev.type)

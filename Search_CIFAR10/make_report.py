@@ -1,0 +1,50 @@
+#!/usr/bin/env python3
+"""Build the AdaptQNet report (report.md + a self-contained report.html) from run directories.
+
+    python Search_CIFAR10/make_report.py --runs runs/demo --output runs/demo/report.md
+    python Search_CIFAR10/make_report.py --runs runs/dnas/my_run runs/dnas_multicore/my_run_stm32h747_latency8 \\
+        runs/dnas_batch --output my_report.md
+
+Each --runs entry is a run directory (its summary.json) or a folder searched for runs below it. The
+roles (stage 1, stage 2, uniform references, λ sweep) are read from the runs' own files; see
+Search_CIFAR10/report.py. Pieces no given run provides are left out with a note.
+"""
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..")))
+
+from Search_CIFAR10.dnas.utils.cli import run_cli  # noqa: E402
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     epilog="Writes OUTPUT (Markdown), its figures in <OUTPUT stem>_files/, and "
+                                            "the HTML file with every figure embedded.")
+    parser.add_argument("--runs", nargs="+", required=True, metavar="DIR",
+                        help="run directories and/or folders holding runs (searched recursively for summary.json)")
+    parser.add_argument("--output", required=True, metavar="FILE",
+                        help="the Markdown report to write, e.g. runs/demo/report.md")
+    parser.add_argument("--html", default=None, metavar="FILE",
+                        help="the HTML report (default: OUTPUT with .html instead of its extension)")
+    parser.add_argument("--main", default=None, metavar="DIR",
+                        help="the stage-1 run the report is about (default: the run a stage-2 run started "
+                             "from, else the first run with a latency target, else the first run)")
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    from Search_CIFAR10.report import build_report
+    report = build_report(args.runs, args.output, main=args.main, output_html=args.html)
+    html_path = args.html or os.path.splitext(args.output)[0] + ".html"
+    print(f"main run: {report.main.dir}")
+    print(f"stage 2: {report.stage2.dir if report.stage2 else 'none given'}; uniform references: "
+          f"{', '.join(sorted(report.uniform)) or 'none'}; accuracy/latency points: {len(report.points)}")
+    print(f"wrote {args.output} and {html_path} ({len(report.document.figures)} figures)")
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,232 @@
+"""The report (Search_CIFAR10/report.py, make_report.py) on small hand-made run directories: the
+numbers in its tables, the embedded figures, valid self-contained HTML, and notes instead of crashes
+when pieces are missing."""
+import base64
+import json
+import os
+import re
+import struct
+import subprocess
+import sys
+import zlib
+from html.parser import HTMLParser
+
+import pytest
+
+from Search_CIFAR10.report import build_report, memory_filter_effect
+
+REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
+LAYERS = [("features.0.0", "conv"), ("features.1.conv.0.0", "dwconv"), ("classifier.1", "linear")]
+MODEL = {"type": "mobilenetv2", "num_classes": 10, "width_mult": 0.35, "input_size": 32}
+
+
+def tiny_png(rgb=(0, 114, 178)) -> bytes:
+    """A valid 1x1 PNG (stands in for a run's plots)."""
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 1, 1, 8, 2, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(b"\x00" + bytes(rgb))) + chunk(b"IEND", b""))
+
+
+def write_analysis(path):
+    kb = 1024
+    live = {"features.0.0": {"fp32": 76, "int8": 19}, "features.1.conv.0.0": {"fp32": 160, "int8": 40},
+            "classifier.1": {"fp32": 5, "int8": 1.3}}
+    layers = []
+    for name, op in LAYERS:
+        allowed = ["fp32", "fp16", "int8", "int4", "int2"] if live[name]["fp32"] <= 128 else ["fp16", "int8", "int4", "int2"]
+        layers.append({"name": name, "op": op, "allowed_precisions": allowed,
+                       "bytes": {p: {"live": v * kb} for p, v in live[name].items()}})
+    doc = {"schema": "adaptqnet/analysis/1", "model": MODEL, "memory_threshold_kb": 128.0,
+           "precisions": ["fp32", "fp16", "int8", "int4", "int2"], "layers": layers,
+           "totals": {"peak_ram_bytes": {"fp32": 416 * kb, "int8": 104 * kb}}}
+    path.write_text(json.dumps(doc))
+    return str(path)
+
+
+def write_run(folder, *, test, latency, mapping, stage=1, hardware_weight=0.5, target=None, analysis=None,
+              uniform=None, pngs=(), extra=None, budget=128.0):
+    folder.mkdir(parents=True)
+    summary = {
+        "schema": "adaptqnet/summary/1", "stage": stage, "model": MODEL,
+        "args": {"dataset": "digits", "hardware_weight": hardware_weight, "int_only": uniform is not None,
+                 "tensor_analysis_json": analysis, "pretrained": "/somewhere/best.pt", "latency_target_ms": target},
+        "accuracy": {"fp32_val": 98.1, "fp32_test": 98.61, "supernet_val": 90.0, "finetuned_val": test + 0.5,
+                     "test": test},
+        "hardware": {"profile": "stm32h747", "label": "STM32H747 test profile", "latency_ms": latency,
+                     "peak_ram_kb": 104.0, "flash_kb": 450.25, "compression": 3.49, "latency_target_ms": target,
+                     "memory_budget_kb": budget,
+                     "references": {"fp32": {"latency_ms": 85.47, "peak_ram_kb": 416.0, "flash_kb": 1569.9},
+                                    "int8": {"latency_ms": 60.16, "peak_ram_kb": 104.0, "flash_kb": 440.7}}},
+        "precision_histogram": {},
+        "layers": [{"name": n, "op": op, "precision": mapping[n], "live_kb": 10.0 * (i + 1), "latency_ms": 1.5,
+                    "macs": 1000} for i, (n, op) in enumerate(LAYERS)],
+        "time_s": {"search": 100.0, "finetune": 20.0},
+    }
+    for p in mapping.values():
+        if isinstance(p, str):
+            summary["precision_histogram"][p] = summary["precision_histogram"].get(p, 0) + 1
+    summary.update(extra or {})
+    (folder / "summary.json").write_text(json.dumps(summary))
+    allowed = {n: ([uniform] if uniform else ["fp32", "int8", "int4"]) for n, _ in LAYERS}
+    history = [{"epoch": e, "temperature": 5.0 / (e + 1),
+                "probs": {n: [1.0 / len(allowed[n])] * len(allowed[n]) for n, _ in LAYERS}} for e in range(2)]
+    (folder / "alphas.json").write_text(json.dumps({"schema": "adaptqnet/alphas/1", "layers": [n for n, _ in LAYERS],
+                                                    "precisions": allowed, "history": history}))
+    for name in pngs:
+        (folder / name).write_bytes(tiny_png())
+    return str(folder)
+
+
+@pytest.fixture
+def runs(tmp_path):
+    analysis = write_analysis(tmp_path / "analysis.json")
+    mixed = {"features.0.0": "fp32", "features.1.conv.0.0": "int8", "classifier.1": "int4"}
+    base = tmp_path / "runs"
+    out = {
+        "stage1": write_run(base / "stage1", test=97.25, latency=62.31, mapping=mixed, target=66.18,
+                            analysis=analysis, pngs=("alpha_evolution.png", "training_curves.png")),
+        "int8": write_run(base / "int8", test=96.75, latency=60.16, mapping={n: "int8" for n, _ in LAYERS},
+                          analysis=analysis, uniform="int8"),
+        "lam5": write_run(base / "lam5", test=95.5, latency=58.4, mapping=mixed, hardware_weight=5.0,
+                          analysis=analysis),
+    }
+    return tmp_path, out
+
+
+def stage2_run(tmp_path, stage1_dir):
+    split = {"split": "0.5", "units": {"m7": {"precision": "int8", "channels": [0, 8]},
+                                       "m4": {"precision": "int8", "channels": [8, 16]}}}
+    mapping = {"features.0.0": "fp32", "features.1.conv.0.0": split, "classifier.1": "int4"}
+    extra = {"stage1": {"dir": stage1_dir, "latency_ms": 62.31},
+             "speedup_vs_stage1": 1.125,
+             "dual": {"units": ["m7", "m4"], "opened_layers": ["features.1.conv.0.0", "features.0.0"],
+                      "split_layers": {"features.1.conv.0.0": split}}}
+    run = write_run(tmp_path / "elsewhere" / "stage2", test=97.0, latency=55.39, mapping=mapping, stage=2,
+                    target=None, pngs=("dual_timeline.png",), extra=extra)
+    summary = json.loads(open(os.path.join(run, "summary.json")).read())
+    summary["hardware"]["units"] = {"m7": {"busy_ms": 50.0, "idle_ms": 5.39, "utilization": 0.9},
+                                    "m4": {"busy_ms": 12.0, "idle_ms": 43.39, "utilization": 0.22}}
+    open(os.path.join(run, "summary.json"), "w").write(json.dumps(summary))
+    return run
+
+
+class StrictHTML(HTMLParser):
+    """Collects images and checks that every non-void element is closed in order."""
+    VOID = {"meta", "img", "br", "hr", "link", "input"}
+
+    def __init__(self):
+        super().__init__()
+        self.stack, self.images, self.errors, self.tables = [], [], [], 0
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "img":
+            self.images.append(dict(attrs))
+        if tag == "table":
+            self.tables += 1
+        if tag not in self.VOID:
+            self.stack.append(tag)
+
+    def handle_endtag(self, tag):
+        if not self.stack or self.stack[-1] != tag:
+            self.errors.append(f"</{tag}> closes <{self.stack[-1] if self.stack else None}>")
+        else:
+            self.stack.pop()
+
+
+def parse_html(path):
+    text = open(path, encoding="utf-8").read()
+    assert text.startswith("<!DOCTYPE html>")
+    parser = StrictHTML()
+    parser.feed(text)
+    parser.close()
+    assert not parser.errors and not parser.stack, (parser.errors, parser.stack)
+    return text, parser
+
+
+def table_row(markdown, first_cell):
+    for line in markdown.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if cells and cells[0] == first_cell:
+            return cells
+    raise AssertionError(f"no table row starting with {first_cell!r}")
+
+
+def test_report_without_stage2(runs):
+    tmp_path, dirs = runs
+    out = tmp_path / "out" / "report.md"
+    report = build_report([str(tmp_path / "runs")], str(out))
+    assert report.main.dir == dirs["stage1"] and report.stage2 is None and set(report.uniform) == {"int8"}
+
+    md = out.read_text()
+    fp32 = table_row(md, "FP32 (pretrained)")
+    assert fp32[1:8] == ["98.61", "–", "85.47", "416.0 ✗ (+288.0)", "1569.9", "1.00×", "all fp32"]
+    int8 = table_row(md, "all-INT8 (QAT)")
+    assert int8[1:7] == ["96.75", "-1.86", "60.16", "104.0 ✓", "440.7", f"{1569.9 / 440.7:.2f}×"]
+    s1 = table_row(md, "stage 1: mixed precision")
+    assert s1[1:8] == ["97.25", "-1.36", "62.31", "104.0 ✓", "450.2", "3.49×", "fp32 1, int8 1, int4 1"]
+    assert "Stage 1 meets its latency target: 62.31 ms vs 66.18 ms" in md
+    assert "No stage-2 run was given" in md and "no dual-core timeline" in md
+    # the memory filter removed fp32 from the one layer whose FP32 live bytes exceed 128 KB
+    removed = table_row(md, "`features.1.conv.0.0`")
+    assert removed[1:4] == ["dwconv", "160.0", "fp32"]
+    # the sweep: the λ=5 run and the uniform references are points; the λ=5 run is on the front
+    point = table_row(md, "λ=5")
+    assert point[3:6] == ["95.50", "58.40", "yes"]
+    assert table_row(md, "all-int8")[3:5] == ["96.75", "60.16"]
+
+    text, parsed = parse_html(str(out.with_suffix(".html")))
+    figures = sorted(os.listdir(tmp_path / "out" / "report_files"))
+    assert figures == ["alpha_evolution.png", "pareto.png", "precision_map_stage1.png", "training_curves.png"]
+    assert len(parsed.images) == len(figures)
+    for img in parsed.images:
+        assert img["src"].startswith("data:image/png;base64,")
+        assert base64.b64decode(img["src"].split(",", 1)[1]).startswith(b"\x89PNG\r\n\x1a\n")
+    # self-contained: no reference to any file or URL
+    assert not re.search(r'(src|href)="(?!data:)', text)
+    assert "<td class=\"num\">97.25</td>" in text
+    for name in figures:
+        assert f"](report_files/{name})" in md
+
+
+def test_report_with_stage2_and_cli(runs):
+    tmp_path, dirs = runs
+    s2 = stage2_run(tmp_path, dirs["stage1"])
+    out = tmp_path / "rep" / "demo.md"
+    # the int8 run is left out: its accuracy is then "not measured", with a note
+    proc = subprocess.run([sys.executable, os.path.join(REPO, "Search_CIFAR10", "make_report.py"), "--runs",
+                           dirs["lam5"], s2, dirs["stage1"], "--output", str(out)],
+                          capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=REPO), timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    md = out.read_text()
+    s2row = table_row(md, "stage 2: mixed precision, dual-core")
+    assert s2row[1:4] == ["97.00", "-1.61", "55.39"]
+    assert table_row(md, "all-INT8")[1] == "not measured" and "All-INT8 accuracy is not measured" in md
+    assert "Stage 2 splits 1 of 2 opened layers over m7 + m4: 55.39 ms, 1.125× stage 1." in md
+    assert table_row(md, "m4")[1:4] == ["12.00", "43.39", "22%"]
+    assert "m7: int8 channels [0, 8], m4: int8 channels [8, 16]" in md
+    _, parsed = parse_html(str(out.with_suffix(".html")))
+    files = sorted(os.listdir(tmp_path / "rep" / "demo_files"))
+    assert "dual_timeline.png" in files and "precision_map_stage2.png" in files
+    assert len(parsed.images) == len(files)
+
+
+def test_report_refuses_unreadable_named_run_and_skips_unreadable_found_one(runs):
+    tmp_path, dirs = runs
+    bad = tmp_path / "runs" / "broken"
+    bad.mkdir()
+    (bad / "summary.json").write_text("{not json")
+    out = tmp_path / "r.md"
+    with pytest.raises(ValueError, match="broken"):
+        build_report([str(bad), dirs["stage1"]], str(out))
+    assert not out.exists()
+    build_report([str(tmp_path / "runs")], str(out))   # found while searching: skipped, listed
+    assert "Skipped: `runs/broken/summary.json`" in out.read_text()
+
+
+def test_memory_filter_effect(runs):
+    tmp_path, _ = runs
+    effect = memory_filter_effect(str(tmp_path / "analysis.json"))
+    assert effect["threshold_kb"] == 128.0
+    assert effect["removed_by_precision"] == {"fp32": ["features.1.conv.0.0"]}
+    assert effect["uniform_peak_kb"] == {"fp32": 416.0, "int8": 104.0}
