@@ -421,6 +421,21 @@ def dual_entry(parts: Sequence[Part], out_channels: int) -> Dict[str, Any]:
 # ----------------------------------------------------------------------------------------------------
 # The analysis
 # ----------------------------------------------------------------------------------------------------
+def layer_input_factor(op: "Operator", parts: Sequence[Part]) -> float:
+    """Bytes per element at which a layer reads its input: its precision; split over units, each
+    unit's copy (a depthwise conv reads only its channel slice)."""
+    if len(parts) == 1:
+        return precision_bits(parts[0].precision) / 8.0
+    if op.op == "dwconv":
+        return sum(precision_bits(p.precision) / 8.0 * (p.c1 - p.c0) / op.out_channels for p in parts)
+    return sum(precision_bits(pr) / 8.0 for pr in {p.precision for p in parts})
+
+
+def layer_output_factor(op: "Operator", parts: Sequence[Part]) -> float:
+    """Bytes per element of a layer's output when nothing reads it later (the network output)."""
+    return sum(precision_bits(p.precision) / 8.0 * (p.c1 - p.c0) / op.out_channels for p in parts)
+
+
 class NetworkAnalysis:
     """Operators (execution order), tensors and the memory model of one network."""
 
@@ -561,31 +576,30 @@ class NetworkAnalysis:
 
     def storage_factors(self, parts_of: Mapping[str, Sequence[Part]]) -> Dict[int, float]:
         """Bytes per element of every tensor under a mapping (module docstring: storage precision)."""
-        factor: Dict[int, float] = {}
+        return self.resolve_storage_factors(
+            lambda op: layer_input_factor(op, parts_of[op.name]),
+            lambda op: layer_output_factor(op, parts_of[op.name]), max, 4.0)
 
-        def layer_input_factor(op: Operator) -> float:
-            parts = parts_of[op.name]
-            if len(parts) == 1:
-                return precision_bits(parts[0].precision) / 8.0
-            if op.op == "dwconv":
-                return sum(precision_bits(p.precision) / 8.0 * (p.c1 - p.c0) / op.out_channels for p in parts)
-            return sum(precision_bits(pr) / 8.0 for pr in {p.precision for p in parts})
-
-        def producer_factor(t: Tensor) -> float:
-            if t.producer >= 0 and self.operators[t.producer].is_layer:
-                op = self.operators[t.producer]
-                return sum(precision_bits(p.precision) / 8.0 * (p.c1 - p.c0) / op.out_channels
-                           for p in parts_of[op.name])
-            return 4.0
-
+    def resolve_storage_factors(self, input_factor, output_factor, combine, default):
+        """Each tensor's bytes per element: the widest of what its consumers read (a layer reads at
+        ``input_factor(op)``, any other operator passes on its output's factor); a tensor nobody
+        reads is stored as its producer layer writes it (``output_factor(op)``), else ``default``.
+        ``combine`` takes the list of consumer factors, so the same walk serves plain numbers and
+        the search's differentiable expectations."""
+        factor: Dict[int, Any] = {}
         # consumers come later than producers: resolve from the last tensor backwards
         for tid in sorted(self.tensors, key=lambda i: -self.tensors[i].producer):
             t = self.tensors[tid]
             vals = []
             for c in t.consumers:
                 op = self.operators[c]
-                vals.append(layer_input_factor(op) if op.is_layer else factor[op.output])
-            factor[tid] = max(vals) if vals else producer_factor(t)
+                vals.append(input_factor(op) if op.is_layer else factor[op.output])
+            if vals:
+                factor[tid] = combine(vals)
+            elif t.producer >= 0 and self.operators[t.producer].is_layer:
+                factor[tid] = output_factor(self.operators[t.producer])
+            else:
+                factor[tid] = default
         return factor
 
     def mapping_live_bytes(self, mapping: Mapping[str, Any], inplace_depthwise: bool = False,

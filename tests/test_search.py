@@ -274,3 +274,22 @@ def test_nan_loss_stops_with_epoch_and_keeps_last_good_checkpoint(analysis_files
     ckpt = load_checkpoint(str(out / "checkpoint_last.pt"))
     assert ckpt["epoch"] == 1
     assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
+
+
+def test_expected_peak_equals_exact_peak_at_one_hot_pi_and_reaches_alpha(analysis_files):
+    from tensor_analysis.analysis import peak_ram_bytes
+    model = tiny_model()
+    hw = _hw(model, analysis_files)
+    names = [n for n, _ in mixed_layers(model)]
+    for k, precisions in enumerate((("int8",) * 5, ("fp32", "int4", "int8", "fp16", "int2"))):
+        mapping = {n: precisions[(i + k) % 5] for i, n in enumerate(names)}
+        for name, layer in mixed_layers(model):
+            layer.alpha.data.fill_(-1e4)
+            layer.alpha.data[layer.precisions.index(mapping[name])] = 1e4
+        exact = peak_ram_bytes(analysis_files["net"], mapping)
+        assert float(hw.expected_peak_ram_bytes(model).detach()) == pytest.approx(exact, abs=2)
+        assert hw.mapping_peak_ram_bytes(mapping) == exact
+    for _, layer in mixed_layers(model):
+        layer.alpha.data.zero_()
+    hw.expected_peak_ram_bytes(model).backward()
+    assert any(layer.alpha.grad is not None and layer.alpha.grad.abs().sum() > 0 for _, layer in mixed_layers(model))

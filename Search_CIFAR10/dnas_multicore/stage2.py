@@ -345,7 +345,6 @@ def initial_alpha(layer: nn.Module, options: Sequence[str], stage1_precision: st
 def dual_hardware_cost(model: nn.Module, lut: Mapping, dual_analysis: Mapping, net_analysis) -> HardwareCost:
     """HardwareCost whose cost vectors follow each layer's α: dual layers' options (latency from the
     LUT's dual section, live bytes from the dual analysis), fixed layers' one precision."""
-    from tensor_analysis.analysis import peak_ram_bytes
     entries = {e["name"]: e for e in dual_analysis["layers"]}
     inplace = dual_analysis.get("memory_model") == "inplace_depthwise"
     key = "live_inplace" if inplace else "live"
@@ -366,8 +365,8 @@ def dual_hardware_cost(model: nn.Module, lut: Mapping, dual_analysis: Mapping, n
         live[name] = torch.tensor(mem)
         row = lut["layers"][name]
         ref += float(row[REFERENCE_PRECISION]) if REFERENCE_PRECISION in row else float(min(row.values()))
-    peak = lambda mapping: float(peak_ram_bytes(net_analysis, mapping, inplace_depthwise=inplace))  # noqa: E731
-    return HardwareCost(names, labels, latency, live, float(lut.get("fixed_ms", 0.0)), ref, peak)
+    cost = HardwareCost(names, labels, latency, live, float(lut.get("fixed_ms", 0.0)), ref)
+    return cost.attach_memory_model(net_analysis, inplace)
 
 
 # ----------------------------------------------------------------------------------------------------

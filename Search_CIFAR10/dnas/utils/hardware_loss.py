@@ -13,7 +13,7 @@ every profile.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Mapping, Optional, Tuple
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -45,6 +45,42 @@ def lut_entry_ms(lut: Mapping, name: str, entry) -> float:
     return float(options[entry]["ms"])
 
 
+class ExpectedPeak:
+    """Peak RAM as a differentiable function of π: tensor_analysis' memory model (every tensor alive
+    while an operator runs, each stored at the widest precision its consumers read) with each
+    layer's read/write width replaced by its expectation under π. At one-hot π it is exactly
+    ``peak_ram_bytes`` of that mapping; a per-layer estimate is not, because a tensor is stored at
+    its *consumer's* precision and residual inputs stay alive across blocks."""
+
+    def __init__(self, analysis, option_labels: Mapping[str, Sequence[str]], inplace_depthwise: bool = False):
+        from tensor_analysis.analysis import layer_input_factor, layer_output_factor, normalize_entry
+        self.analysis = analysis
+        self.inplace = inplace_depthwise
+        self.read, self.write = {}, {}
+        for name, labels in option_labels.items():
+            op = analysis.layer(name)
+            parts = [normalize_entry(op, label) for label in labels]
+            self.read[name] = torch.tensor([layer_input_factor(op, p) for p in parts])
+            self.write[name] = torch.tensor([layer_output_factor(op, p) for p in parts])
+        self.elements = {tid: float(t.elements) for tid, t in analysis.tensors.items()}
+
+    def to(self, device) -> "ExpectedPeak":
+        self.read = {k: v.to(device) for k, v in self.read.items()}
+        self.write = {k: v.to(device) for k, v in self.write.items()}
+        return self
+
+    def __call__(self, probs: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        read = {n: (probs[n] * v).sum() for n, v in self.read.items()}
+        write = {n: (probs[n] * v).sum() for n, v in self.write.items()}
+        default = torch.tensor(4.0, device=next(iter(read.values())).device)
+        factor = self.analysis.resolve_storage_factors(
+            lambda op: read[op.name], lambda op: write[op.name],
+            lambda vals: vals[0] if len(vals) == 1 else torch.stack(vals).max(), default)
+        size = lambda t: self.elements[t] * factor[t]  # noqa: E731
+        live = [self.analysis.operator_bytes(op, size, self.inplace)["live"] for op in self.analysis.operators]
+        return torch.stack([torch.as_tensor(v, dtype=default.dtype, device=default.device) for v in live]).max()
+
+
 @dataclass
 class HardwareCost:
     """Per-layer cost vectors (aligned with each layer's α) plus what the search does not choose."""
@@ -58,6 +94,16 @@ class HardwareCost:
     # exact peak RAM of a concrete mapping (tensor_analysis.peak_ram_bytes), which also sees the
     # operators that are not searched and the precision each tensor is stored at
     peak_of_mapping: Optional[Callable[[Mapping[str, object]], float]] = None
+    expected_peak: Optional[ExpectedPeak] = None
+
+    def attach_memory_model(self, analysis, inplace_depthwise: bool = False) -> "HardwareCost":
+        """Use the whole-network memory model (ExpectedPeak, peak_ram_bytes) instead of the
+        per-layer live bytes for the RAM term and for the RAM of concrete mappings."""
+        from tensor_analysis.analysis import peak_ram_bytes
+        self.expected_peak = ExpectedPeak(analysis, self.option_labels, inplace_depthwise)
+        self.peak_of_mapping = lambda mapping: float(
+            peak_ram_bytes(analysis, mapping, inplace_depthwise=inplace_depthwise))
+        return self
 
     @classmethod
     def from_lut(cls, model: nn.Module, lut: Mapping, analysis_json: Mapping, analysis=None) -> "HardwareCost":
@@ -83,16 +129,16 @@ class HardwareCost:
             live[name] = torch.tensor([float(per_precision[p][key]) for p in layer.precisions])
             labels[name] = list(layer.precisions)
             ref += float(row[REFERENCE_PRECISION]) if REFERENCE_PRECISION in row else float(min(row.values()))
-        peak = None
+        cost = cls([n for n, _ in layers], labels, latency, live, float(lut.get("fixed_ms", 0.0)), ref)
         if analysis is not None:
-            from tensor_analysis.analysis import peak_ram_bytes
-            inplace = key == "live_inplace"
-            peak = lambda mapping: float(peak_ram_bytes(analysis, mapping, inplace_depthwise=inplace))  # noqa: E731
-        return cls([n for n, _ in layers], labels, latency, live, float(lut.get("fixed_ms", 0.0)), ref, peak)
+            cost.attach_memory_model(analysis, key == "live_inplace")
+        return cost
 
     def to(self, device) -> "HardwareCost":
         self.latency_ms = {k: v.to(device) for k, v in self.latency_ms.items()}
         self.live_bytes = {k: v.to(device) for k, v in self.live_bytes.items()}
+        if self.expected_peak is not None:
+            self.expected_peak.to(device)
         return self
 
     # -- expectations under π (differentiable) ---------------------------------------------------
@@ -108,8 +154,11 @@ class HardwareCost:
         return total + self.fixed_ms
 
     def expected_peak_ram_bytes(self, model: nn.Module) -> torch.Tensor:
-        """Max over layers of the expected live bytes: the gradient goes to the layer at the peak,
-        which is the one whose precision must drop for the network to fit."""
+        """Expected peak RAM: the whole-network model when attached, else the max over layers of
+        their expected live bytes. Either way the gradient goes to the layers at the peak, whose
+        precision must drop for the network to fit."""
+        if self.expected_peak is not None:
+            return self.expected_peak({name: layer.probs(sample=False) for name, layer in self._layers(model)})
         per_layer = torch.stack([layer.expected_cost(self.live_bytes[name]) for name, layer in self._layers(model)])
         return per_layer.max()
 
@@ -138,16 +187,17 @@ class HardwareCost:
     def loss(self, model: nn.Module, weight: float, latency_target_ms: Optional[float] = None,
              memory_budget_kb: Optional[float] = None) -> Tuple[torch.Tensor, Dict[str, float]]:
         lat = self.expected_latency_ms(model)
-        ram = self.expected_peak_ram_bytes(model)
         if latency_target_ms is None:
             lat_term = lat / self.latency_ref_ms
         else:
             lat_term = torch.relu(lat - latency_target_ms) / self.latency_ref_ms
+        stats = {"exp_latency_ms": float(lat.detach())}
         mem_term = torch.zeros((), device=lat.device)
-        if memory_budget_kb is not None:
+        if memory_budget_kb is not None:  # the whole-network RAM model is only paid for when it matters
+            ram = self.expected_peak_ram_bytes(model)
             budget = memory_budget_kb * 1024.0
             mem_term = torch.relu(ram - budget) / budget
+            stats["exp_peak_ram_kb"] = float(ram.detach()) / 1024.0
         loss = weight * (lat_term + mem_term)
-        stats = {"exp_latency_ms": float(lat.detach()), "exp_peak_ram_kb": float(ram.detach()) / 1024.0,
-                 "hw_loss": float(loss.detach())}
+        stats["hw_loss"] = float(loss.detach())
         return loss, stats
