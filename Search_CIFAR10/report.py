@@ -380,6 +380,27 @@ def histogram_text(histogram: Any) -> str:
     return ", ".join(f"{k} {histogram[k]}" for k in keys)
 
 
+def precisions_text(row: Mapping[str, Any]) -> str:
+    """The precision column of the headline table: uniform rows say so, searched ones count layers."""
+    if not row.get("histogram"):
+        return "all " + row["key"] if row["key"] in PRECISION_ORDER else "–"
+    text = histogram_text(row["histogram"])
+    return text + (f", {row['split_layers']} split over two cores" if row.get("split_layers") else "")
+
+
+def test_split_size(run: Run) -> Optional[int]:
+    """Images in the run's test split (split.json), to read accuracy differences against."""
+    path = run.file("split.json")
+    if not os.path.isfile(path):
+        return None
+    try:
+        split = _read_json(path, "data split")
+    except ValueError:
+        return None
+    indices = split.get("test_indices") if isinstance(split, Mapping) else None
+    return len(indices) if isinstance(indices, list) and indices else None
+
+
 def _rel(path: str, start: str) -> str:
     try:
         return os.path.relpath(path, start)
@@ -468,7 +489,9 @@ def result_rows(main: Run, stage2: Optional[Run], uniform: Mapping[str, Run], fp
         rows.append({"label": label, "key": key, "test": _number(run.accuracy.get("test")),
                      "latency_ms": _number(hw.get("latency_ms")), "peak_ram_kb": _number(hw.get("peak_ram_kb")),
                      "flash_kb": _number(hw.get("flash_kb")), "compression": _number(hw.get("compression")),
-                     "histogram": run.summary.get("precision_histogram"), "source": run.dir})
+                     "histogram": run.summary.get("precision_histogram"),
+                     "split_layers": len(_section(_section(run.summary, "dual"), "split_layers")),
+                     "source": run.dir})
     for row in rows:
         ram = row["peak_ram_kb"]
         row["fits"] = None if (budget is None or ram is None) else ram <= budget + 1e-9
@@ -481,12 +504,14 @@ def pareto_points(main: Run, sweep: Sequence[Run], uniform: Mapping[str, Run], s
     fp32 = _section(_section(main.hardware, "references"), "fp32")
     if fp32_acc is not None and _number(fp32.get("latency_ms")) is not None:
         points.append({"label": "all-fp32 (pretrained)", "kind": "uniform", "accuracy": fp32_acc,
-                       "latency_ms": _number(fp32["latency_ms"]), "run": None, "lambda": None, "target": None})
+                       "latency_ms": _number(fp32["latency_ms"]), "peak_ram_kb": _number(fp32.get("peak_ram_kb")),
+                       "run": None, "lambda": None, "target": None})
     for precision, run in uniform.items():
         acc, lat = _number(run.accuracy.get("test")), _number(run.hardware.get("latency_ms"))
         if acc is not None and lat is not None:
             points.append({"label": f"all-{precision}", "kind": "uniform", "accuracy": acc, "latency_ms": lat,
-                           "run": run, "lambda": None, "target": None})
+                           "peak_ram_kb": _number(run.hardware.get("peak_ram_kb")), "run": run, "lambda": None,
+                           "target": None})
     for run in sweep:
         acc, lat = _number(run.accuracy.get("test")), _number(run.hardware.get("latency_ms"))
         if acc is None or lat is None:
@@ -496,14 +521,17 @@ def pareto_points(main: Run, sweep: Sequence[Run], uniform: Mapping[str, Run], s
         if target is not None:
             label += f", target {target:g} ms"
         if run is main:
-            label = "stage 1: " + label
-        points.append({"label": label, "kind": "search", "accuracy": acc, "latency_ms": lat, "run": run,
-                       "lambda": lam, "target": target})
+            label = "stage 1" + (f" (target {target:g} ms)" if target is not None
+                                 else f" (λ={lam:g})" if lam is not None else "")
+        points.append({"label": label, "kind": "search", "accuracy": acc, "latency_ms": lat,
+                       "peak_ram_kb": _number(run.hardware.get("peak_ram_kb")), "run": run, "lambda": lam,
+                       "target": target})
     if stage2 is not None:
         acc, lat = _number(stage2.accuracy.get("test")), _number(stage2.hardware.get("latency_ms"))
         if acc is not None and lat is not None:
             points.append({"label": "stage 2 (dual-core)", "kind": "stage2", "accuracy": acc, "latency_ms": lat,
-                           "run": stage2, "lambda": stage2.hardware_weight, "target": stage2.latency_target_ms})
+                           "peak_ram_kb": _number(stage2.hardware.get("peak_ram_kb")), "run": stage2,
+                           "lambda": stage2.hardware_weight, "target": stage2.latency_target_ms})
     return points
 
 
@@ -580,8 +608,7 @@ def build_report(paths: Sequence[str], output_md: str, main: Optional[str] = Non
             ram += " ✓" if r["fits"] else f" ✗ (+{r['peak_ram_kb'] - budget:.1f})"
         table.append([r["label"], fmt(r["test"]) if r["test"] is not None else "not measured",
                       "–" if delta is None else f"{delta:+.2f}", fmt(r["latency_ms"]), ram, fmt(r["flash_kb"], 1),
-                      fmt(r["compression"], 2, "×"), histogram_text(r["histogram"]) if r["histogram"] else
-                      ("all " + r["key"] if r["key"] in PRECISION_ORDER else "–")])
+                      fmt(r["compression"], 2, "×"), precisions_text(r)])
     doc.table(["network", "test acc (%)", "Δ vs FP32", "latency (ms)",
                f"peak RAM (KB){f' vs {budget:g} KB' if budget is not None else ''}", "Flash (KB)", "compression",
                "precisions (layers)"],
@@ -604,6 +631,10 @@ def build_report(paths: Sequence[str], output_md: str, main: Optional[str] = Non
                      f"{fmt(s2row['latency_ms'])} ms" + (f", {sp:.3f}× stage 1" if sp else "") + ".")
     if fp32_row is not None and fp32_row["test"] is None:
         notes.append("FP32 accuracy: not measured (the stage-1 run had no --pretrained checkpoint).")
+    n_test = test_split_size(the_main)
+    if n_test:
+        notes.append(f"The test split has {n_test} images: one image is {100.0 / n_test:.2f} percentage points, "
+                     f"so differences of a few points between these networks are a handful of images.")
     doc.items(notes)
     if int8 is not None and int8["test"] is None:
         doc.note("All-INT8 accuracy is not measured: no uniform INT8 run was given. Its hardware figures are "
@@ -666,13 +697,14 @@ def build_report(paths: Sequence[str], output_md: str, main: Optional[str] = Non
         from Search_CIFAR10.dnas.utils.visualization_utils import pareto_front
         front = {(p["label"], p["latency_ms"], p["accuracy"]) for p in pareto_front(
             [{k: p[k] for k in ("label", "kind", "accuracy", "latency_ms")} for p in points])}
-        doc.table(["point", "λ", "target (ms)", "test acc (%)", "latency (ms)", "on the front", "run"],
+        doc.table(["point", "λ", "target (ms)", "test acc (%)", "latency (ms)", "peak RAM (KB)", "on the front",
+                   "run"],
                   [[p["label"], "–" if p["lambda"] is None else f"{p['lambda']:g}",
                     "–" if p["target"] is None else f"{p['target']:g}", fmt(p["accuracy"]), fmt(p["latency_ms"]),
-                    "yes" if (p["label"], p["latency_ms"], p["accuracy"]) in front else "",
+                    fmt(p.get("peak_ram_kb"), 1), "yes" if (p["label"], p["latency_ms"], p["accuracy"]) in front else "",
                     f"`{_rel(p['run'].dir, out_dir)}`" if p["run"] is not None else "pretrained checkpoint"]
                    for p in sorted(points, key=lambda q: q["latency_ms"])],
-                  numeric=[False, True, True, True, True, False, False])
+                  numeric=[False, True, True, True, True, True, False, False])
     else:
         doc.note("Fewer than two comparable runs with accuracy and latency: no accuracy/latency plot. A λ "
                  "sweep (several stage-1 runs with different --hardware_weight) fills it.")

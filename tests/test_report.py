@@ -75,6 +75,7 @@ def write_run(folder, *, test, latency, mapping, stage=1, hardware_weight=0.5, t
                                                     "precisions": allowed, "history": history}))
     for name in pngs:
         (folder / name).write_bytes(tiny_png())
+    (folder / "split.json").write_text(json.dumps({"dataset": "digits", "test_indices": list(range(200))}))
     return str(folder)
 
 
@@ -166,13 +167,15 @@ def test_report_without_stage2(runs):
     s1 = table_row(md, "stage 1: mixed precision")
     assert s1[1:8] == ["97.25", "-1.36", "62.31", "104.0 ✓", "450.2", "3.49×", "fp32 1, int8 1, int4 1"]
     assert "Stage 1 meets its latency target: 62.31 ms vs 66.18 ms" in md
+    assert "The test split has 200 images: one image is 0.50 percentage points" in md
     assert "No stage-2 run was given" in md and "no dual-core timeline" in md
     # the memory filter removed fp32 from the one layer whose FP32 live bytes exceed 128 KB
     removed = table_row(md, "`features.1.conv.0.0`")
     assert removed[1:4] == ["dwconv", "160.0", "fp32"]
     # the sweep: the λ=5 run and the uniform references are points; the λ=5 run is on the front
     point = table_row(md, "λ=5")
-    assert point[3:6] == ["95.50", "58.40", "yes"]
+    assert point[3:7] == ["95.50", "58.40", "104.0", "yes"]
+    assert table_row(md, "stage 1 (target 66.18 ms)")[3:7] == ["97.25", "62.31", "104.0", "yes"]
     assert table_row(md, "all-int8")[3:5] == ["96.75", "60.16"]
 
     text, parsed = parse_html(str(out.with_suffix(".html")))
@@ -201,6 +204,7 @@ def test_report_with_stage2_and_cli(runs):
     md = out.read_text()
     s2row = table_row(md, "stage 2: mixed precision, dual-core")
     assert s2row[1:4] == ["97.00", "-1.61", "55.39"]
+    assert s2row[7] == "fp32 1, int4 1, 1 split over two cores"
     assert table_row(md, "all-INT8")[1] == "not measured" and "All-INT8 accuracy is not measured" in md
     assert "Stage 2 splits 1 of 2 opened layers over m7 + m4: 55.39 ms, 1.125× stage 1." in md
     assert table_row(md, "m4")[1:4] == ["12.00", "43.39", "22%"]
