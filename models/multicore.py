@@ -382,6 +382,13 @@ def dual_mapping(model: nn.Module) -> Dict[str, Entry]:
     return out
 
 
+def label_entries(model: nn.Module, labels: Mapping[str, str]) -> Dict[str, Entry]:
+    """mapping.json values for option labels (precisions or option keys, as ``derive`` returns them)."""
+    layers = _check_names(model, labels, "labels")
+    return {n: option_entry(option_parts(layers[n], label, "labels", n), _out_channels(layers[n]))
+            for n, label in labels.items()}
+
+
 def derive_dual_network(supernet: nn.Module, mapping: Optional[Mapping[str, Entry]] = None) -> nn.Module:
     """A copy of the supernet fixed at ``mapping`` (default: each layer's derived option)."""
     net = copy.deepcopy(supernet)

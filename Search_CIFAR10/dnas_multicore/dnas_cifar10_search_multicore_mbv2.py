@@ -6,7 +6,7 @@ reports the result against stage 1.
 
 Example (from this folder):
   python dnas_cifar10_search_multicore_mbv2.py --stage1_dir ../../runs/dnas/<stage-1 run> \\
-      --hardware stm32h747 --topk 8
+      --hardware stm32h747 --topk 12
   python dnas_cifar10_search_multicore_mbv2.py --stage1_dir RUN --hardware esp32s3 --layers all \\
       --dual_analysis_json ../tensor_analysis_result/<model>_dual_esp32s3.json
 

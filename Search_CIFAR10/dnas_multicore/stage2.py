@@ -30,13 +30,14 @@ import torch
 import torch.nn as nn
 
 from models import build_from_spec
-from models.base import PRECISION_ORDER, PRECISIONS, canonical_precisions, mixed_layers
-from models.multicore import (DUAL_LAYER_TYPES, build_dual_network, derive_dual_network,
-                              dual_layers, dual_mapping, open_dual_layers, option_label, option_parts)
+from models.base import PRECISION_ORDER, PRECISIONS, canonical_precisions, derive_mapping, mixed_layers
+from models.multicore import (DUAL_LAYER_TYPES, build_dual_network, derive_dual_network, dual_layers,
+                              label_entries, open_dual_layers, option_label, option_parts)
 from Search_CIFAR10.dnas.utils.checkpoint import CheckpointError, check_spec, load_checkpoint, read_json
 from Search_CIFAR10.dnas.utils.cli import non_negative_float, positive_int
 from Search_CIFAR10.dnas.utils.finetune import parse_mapping_document
-from Search_CIFAR10.dnas.utils.hardware_loss import REFERENCE_PRECISION, HardwareCost, lut_entry_ms, lut_latency_ms
+from Search_CIFAR10.dnas.utils.hardware_loss import (REFERENCE_PRECISION, HardwareCost, enforce_budgets, lut_entry_ms,
+                                                     lut_latency_ms)
 from Search_CIFAR10.dnas.utils.search import SearchSettings
 from Search_CIFAR10.dnas.utils.stage1 import (REPO_ROOT, RunFiles, SPEC_MATCH_KEYS, add_search_args, apply_constraints,
                                               build_summary, check_layer_names, finetune_loop, parse_protect,
@@ -47,9 +48,10 @@ STAGE1_FILES = ("args.json", "mapping.json", "summary.json", "final.pt", "supern
 SELECT_MODES = ("latency", "entropy")
 DATA_KEYS = ("dataset", "data_dir", "split_seed", "limit_train", "limit_eval")
 # stage 2 starts from a fine-tuned network: no weight-only warm-up, gentler weight updates and a shorter
-# schedule than stage 1; α moves faster (there are ~100 options per layer, not 5)
+# schedule than stage 1; α moves faster (there are ~100 options per layer, not 5); a heavier hardware
+# term, since a split at one precision changes latency and nothing else
 STAGE2_DEFAULTS = dict(epochs=6, warmup_epochs=0, lr_weights=0.002, finetune_epochs=3, finetune_lr=0.002,
-                       lr_alpha=0.05)
+                       lr_alpha=0.05, hardware_weight=2.0)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -81,7 +83,7 @@ def add_stage2_args(parser: argparse.ArgumentParser) -> None:
                         "(default: the dual analysis file's, else the analysis module's default)")
 
     s = parser.add_argument_group("layers to open")
-    s.add_argument("--topk", type=positive_int, default=8,
+    s.add_argument("--topk", type=positive_int, default=12,
                    help="open the K layers ranked first by --select (default %(default)s)")
     s.add_argument("--layers", default=None,
                    help="'all', or comma-separated layer names to open (overrides --topk/--select)")
@@ -344,7 +346,8 @@ def initial_alpha(layer: nn.Module, options: Sequence[str], stage1_precision: st
 # ----------------------------------------------------------------------------------------------------
 def dual_hardware_cost(model: nn.Module, lut: Mapping, dual_analysis: Mapping, net_analysis) -> HardwareCost:
     """HardwareCost whose cost vectors follow each layer's α: dual layers' options (latency from the
-    LUT's dual section, live bytes from the dual analysis), fixed layers' one precision."""
+    LUT's dual section, live bytes from the dual analysis), fixed layers' one precision; RAM of the
+    whole network from the analysis module's memory model (which reads dual-core entries)."""
     entries = {e["name"]: e for e in dual_analysis["layers"]}
     inplace = dual_analysis.get("memory_model") == "inplace_depthwise"
     key = "live_inplace" if inplace else "live"
@@ -578,23 +581,30 @@ def run_stage2(args) -> dict:
             model.train()
         rows = search_loop(model, args, settings, (train_loader, alpha_loader, val_loader), hw, runtime, files,
                            resume, extra, alphas_doc=stage2_alphas_document)
-        labels = {n: l.derive() for n, l in dual_layers(model)}
-        mapping = dual_mapping(model)
+        searched = derive_mapping(model)   # option labels: a precision, or a dual-core option key
+        chosen, repairs = enforce_budgets(searched, hw, args.memory_budget_kb, args.latency_target_ms)
+        if repairs and runtime.is_main:
+            print(f"budget repair: {len(repairs)} layer change(s) so the derived network meets "
+                  f"--memory_budget_kb / --latency_target_ms: "
+                  + ", ".join(f"{c['layer']} {c['from']}→{c['to']}" for c in repairs), flush=True)
+        labels = {n: chosen[n] for n in opened}
+        mapping = label_entries(model, chosen)
         supernet_val = rows[-1]["val_acc"]
         files.checkpoint("supernet.pt", {**extra, "model": model.state_dict(), "mapping": mapping})
         net = derive_dual_network(model, mapping)
         derived_val = evaluate(net, val_loader, runtime, show_progress=False)["acc"]
         resume = None
     else:
-        mapping, labels = dict(resume["mapping"]), dict(resume["labels"])
+        mapping, labels, chosen = dict(resume["mapping"]), dict(resume["labels"]), dict(resume["chosen"])
+        searched, repairs = dict(resume["searched"]), list(resume["repairs"])
         supernet_val, derived_val = resume["supernet_val"], resume["derived_val"]
         net = runtime.prepare_model(build_dual_network(run.spec, mapping))
         rows = list(resume["log_rows"])
     from Search_CIFAR10.dnas.utils.finetune import mapping_document
     files.json("mapping.json", mapping_document(run.spec, mapping, {"hardware": profile.name, "stage": 2,
                                                                     "units": list(profile.dual_units)}))
-    ft_extra = {**extra, "mapping": mapping, "labels": labels, "supernet_val": supernet_val,
-                "derived_val": derived_val}
+    ft_extra = {**extra, "mapping": mapping, "labels": labels, "chosen": chosen, "searched": searched,
+                "repairs": repairs, "supernet_val": supernet_val, "derived_val": derived_val}
     final_extra = {"spec": run.spec, "stage": 2, "mapping": mapping}
     if resume is None or resume["phase"] == "finetune":
         rows, best_val = finetune_loop(net, args, (train_loader, val_loader), runtime, files, resume, rows,
@@ -609,6 +619,11 @@ def run_stage2(args) -> dict:
     summary = build_stage2_summary(args, run, run.spec, mapping, labels, opened, net_analysis, lut, profile, clock,
                                    {"supernet_val": supernet_val, "derived_val_before_finetune": derived_val,
                                     "finetuned_val": best_val, "test": test["acc"]}, times)
+    summary["budget_repairs"] = repairs
+    if args.memory_budget_kb is not None:
+        summary["hardware"]["meets_memory_budget"] = hw.mapping_peak_ram_bytes(chosen) <= args.memory_budget_kb * 1024
+    if args.latency_target_ms is not None:
+        summary["hardware"]["meets_latency_target"] = hw.mapping_latency_ms(chosen) <= args.latency_target_ms
     files.json("summary.json", summary)
     files.checkpoint("checkpoint_last.pt", {**ft_extra, "phase": "done", "epoch": 0, "log_rows": rows,
                                             "best_val": best_val})
