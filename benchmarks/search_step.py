@@ -96,8 +96,10 @@ def parse_args(argv=None):
                    help="fuse the quantizers with torch.compile: auto = where a C++ compiler (CPU) or "
                         "Triton (CUDA) is present (default: %(default)s)")
     p.add_argument("--device", default="cpu", help="torch device (default: %(default)s)")
-    p.add_argument("--threads", type=non_negative_int, default=0,
-                   help="torch CPU threads; 0 keeps torch's default (default: %(default)s)")
+    p.add_argument("--threads", type=non_negative_int, default=1,
+                   help="torch CPU threads; 0 keeps torch's default. One thread by default: on a shared "
+                        "machine OpenMP threads spin-wait on each other and the timings become noise "
+                        "(default: %(default)s)")
     p.add_argument("--configs", default=",".join(c for c, _ in CONFIGS),
                    help="comma-separated subset of " + ", ".join(c for c, _ in CONFIGS) +
                         "; the ratio line needs composite and int8_qat (default: all)")

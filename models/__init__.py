@@ -137,7 +137,10 @@ def load_imagenet_pretrained(model: nn.Module, timeout_s: float = 20.0) -> List[
 
     import torch
     import torchvision
-    weights = torchvision.models.get_model_weights(tv_name).DEFAULT
+    try:
+        weights = torchvision.models.get_model_weights(tv_name).DEFAULT
+    except (ValueError, AttributeError) as exc:
+        raise PretrainedUnavailable(f"torchvision has no ImageNet weights for {tv_name}: {exc}") from None
     cached = os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(urlparse(weights.url).path))
     previous_timeout = socket.getdefaulttimeout()
     socket.setdefaulttimeout(timeout_s)  # urllib (used by torch.hub) has no timeout of its own

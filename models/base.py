@@ -327,7 +327,11 @@ def _compiled_fn(name: str, fn):
             if hasattr(cfg, key):
                 setattr(cfg, key, max(getattr(cfg, key), 64))
         # emulate_precision_casts keeps the fp32→fp16→fp32 round trip that inductor would otherwise
-        # fold away, which would make the fp16 term the identity
+        # fold away, which would make the fp16 term the identity; an inductor without it must not run
+        import torch._inductor.config
+        if not hasattr(torch._inductor.config, "emulate_precision_casts"):
+            raise RuntimeError("this torch's inductor has no emulate_precision_casts, so it would drop "
+                               "the fp16 rounding")
         _compiled[name] = torch.compile(fn, dynamic=True, fullgraph=True,
                                         options={"emulate_precision_casts": True})
     return _compiled[name]
@@ -339,11 +343,19 @@ COMPILE_MIN_NUMEL = 4096
 
 
 def _use_compiled(x: torch.Tensor) -> bool:
-    return x.numel() > COMPILE_MIN_NUMEL and compile_enabled(x.device) and not torch.compiler.is_compiling()
+    return x.numel() > COMPILE_MIN_NUMEL and compile_enabled(x.device)
 
 
 def _run_math(name: str, fn, x: torch.Tensor, probs, qparams, neg, *rest):
     global _compile_broken
+    if torch.compiler.is_compiling():
+        # traced by a caller's torch.compile (of a whole model, say): the tensor form joins their graph.
+        # Their inductor would fold the fp16 round trips away (here and in quantize_fp16), so ask it
+        # to keep them; it reads the setting when it lowers the graph, after this trace.
+        inductor_config = sys.modules.get("torch._inductor.config")
+        if inductor_config is not None and hasattr(inductor_config, "emulate_precision_casts"):
+            inductor_config.emulate_precision_casts = True
+        return fn(x, probs, qparams, neg, *rest)
     if _use_compiled(x):
         try:
             return _compiled_fn(name, fn)(x, probs, qparams, neg, *rest)
@@ -393,7 +405,7 @@ class _QuantMix(torch.autograd.Function):
         need_x, need_probs, need_clips = ctx.needs_input_grad[:3]
         need_probs = need_probs and probs is not None
         need_clips = need_clips and qparams.numel() > 0
-        if _use_compiled(x):
+        if _use_compiled(x) or torch.compiler.is_compiling():
             need_x = True  # computing it anyway costs less than compiling a second graph for the stem
         gx, gp, gc = _run_math("backward", _mix_backward_math, x.reshape(-1).detach(),
                                None if probs is None else probs.detach(), qparams, neg, ctx.kinds,
