@@ -15,7 +15,7 @@ $(STAMP): requirements.txt requirements-dev.txt
 	touch $(STAMP)
 
 test: $(STAMP)
-	PYTHONPATH=$(CURDIR) $(PY) -m pytest -q tests
+	PYTHONPATH=$(CURDIR) $(PY) -m pytest -q -n 2 --dist loadfile tests
 
 demo: $(STAMP)
 	PYTHONPATH=$(CURDIR) $(PY) Search_CIFAR10/run_demo.py $(if $(FRESH),--fresh,)
