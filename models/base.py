@@ -282,7 +282,12 @@ def _parse_compile_mode(value: str, where: str) -> str:
 def set_compile(mode: str) -> None:
     """How the activation quantizers run: 'auto' (torch.compile where the device has a compiler: a
     C++ compiler for CPU, Triton for CUDA; on failure, one warning and eager from then on), 'on'
-    (compile; failures raise), 'off' (eager). Default: $ADAPTQNET_COMPILE, else 'auto'."""
+    (compile; failures raise), 'off' (eager). Default: $ADAPTQNET_COMPILE, else 'auto'.
+
+    Why 'auto': on the dev machine (CPU, benchmarks/search_step.py defaults) a composite search step
+    costs 1.19x a fixed-INT8 QAT step compiled, against 1.83x eager, and compiled fixed INT8 is
+    itself 1.24x faster than eager. The price is compilation on first use (about 10-30 s per
+    process, less once inductor's on-disk cache is warm), which is why the tests run 'off'."""
     global _compile_mode, _compile_broken
     _compile_mode = _parse_compile_mode(mode, "set_compile")
     _compile_broken = None
@@ -385,19 +390,38 @@ def _pact_qparams(clips: torch.Tensor, bits: Tuple[int, ...], signed: bool) -> t
     return torch.stack([lo, clips, levels / clips, clips / levels], dim=1)
 
 
+def _dense(t: torch.Tensor) -> torch.Tensor:
+    """t itself when its elements fill its memory without gaps in a standard order (contiguous or
+    channels_last, as the CUDA runtime uses), else a contiguous copy."""
+    if t.is_contiguous() or (t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last)):
+        return t
+    return t.contiguous()
+
+
+def _flat(t: torch.Tensor) -> torch.Tensor:
+    """A dense tensor's elements as 1-D in memory order, without a copy, detached: every layer then
+    shares one compiled graph, and the compiled call sees no autograd views."""
+    return t.as_strided((t.numel(),), (1,)).detach()
+
+
+def _unflat(flat: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return flat.as_strided(like.size(), like.stride(), 0)
+
+
 class _QuantMix(torch.autograd.Function):
-    """Σ_p π_p Q_p(x) with straight-through gradients to x, π and the clips; saves only x."""
+    """Σ_p π_p Q_p(x) with straight-through gradients to x, π and the clips; saves only x. The output
+    and x's gradient keep x's memory layout."""
 
     @staticmethod
     def forward(ctx, x, probs, clips, kinds, bits, signed):
+        x = _dense(x)
         qparams = _pact_qparams(clips.detach(), bits, signed)
         neg = torch.tensor(1.0 if signed else 0.0, dtype=x.dtype, device=x.device)
         probs_d = None if probs is None else probs.detach()
-        # flat and detached: every layer shares one graph, and the compiled call sees no views
-        out = _run_math("forward", _mix_forward_math, x.reshape(-1).detach(), probs_d, qparams, neg, kinds)
+        out = _run_math("forward", _mix_forward_math, _flat(x), probs_d, qparams, neg, kinds)
         ctx.save_for_backward(x, probs, qparams, neg)
         ctx.kinds = kinds
-        return out.view(x.shape)
+        return _unflat(out, x)
 
     @staticmethod
     def backward(ctx, grad):
@@ -407,15 +431,12 @@ class _QuantMix(torch.autograd.Function):
         need_clips = need_clips and qparams.numel() > 0
         if _use_compiled(x) or torch.compiler.is_compiling():
             need_x = True  # computing it anyway costs less than compiling a second graph for the stem
-        gx, gp, gc = _run_math("backward", _mix_backward_math, x.reshape(-1).detach(),
+        if grad.stride() != x.stride():  # the flat views must walk both in the same element order
+            grad = torch.empty_like(x).copy_(grad)
+        gx, gp, gc = _run_math("backward", _mix_backward_math, _flat(x),
                                None if probs is None else probs.detach(), qparams, neg, ctx.kinds,
-                               grad.reshape(-1).detach(), need_x, need_probs, need_clips)
-        if not ctx.needs_input_grad[0]:
-            gx = None
-        elif gx is None:  # integer precisions only, every element outside every clip range
-            gx = torch.zeros_like(x)
-        else:
-            gx = gx.view(x.shape)
+                               _flat(grad), need_x, need_probs, need_clips)
+        gx = _unflat(gx, x) if ctx.needs_input_grad[0] else None
         return gx, gp, gc, None, None, None
 
 

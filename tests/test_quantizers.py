@@ -254,3 +254,17 @@ def test_compile_mode_names_are_checked(compile_mode, monkeypatch):
     assert not base.compile_enabled(torch.device("cpu"))  # no compiler: eager, no attempt
     compile_mode("off")
     assert not base.compile_enabled()
+
+
+def test_mixture_keeps_channels_last_layout_and_values(compile_mode):
+    """The CUDA runtime trains channels_last: the fused node must not reorder (copy) activations."""
+    compile_mode("off")
+    x, alpha, clips, upstream = mixture_inputs(PRECISION_ORDER, 2 * 6 * 5 * 5, 11)
+    x, upstream = x.view(2, 6, 5, 5), upstream.view(2, 6, 5, 5)
+    plain = run_mixture(mix_inputs, x, alpha, clips, PRECISION_ORDER, True, upstream)
+    cl = x.contiguous(memory_format=torch.channels_last).requires_grad_()
+    y = mix_inputs(cl, torch.softmax(alpha, 0), clips, PRECISION_ORDER, True)
+    y.backward(upstream)  # a gradient in the other layout
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    assert cl.grad.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(y.detach(), plain[0]) and torch.equal(cl.grad, plain[1])
