@@ -631,6 +631,11 @@ def build_report(paths: Sequence[str], output_md: str, main: Optional[str] = Non
                      f"{fmt(s2row['latency_ms'])} ms" + (f", {sp:.3f}× stage 1" if sp else "") + ".")
     if fp32_row is not None and fp32_row["test"] is None:
         notes.append("FP32 accuracy: not measured (the stage-1 run had no --pretrained checkpoint).")
+    repairs = the_main.summary.get("budget_repairs")
+    if isinstance(repairs, list) and repairs:
+        changes = ", ".join(f"`{c.get('layer')}` {c.get('from')}→{c.get('to')}" for c in repairs if isinstance(c, Mapping))
+        notes.append(f"Stage 1's argmax network missed a budget; {len(repairs)} layer(s) were changed before "
+                     f"fine-tuning so that it meets it: {changes}.")
     n_test = test_split_size(the_main)
     if n_test:
         notes.append(f"The test split has {n_test} images: one image is {100.0 / n_test:.2f} percentage points, "

@@ -86,7 +86,8 @@ def runs(tmp_path):
     base = tmp_path / "runs"
     out = {
         "stage1": write_run(base / "stage1", test=97.25, latency=62.31, mapping=mixed, target=66.18,
-                            analysis=analysis, pngs=("alpha_evolution.png", "training_curves.png")),
+                            analysis=analysis, pngs=("alpha_evolution.png", "training_curves.png"),
+                            extra={"budget_repairs": [{"layer": "features.0.0", "from": "fp16", "to": "fp32"}]}),
         "int8": write_run(base / "int8", test=96.75, latency=60.16, mapping={n: "int8" for n, _ in LAYERS},
                           analysis=analysis, uniform="int8"),
         "lam5": write_run(base / "lam5", test=95.5, latency=58.4, mapping=mixed, hardware_weight=5.0,
@@ -168,6 +169,7 @@ def test_report_without_stage2(runs):
     assert s1[1:8] == ["97.25", "-1.36", "62.31", "104.0 ✓", "450.2", "3.49×", "fp32 1, int8 1, int4 1"]
     assert "Stage 1 meets its latency target: 62.31 ms vs 66.18 ms" in md
     assert "The test split has 200 images: one image is 0.50 percentage points" in md
+    assert "1 layer(s) were changed before fine-tuning so that it meets it: `features.0.0` fp16→fp32." in md
     assert "No stage-2 run was given" in md and "no dual-core timeline" in md
     # the memory filter removed fp32 from the one layer whose FP32 live bytes exceed 128 KB
     removed = table_row(md, "`features.1.conv.0.0`")
