@@ -76,6 +76,13 @@ class SqueezeExcitation(nn.Module):
         return scale * x
 
 
+def check_model_args(width_mult: float, num_classes: int, input_size: int) -> None:
+    """The arguments every registered model shares, checked with one clear message each."""
+    for name, value in (("width_mult", width_mult), ("num_classes", num_classes), ("input_size", input_size)):
+        if not value > 0:
+            raise ValueError(f"{name} must be > 0, got {value}")
+
+
 def init_like_torchvision(model: nn.Module, linear_init: Callable[[nn.Linear], None]) -> None:
     """torchvision's initialisation for its mobile networks (they differ only in the Linear layers),
     so an untrained model behaves like theirs."""

@@ -22,7 +22,7 @@ import torch.nn as nn
 from torchvision.ops import StochasticDepth
 
 from .base import PRECISION_ORDER, MixedPrecisionLinear, name_layers
-from .blocks import ConvNormAct, SqueezeExcitation, activation_signed, init_like_torchvision
+from .blocks import ConvNormAct, SqueezeExcitation, activation_signed, check_model_args, init_like_torchvision
 from .mobilenetv2 import make_divisible, resolve_strides, stride_presets
 
 # expansion ratio, kernel, stride of the first repeat, output channels, repeats: the paper's Table 1
@@ -87,12 +87,7 @@ class EfficientNet(nn.Module):
         super().__init__()
         if variant not in VARIANTS:
             raise ValueError(f"EfficientNet variant must be one of {', '.join(VARIANTS)}, got {variant!r}")
-        if width_mult <= 0:
-            raise ValueError(f"width_mult must be > 0, got {width_mult}")
-        if num_classes <= 0:
-            raise ValueError(f"num_classes must be > 0, got {num_classes}")
-        if input_size <= 0:
-            raise ValueError(f"input_size must be > 0, got {input_size}")
+        check_model_args(width_mult, num_classes, input_size)
         if not 0.0 <= stochastic_depth_prob <= 1.0:
             raise ValueError(f"stochastic_depth_prob must be in [0, 1], got {stochastic_depth_prob}")
         activation, use_se, fixed_stem_head = VARIANTS[variant]

@@ -11,6 +11,7 @@ from typing import List, Sequence, Union
 import torch
 import torch.nn as nn
 
+from .blocks import check_model_args, init_like_torchvision
 from .base import PRECISION_ORDER, MixedPrecisionConv2d, MixedPrecisionLinear, name_layers
 
 # t (expansion), c (output channels), n (repeats), s (stride of the first repeat): the paper's Table 2.
@@ -118,12 +119,7 @@ class MobileNetV2(nn.Module):
                  precisions: Sequence[str] = PRECISION_ORDER, alpha_init: str = "uniform",
                  round_nearest: int = 8):
         super().__init__()
-        if width_mult <= 0:
-            raise ValueError(f"width_mult must be > 0, got {width_mult}")
-        if num_classes <= 0:
-            raise ValueError(f"num_classes must be > 0, got {num_classes}")
-        if input_size <= 0:
-            raise ValueError(f"input_size must be > 0, got {input_size}")
+        check_model_args(width_mult, num_classes, input_size)
         self.strides = resolve_strides(strides, input_size, len(INVERTED_RESIDUAL_SETTING))
         kw = dict(precisions=precisions, alpha_init=alpha_init)
         input_channel = make_divisible(32 * width_mult, round_nearest)
@@ -145,22 +141,8 @@ class MobileNetV2(nn.Module):
             nn.Dropout(p=dropout),
             MixedPrecisionLinear(self.last_channel, num_classes, signed_input=False, **kw),
         )
-        self._init_weights()
+        init_like_torchvision(self, lambda m: nn.init.normal_(m.weight, 0, 0.01))
         name_layers(self)
-
-    def _init_weights(self):
-        # torchvision's initialisation, so an untrained model behaves like theirs
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out")
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                nn.init.normal_(m.weight, 0, 0.01)
-                nn.init.zeros_(m.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.features(x)

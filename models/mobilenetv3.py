@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 
 from .base import PRECISION_ORDER, MixedPrecisionLinear, name_layers
-from .blocks import ConvNormAct, SqueezeExcitation, activation_signed, init_like_torchvision
+from .blocks import ConvNormAct, SqueezeExcitation, activation_signed, check_model_args, init_like_torchvision
 from .mobilenetv2 import make_divisible, resolve_strides, stride_presets
 
 # kernel, expanded channels, output channels, squeeze-excitation, activation (RE = ReLU, HS = hard-swish),
@@ -98,12 +98,7 @@ class MobileNetV3(nn.Module):
         super().__init__()
         if variant not in VARIANTS:
             raise ValueError(f"MobileNetV3 variant must be one of {', '.join(VARIANTS)}, got {variant!r}")
-        if width_mult <= 0:
-            raise ValueError(f"width_mult must be > 0, got {width_mult}")
-        if num_classes <= 0:
-            raise ValueError(f"num_classes must be > 0, got {num_classes}")
-        if input_size <= 0:
-            raise ValueError(f"input_size must be > 0, got {input_size}")
+        check_model_args(width_mult, num_classes, input_size)
         setting, hidden = VARIANTS[variant]
         self.variant = variant
         self.strides = resolve_strides(strides, input_size, len(setting), STRIDE_PRESETS[variant])

@@ -40,7 +40,7 @@ from Search_CIFAR10.dnas.utils.hardware_loss import (REFERENCE_PRECISION, Hardwa
                                                      lut_latency_ms)
 from Search_CIFAR10.dnas.utils.search import SearchSettings
 from Search_CIFAR10.dnas.utils.stage1 import (REPO_ROOT, RunFiles, SPEC_MATCH_KEYS, add_search_args, apply_constraints,
-                                              build_summary, check_layer_names, finetune_loop, parse_protect,
+                                              build_summary, check_layer_names, finetune_loop, finish_run, parse_protect,
                                               resolve_resume, search_loop)
 from Search_CIFAR10.dnas.utils.train_utils import evaluate
 
@@ -508,7 +508,7 @@ def run_stage2(args) -> dict:
     from tensor_analysis.analysis import as_analysis
     from tensor_analysis.hardware import predict_network
     from Search_CIFAR10.dnas.utils.data_utils import DeviceLoader, build_loaders, save_split_info, split_info
-    from Search_CIFAR10.dnas.utils.runtime import barrier, setup_runtime
+    from Search_CIFAR10.dnas.utils.runtime import setup_runtime
     from models.base import calibrate_activation_clips
 
     args, resume = resolve_resume(args)
@@ -611,22 +611,12 @@ def run_stage2(args) -> dict:
                                        ft_extra, final_extra)
     else:
         best_val = resume["best_val"]
-    barrier()
-    final = load_checkpoint(files.path("final.pt"))
-    net.load_state_dict(final["model"])
-    test = evaluate(net, test_loader, runtime, show_progress=False)   # the test split's only use
-    times = {phase: sum(float(r["time_s"]) for r in rows if r["phase"] == phase) for phase in ("search", "finetune")}
-    summary = build_stage2_summary(args, run, run.spec, mapping, labels, opened, net_analysis, lut, profile, clock,
-                                   {"supernet_val": supernet_val, "derived_val_before_finetune": derived_val,
-                                    "finetuned_val": best_val, "test": test["acc"]}, times)
-    summary["budget_repairs"] = repairs
-    if args.memory_budget_kb is not None:
-        summary["hardware"]["meets_memory_budget"] = hw.mapping_peak_ram_bytes(chosen) <= args.memory_budget_kb * 1024
-    if args.latency_target_ms is not None:
-        summary["hardware"]["meets_latency_target"] = hw.mapping_latency_ms(chosen) <= args.latency_target_ms
-    files.json("summary.json", summary)
-    files.checkpoint("checkpoint_last.pt", {**ft_extra, "phase": "done", "epoch": 0, "log_rows": rows,
-                                            "best_val": best_val})
+    summary = finish_run(net, files, test_loader, runtime, rows, args, hw, chosen, repairs,
+                         {**ft_extra, "best_val": best_val},
+                         lambda test_acc, times: build_stage2_summary(
+                             args, run, run.spec, mapping, labels, opened, net_analysis, lut, profile, clock,
+                             {"supernet_val": supernet_val, "derived_val_before_finetune": derived_val,
+                              "finetuned_val": best_val, "test": test_acc}, times))
     if runtime.is_main:
         prediction = predict_network(net_analysis, mapping, profile, clock_mhz=clock)
         write_stage2_plots(files, summary, dual_timeline_layers(net_analysis, mapping, prediction), args)

@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import argparse
 import fnmatch
-import json
 import os
-import sys
 import time
 import warnings
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
@@ -24,8 +22,8 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 import torch
 import torch.nn as nn
 
-from models import build_from_spec, build_model, list_models
-from models.base import (ALPHA_INITS, set_compile, INT_PRECISIONS, PRECISION_ORDER, PRECISIONS, MODES, allowed_precisions,
+from models import build_from_spec, list_models
+from models.base import (ALPHA_INITS, set_compile, INT_PRECISIONS, PRECISION_ORDER, PRECISIONS, allowed_precisions,
                          arch_parameters, calibrate_activation_clips, derive_mapping, mixed_layers,
                          set_gumbel, set_mode, set_temperature, weight_parameters)
 
@@ -36,7 +34,7 @@ from .finetune import derive_fixed_network, mapping_document, precision_histogra
 from .hardware_loss import HardwareCost, enforce_budgets, lut_latency_ms
 from .runtime import barrier, broadcast_buffers
 from .search import (TEMP_SCHEDULES, SearchSettings, alpha_entropy, alpha_snapshot, apply_progressive,
-                     average_gradients, fault_point, progressive_min_bits, run_search_epoch, set_requires_grad,
+                     fault_point, progressive_min_bits, run_search_epoch, set_requires_grad,
                      temperature_at)
 from .train_utils import evaluate, train_one_epoch
 
@@ -548,26 +546,36 @@ def run_stage1(args) -> dict:
                                        ft_extra, final_extra)
     else:
         best_val = resume["best_val"]
-    barrier()
-    final = load_checkpoint(files.path("final.pt"))
-    net.load_state_dict(final["model"])
-    test = evaluate(net, test_loader, runtime, show_progress=False)   # the test split's only use
-    times = {phase: sum(float(r["time_s"]) for r in rows if r["phase"] == phase) for phase in ("search", "finetune")}
-    summary = build_summary(args, model.spec, mapping, net_analysis, lut, profile, fp32_acc,
-                            {"supernet_val": supernet_val, "derived_val_before_finetune": derived_val,
-                             "finetuned_val": best_val, "test": test["acc"]}, times)
-    summary["budget_repairs"] = repairs
-    if args.memory_budget_kb is not None:
-        summary["hardware"]["meets_memory_budget"] = hw.mapping_peak_ram_bytes(mapping) <= args.memory_budget_kb * 1024
-    if args.latency_target_ms is not None:
-        summary["hardware"]["meets_latency_target"] = hw.mapping_latency_ms(mapping) <= args.latency_target_ms
-    files.json("summary.json", summary)
-    files.checkpoint("checkpoint_last.pt", {**ft_extra, "phase": "done", "epoch": 0, "log_rows": rows,
-                                            "best_val": best_val})
+    summary = finish_run(net, files, test_loader, runtime, rows, args, hw, mapping, repairs,
+                         {**ft_extra, "best_val": best_val},
+                         lambda test_acc, times: build_summary(
+                             args, model.spec, mapping, net_analysis, lut, profile, fp32_acc,
+                             {"supernet_val": supernet_val, "derived_val_before_finetune": derived_val,
+                              "finetuned_val": best_val, "test": test_acc}, times))
     if runtime.is_main:
         write_run_plots(files, rows, summary, args)
         print(summary_text(summary), flush=True)
     runtime.cleanup()
+    return summary
+
+
+def finish_run(net, files: RunFiles, test_loader, runtime, rows, args, hw: HardwareCost, choice, repairs,
+               checkpoint_extra: Mapping, summarize) -> dict:
+    """The end of a run (both stages): load the network chosen on validation, measure the test split
+    (its only use), write summary.json (``summarize(test_acc, times)`` plus the budget checks) and
+    mark the run done."""
+    barrier()
+    net.load_state_dict(load_checkpoint(files.path("final.pt"))["model"])
+    test = evaluate(net, test_loader, runtime, show_progress=False)
+    times = {phase: sum(float(r["time_s"]) for r in rows if r["phase"] == phase) for phase in ("search", "finetune")}
+    summary = summarize(test["acc"], times)
+    summary["budget_repairs"] = repairs
+    if args.memory_budget_kb is not None:
+        summary["hardware"]["meets_memory_budget"] = hw.mapping_peak_ram_bytes(choice) <= args.memory_budget_kb * 1024
+    if args.latency_target_ms is not None:
+        summary["hardware"]["meets_latency_target"] = hw.mapping_latency_ms(choice) <= args.latency_target_ms
+    files.json("summary.json", summary)
+    files.checkpoint("checkpoint_last.pt", {**checkpoint_extra, "phase": "done", "epoch": 0, "log_rows": rows})
     return summary
 
 
