@@ -23,7 +23,7 @@ import torch
 import torch.nn as nn
 
 from models import build_from_spec, list_models
-from models.base import (ALPHA_INITS, set_compile, INT_PRECISIONS, PRECISION_ORDER, PRECISIONS, allowed_precisions,
+from models.base import (ALPHA_INITS, INT_PRECISIONS, PRECISION_ORDER, PRECISIONS, allowed_precisions,
                          arch_parameters, calibrate_activation_clips, derive_mapping, mixed_layers,
                          set_gumbel, set_mode, set_temperature, weight_parameters)
 
@@ -470,8 +470,6 @@ def run_stage1(args) -> dict:
     from .runtime import setup_runtime
 
     args, resume = resolve_resume(args)
-    if args.compile is not None:
-        set_compile(args.compile)
     if not args.tensor_analysis_json:
         raise ValueError("--tensor_analysis_json is required (an analysis.json from tensor_memory_filter.py)")
     # every input is read and checked before the first training step
