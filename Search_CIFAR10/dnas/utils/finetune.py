@@ -7,7 +7,7 @@ over; nothing of the search remains, so the network runs and fine-tunes like any
 from __future__ import annotations
 
 import copy
-from typing import Dict, Mapping
+from typing import Dict, Mapping, Sequence
 
 import torch.nn as nn
 
@@ -30,6 +30,16 @@ def mapping_document(spec: Mapping, mapping: Mapping[str, object], extra: Mappin
     return doc
 
 
+def check_layer_names(model: nn.Module, names: Sequence[str], path: str) -> None:
+    own = [n for n, _ in mixed_layers(model)]
+    missing = [n for n in own if n not in names]
+    unknown = [n for n in names if n not in own]
+    if missing or unknown:
+        raise ValueError(f"{path}: layer names do not match the model"
+                         + (f"; missing: {', '.join(missing[:10])}{' ...' if len(missing) > 10 else ''}" if missing else "")
+                         + (f"; unknown: {', '.join(unknown[:10])}{' ...' if len(unknown) > 10 else ''}" if unknown else ""))
+
+
 def parse_mapping_document(doc: object, path: str, model: nn.Module = None) -> Dict[str, object]:
     """Validate a mapping.json document; with ``model``, names must match it exactly (listed)."""
     if not isinstance(doc, dict) or not isinstance(doc.get("layers"), dict):
@@ -44,13 +54,7 @@ def parse_mapping_document(doc: object, path: str, model: nn.Module = None) -> D
         elif not isinstance(value, dict):
             raise ValueError(f"{path}: layer {name}: expected a precision name or a dual-core object, got {value!r}")
     if model is not None:
-        names = [n for n, _ in mixed_layers(model)]
-        missing = [n for n in names if n not in layers]
-        unknown = [n for n in layers if n not in names]
-        if missing or unknown:
-            raise ValueError(f"{path}: layer names do not match the model"
-                             + (f"; missing: {', '.join(missing)}" if missing else "")
-                             + (f"; unknown: {', '.join(unknown)}" if unknown else ""))
+        check_layer_names(model, list(layers), path)
     return layers
 
 

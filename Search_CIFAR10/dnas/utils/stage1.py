@@ -30,7 +30,7 @@ from models.base import (ALPHA_INITS, INT_PRECISIONS, PRECISION_ORDER, PRECISION
 from .checkpoint import (CheckpointError, check_spec, load_checkpoint, rng_state, save_atomic, set_rng_state,
                          write_json_atomic, write_text_atomic)
 from .cli import non_negative_float, non_negative_int, positive_float, positive_int
-from .finetune import derive_fixed_network, mapping_document, precision_histogram
+from .finetune import check_layer_names, derive_fixed_network, mapping_document, precision_histogram
 from .hardware_loss import HardwareCost, enforce_budgets, lut_latency_ms
 from .runtime import barrier, broadcast_buffers
 from .search import (TEMP_SCHEDULES, SearchSettings, alpha_entropy, alpha_snapshot, apply_progressive,
@@ -161,16 +161,6 @@ def check_analysis_matches(analysis: Mapping, spec: Mapping, path: str, source: 
     if diffs:
         raise ValueError(f"{path}: analysis was made for another model or input size than {source}: "
                          f"{'; '.join(diffs)}")
-
-
-def check_layer_names(model: nn.Module, names: Sequence[str], path: str) -> None:
-    own = [n for n, _ in mixed_layers(model)]
-    missing = [n for n in own if n not in names]
-    unknown = [n for n in names if n not in own]
-    if missing or unknown:
-        raise ValueError(f"{path}: layer names do not match the model"
-                         + (f"; missing: {', '.join(missing[:10])}{' ...' if len(missing) > 10 else ''}" if missing else "")
-                         + (f"; unknown: {', '.join(unknown[:10])}{' ...' if len(unknown) > 10 else ''}" if unknown else ""))
 
 
 def load_pretrained_into(model: nn.Module, ckpt: Mapping, path: str) -> None:
