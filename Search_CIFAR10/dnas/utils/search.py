@@ -143,8 +143,8 @@ class SearchSettings:
     epochs: int = 10
     warmup_epochs: int = 1
     temp_schedule: str = "exponential"
-    temp_start: float = 5.0
-    temp_end: float = 0.5
+    temp_start: float = 1.0
+    temp_end: float = 0.1
     hardware_weight: float = 0.5
     latency_target_ms: Optional[float] = None
     memory_budget_kb: Optional[float] = None
