@@ -260,6 +260,23 @@ def test_pareto_plot(tmp_path):
     read_png(viz.plot_pareto([{"label": "only", "latency_ms": 3.0, "accuracy": 0.9}], tmp_path / "one.png"))
 
 
+def test_pareto_labels_of_clustered_points_do_not_overlap():
+    # a λ sweep on a Cortex-M profile: several networks within 0.1 ms and 0.5 points of each other
+    points = [{"label": label, "kind": "search", "latency_ms": 60.16 + 0.03 * i, "accuracy": 98.15 + 0.1 * (i % 2)}
+              for i, label in enumerate(["all-int8", "λ=0.1", "λ=0.3", "λ=1", "λ=5"])]
+    points.append({"label": "all-fp32 (pretrained)", "kind": "uniform", "latency_ms": 85.47, "accuracy": 98.61})
+    fig = viz._new_figure(7.5, 5.2)
+    ax = fig.subplots()
+    ax.scatter([p["latency_ms"] for p in points], [p["accuracy"] for p in points])
+    viz._place_labels(fig, ax, points)
+    renderer = fig.canvas.get_renderer()
+    boxes = [t.get_window_extent(renderer) for t in ax.texts]
+    assert sorted(t.get_text() for t in ax.texts) == sorted(p["label"] for p in points)
+    for i, a in enumerate(boxes):
+        for b in boxes[i + 1:]:
+            assert not a.overlaps(b), "two labels overlap"
+
+
 @pytest.mark.parametrize("points, message", [
     ([], "points: expected a non-empty list"),
     ([{"label": "x", "latency_ms": 1, "accuracy": 2, "kind": "random"}], r"unknown kind 'random'"),

@@ -561,9 +561,6 @@ def plot_pareto(points: Sequence[Mapping], path, title: Optional[str] = None) ->
                   if kind == "uniform" else default_color for p in group]
         ax.scatter([p["latency_ms"] for p in group], [p["accuracy"] for p in group], marker=marker, s=46,
                    c=colors, edgecolors=PRIMARY_COLOR, linewidths=0.6, zorder=3, label=kind)
-        for p in group:
-            ax.annotate(p["label"], (p["latency_ms"], p["accuracy"]), xytext=(4, 4),
-                        textcoords="offset points", fontsize=7)
     right = max(p["latency_ms"] for p in checked)
     xs = [p["latency_ms"] for p in front] + [right]
     ys = [p["accuracy"] for p in front] + [front[-1]["accuracy"]]
@@ -578,7 +575,42 @@ def plot_pareto(points: Sequence[Mapping], path, title: Optional[str] = None) ->
     ax.grid(color="#DDDDDD", linewidth=0.5)
     ax.legend(fontsize=8, frameon=False, loc="lower right")
     ax.set_title(title or "Accuracy vs predicted latency", fontsize=10)
+    _place_labels(fig, ax, checked)
     return _save(fig, path)
+
+
+# label positions tried in turn, in points from the marker: right/left of it, then further up and down
+LABEL_OFFSETS = ((5, 3), (5, -10), (-5, 3), (-5, -10), (5, 14), (5, -21), (-5, 14), (-5, -21), (5, 25), (5, -32))
+
+
+def _place_labels(fig: Figure, ax, points: Sequence[Mapping], fontsize: float = 7) -> None:
+    """Label every point at the first offset where the text covers no marker and no label placed before
+    (sweeps put several networks at nearly the same latency); the first offset when none is free."""
+    fig.canvas.draw()  # the constrained layout settles the axes before positions are measured
+    renderer = fig.canvas.get_renderer()
+    centres = [ax.transData.transform((p["latency_ms"], p["accuracy"])) for p in points]
+    half = 5 * fig.dpi / 72.0
+    taken = [(x - half, y - half, x + half, y + half) for x, y in centres]
+
+    def free(box) -> bool:
+        return all(box[2] <= t[0] or box[0] >= t[2] or box[3] <= t[1] or box[1] >= t[3] for t in taken)
+
+    order = sorted(range(len(points)), key=lambda i: (points[i]["latency_ms"], -points[i]["accuracy"]))
+    for i in order:
+        p = points[i]
+        text = ax.annotate(p["label"], (p["latency_ms"], p["accuracy"]), xytext=LABEL_OFFSETS[0],
+                           textcoords="offset points", fontsize=fontsize, zorder=4)
+        for dx, dy in LABEL_OFFSETS:
+            text.set_position((dx, dy))
+            text.set_horizontalalignment("left" if dx > 0 else "right")
+            bb = text.get_window_extent(renderer)
+            if free((bb.x0, bb.y0, bb.x1, bb.y1)):
+                break
+        else:
+            text.set_position(LABEL_OFFSETS[0])
+            text.set_horizontalalignment("left")
+            bb = text.get_window_extent(renderer)
+        taken.append((bb.x0, bb.y0, bb.x1, bb.y1))
 
 
 # ----------------------------------------------------------------------------------------------------
