@@ -259,8 +259,8 @@ def stage1_dir(tmp_path_factory):
     return folder / "run"
 
 
-def run_script(args, timeout=240):
-    env = dict(os.environ, PYTHONPATH=REPO, ADAPTQNET_COMPILE="off", OMP_NUM_THREADS="1")
+def run_script(args, timeout=240, env=None):
+    env = dict(os.environ, PYTHONPATH=REPO, ADAPTQNET_COMPILE="off", OMP_NUM_THREADS="1", **(env or {}))
     return subprocess.run([sys.executable, SCRIPT, *args], capture_output=True, text=True, env=env,
                           timeout=timeout, cwd=os.path.dirname(SCRIPT))
 
@@ -270,10 +270,14 @@ RUN_FILES = ["args.json", "log.csv", "alphas.json", "mapping.json", "summary.jso
              "alpha_evolution.png", "precision_map.png", "dual_timeline.png"]
 
 
+def stage2_args(stage1_dir, out):
+    return ["--stage1_dir", str(stage1_dir), "--epochs", "2", "--warmup_epochs", "1", "--finetune_epochs", "1",
+            "--batch_size", "16", "--topk", "3", "--output_dir", str(out), "--device", "cpu"]
+
+
 def test_two_epoch_run_writes_every_output(stage1_dir, tmp_path):
     out = tmp_path / "s2"
-    r = run_script(["--stage1_dir", str(stage1_dir), "--epochs", "2", "--warmup_epochs", "1", "--finetune_epochs",
-                    "1", "--batch_size", "16", "--topk", "3", "--output_dir", str(out), "--device", "cpu"])
+    r = run_script(stage2_args(stage1_dir, out))
     assert r.returncode == 0, r.stderr[-3000:]
     for name in RUN_FILES:
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name
@@ -302,6 +306,18 @@ def test_two_epoch_run_writes_every_output(stage1_dir, tmp_path):
     from Search_CIFAR10.dnas_multicore.stage2 import load_stage2_network
     net = load_stage2_network(str(out / "final.pt"))
     assert dual_mapping(net) == mapping["layers"]
+
+    # SIGKILLed in the middle of the α-searching epoch, then --resume: the same network as uninterrupted
+    part = tmp_path / "s2_part"
+    env = {"ADAPTQNET_FAULT": "kill@search:1:1"}
+    r = run_script(stage2_args(stage1_dir, part), env=env)
+    assert r.returncode != 0 and not (part / "final.pt").exists()
+    r = run_script(["--resume", "--output_dir", str(part)])
+    assert r.returncode == 0, r.stderr[-3000:]
+    a = torch.load(str(out / "final.pt"), map_location="cpu", weights_only=False)["model"]
+    b = torch.load(str(part / "final.pt"), map_location="cpu", weights_only=False)["model"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert json.loads((part / "mapping.json").read_text())["layers"] == mapping["layers"]
 
 
 def _main():
