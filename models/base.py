@@ -692,18 +692,28 @@ def current_mapping(model: nn.Module) -> Dict[str, str]:
     return {name: (m.fixed_precision if m.mode == "fixed" else m.derive()) for name, m in mixed_layers(model)}
 
 
+def check_layer_names_match(expected: Sequence[str], given: Iterable[str], where: str,
+                            what: str = "the model") -> None:
+    """The one error for a file or table whose layer names differ from the model's: every missing and
+    unknown name is listed (the first 10 of each, then how many more), so the user sees what to fix."""
+    given = list(given)
+    given_set, expected_set = set(given), set(expected)
+    missing = [n for n in expected if n not in given_set]
+    unknown = [n for n in given if n not in expected_set]
+    if not (missing or unknown):
+        return
+
+    def listed(names: List[str]) -> str:
+        return ", ".join(names[:10]) + (f" and {len(names) - 10} more" if len(names) > 10 else "")
+    parts = ([f"missing layers: {listed(missing)}"] if missing else []) + (
+        [f"unknown layers: {listed(unknown)}"] if unknown else [])
+    raise ValueError(f"{where}: layer names do not match {what}: {'; '.join(parts)}")
+
+
 def apply_mapping(model: nn.Module, mapping: Dict[str, str], where: str = "mapping") -> None:
     """Fix every layer at the precision named in ``mapping``; names must match the model exactly."""
     layers = dict(mixed_layers(model))
-    missing = [n for n in layers if n not in mapping]
-    unknown = [n for n in mapping if n not in layers]
-    if missing or unknown:
-        parts = []
-        if missing:
-            parts.append(f"missing layers: {', '.join(missing)}")
-        if unknown:
-            parts.append(f"unknown layers: {', '.join(unknown)}")
-        raise ValueError(f"{where}: layer names do not match the model ({'; '.join(parts)})")
+    check_layer_names_match(list(layers), mapping, where)
     for name, layer in layers.items():
         layer.set_precision(mapping[name])
 
@@ -712,10 +722,7 @@ def restrict_precisions(model: nn.Module, allowed: Dict[str, Sequence[str]], whe
     """Rebuild each layer's α and clips for a new allowed list, keeping the shared weight and the
     clips and logits of precisions that stay. Precisions not allowed then no longer exist."""
     layers = dict(mixed_layers(model))
-    missing = [n for n in layers if n not in allowed]
-    unknown = [n for n in allowed if n not in layers]
-    if missing or unknown:
-        raise ValueError(f"{where}: layer names do not match the model (missing: {missing}, unknown: {unknown})")
+    check_layer_names_match(list(layers), allowed, where)
     for name, layer in layers.items():
         new = canonical_precisions(allowed[name], f"{where}: layer {name}")
         old_alpha = {p: layer.alpha.data[i] for i, p in enumerate(layer.precisions)}

@@ -57,7 +57,8 @@ import torch.nn as nn
 from torch.overrides import TorchFunctionMode
 
 from models import build_from_spec
-from models.base import MIXED_LAYER_TYPES, PRECISION_ORDER, PRECISIONS, canonical_precisions, get_precision
+from models.base import (MIXED_LAYER_TYPES, PRECISION_ORDER, PRECISIONS, canonical_precisions, check_layer_names_match,
+                         get_precision)
 
 SCHEMA = "adaptqnet/analysis/1"
 MAPPING_SCHEMA = "adaptqnet/mapping/1"
@@ -561,17 +562,8 @@ class NetworkAnalysis:
         """Names must match the layers exactly; returns each layer's Parts."""
         if not isinstance(mapping, Mapping):
             raise ValueError(f"{where}: expected an object {{layer name: precision}}, got {type(mapping).__name__}")
-        names = set(self._by_name)
-        missing = [n for n in self.layer_names if n not in mapping]
-        unknown = [n for n in mapping if n not in names]
-        if missing or unknown:
-            parts = []
-            if missing:
-                parts.append(f"missing layers: {', '.join(missing)}")
-            if unknown:
-                parts.append(f"unknown layers: {', '.join(unknown)}")
-            raise ValueError(f"{where}: layer names do not match the model "
-                             f"({self.spec.get('type', 'model')}, {len(names)} layers): {'; '.join(parts)}")
+        check_layer_names_match(self.layer_names, mapping, where,
+                                f"the model ({self.spec.get('type', 'model')}, {len(self.layer_names)} layers)")
         return {n: normalize_entry(self._by_name[n], mapping[n], where) for n in self.layer_names}
 
     def storage_factors(self, parts_of: Mapping[str, Sequence[Part]]) -> Dict[int, float]:

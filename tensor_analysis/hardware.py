@@ -50,7 +50,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
-from models.base import PRECISION_ORDER, get_precision
+from models.base import PRECISION_ORDER, check_layer_names_match, get_precision
 
 from .analysis import (ACTIVATION_KINDS, LAYER_OPS, NetworkAnalysis, Operator, Part, as_analysis, dual_option_key,
                        precision_bits, tensor_bytes)
@@ -509,17 +509,7 @@ def validate_lut(d: Any, where: str, analysis=None) -> Dict[str, Any]:
             _number(v, f"{where}: layer {name}: {p}")
     _number(d.get("fixed_ms", 0), f"{where}: fixed_ms")
     if analysis is not None:
-        a = as_analysis(analysis)
-        names = set(a.layer_names)
-        missing = [n for n in a.layer_names if n not in layers]
-        unknown = [n for n in layers if n not in names]
-        if missing or unknown:
-            parts = []
-            if missing:
-                parts.append(f"missing layers: {', '.join(missing)}")
-            if unknown:
-                parts.append(f"unknown layers: {', '.join(unknown)}")
-            raise ValueError(f"{where}: layer names do not match the model: {'; '.join(parts)}")
+        check_layer_names_match(as_analysis(analysis).layer_names, layers, where)
     return dict(d)
 
 

@@ -141,7 +141,7 @@ def test_forced_alpha_derives_expected_mapping_and_mapping_json_round_trips(tmp_
     other = dict(wanted)
     other.pop(names[3])
     other["features.99.conv"] = "int8"
-    with pytest.raises(ValueError, match=r"missing: .*" + names[3].replace(".", r"\.") + r".*unknown: features\.99\.conv"):
+    with pytest.raises(ValueError, match=r"missing layers: .*" + names[3].replace(".", r"\.") + r".*unknown layers: features\.99\.conv"):
         parse_mapping_document(mapping_document(model.spec, other), "m.json", model)
     with pytest.raises(ValueError, match="unknown precision 'int3'"):
         parse_mapping_document({"layers": {names[0]: "int3"}}, "m.json")

@@ -11,7 +11,7 @@ from typing import Dict, Mapping, Sequence
 
 import torch.nn as nn
 
-from models.base import PRECISION_ORDER, canonical_precisions, mixed_layers, restrict_precisions
+from models.base import PRECISION_ORDER, canonical_precisions, check_layer_names_match, mixed_layers, restrict_precisions
 
 MAPPING_SCHEMA = "adaptqnet/mapping/1"
 
@@ -31,13 +31,7 @@ def mapping_document(spec: Mapping, mapping: Mapping[str, object], extra: Mappin
 
 
 def check_layer_names(model: nn.Module, names: Sequence[str], path: str) -> None:
-    own = [n for n, _ in mixed_layers(model)]
-    missing = [n for n in own if n not in names]
-    unknown = [n for n in names if n not in own]
-    if missing or unknown:
-        raise ValueError(f"{path}: layer names do not match the model"
-                         + (f"; missing: {', '.join(missing[:10])}{' ...' if len(missing) > 10 else ''}" if missing else "")
-                         + (f"; unknown: {', '.join(unknown[:10])}{' ...' if len(unknown) > 10 else ''}" if unknown else ""))
+    check_layer_names_match([n for n, _ in mixed_layers(model)], names, path)
 
 
 def parse_mapping_document(doc: object, path: str, model: nn.Module = None) -> Dict[str, object]:
