@@ -66,9 +66,6 @@ class DemoConfig:
     search_warmup_epochs: int = 1
     finetune_epochs: int = 2
     int8_finetune_epochs: int = 2
-    # a short search takes only ~20 α steps per epoch on digits: 10× the default α learning rate lets the
-    # logits leave the int8-biased start within the demo's epochs
-    lr_alpha: float = 0.1
     sweep_lambdas: Sequence[float] = (0.0, 1.0, 5.0)
     sweep_epochs: int = 2
     sweep_finetune_epochs: int = 1
@@ -155,8 +152,7 @@ def search_flags(cfg: DemoConfig, out: str, epochs: int, warmup: int, finetune: 
     return [STAGE1, "--tensor_analysis_json", cfg.analysis_file, "--latency_lut", cfg.lut_file,
             "--hardware", cfg.hardware, "--pretrained", cfg.path("pretrain", "best.pt"),
             "--dataset", cfg.dataset, "--epochs", str(epochs), "--warmup_epochs", str(warmup),
-            "--finetune_epochs", str(finetune), "--lr_alpha", f"{cfg.lr_alpha:g}",
-            "--memory_budget_kb", f"{cfg.memory_budget_kb:g}", "--output_dir", out] + _run_flags(cfg)
+            "--finetune_epochs", str(finetune), "--memory_budget_kb", f"{cfg.memory_budget_kb:g}", "--output_dir", out] + _run_flags(cfg)
 
 
 def lambda_tag(value: float) -> str:

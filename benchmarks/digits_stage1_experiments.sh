@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Issue-5 acceptance experiments on the offline digits data (MobileNetV2 width 0.35, 32 px), every run
 # 4 search + 2 fine-tune epochs from the same FP32 checkpoint:
-#   lam0        λ = 0, no budgets                          → keeps FP32 accuracy?
+#   lam0        λ = 0, no budgets                          → keeps FP32 accuracy? (seed 0, and LAM0_SEEDS)
 #   budget      64 KB RAM budget (below the 104 KB all-INT8 peak, so the memory filter forces sub-8-bit
 #               layers) and a latency target 10% above all-INT8 on the STM32H747 → meets both?
 #   sweep_*     λ ∈ {0.1, 0.3, 1, 5} on stm32h747 and on the seed's `artifact` table
@@ -9,7 +9,8 @@
 # then the tables (summarize_runs.py), the λ sweep on both profiles (plot_sweep.py: λ = 0 and the uniform
 # networks are predicted on each profile) and the report of the budgeted run (make_report.py).
 # Usage: bash benchmarks/digits_stage1_experiments.sh PRETRAINED_BEST_PT [OUT_DIR] [JOBS]
-#        EPOCHS / FT_EPOCHS / LAMBDAS override the schedule and the sweep's λ values.
+#        EPOCHS / FT_EPOCHS / LAMBDAS / LAM0_SEEDS override the schedule, the sweep's λ values and the
+#        extra seeds of the λ = 0 run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PRE=${1:?usage: $0 PRETRAINED_BEST_PT [OUT_DIR] [JOBS]}
@@ -30,6 +31,9 @@ COMMON="--pretrained $PRE --input_size 32 --epochs ${EPOCHS:-4} --warmup_epochs 
 A=$OUT/analysis/mbv2_w0.35_s32
 {
   echo "lam0 --tensor_analysis_json ${A}_512kb_all.json --hardware stm32h747 --hardware_weight 0"
+  for seed in ${LAM0_SEEDS:-1 2 3 4}; do  # λ = 0 again from other seeds: is keeping FP32 accuracy luck?
+    echo "lam0_seed$seed --tensor_analysis_json ${A}_512kb_all.json --hardware stm32h747 --hardware_weight 0 --seed $seed"
+  done
   echo "budget --tensor_analysis_json ${A}_64kb_all.json --hardware stm32h747 --hardware_weight 2 --memory_budget_kb 64 --latency_target_ms 66.2"
   for lam in $LAMBDAS; do
     for hw in stm32h747 artifact; do

@@ -328,7 +328,9 @@ def search_loop(model, args, settings: SearchSettings, loaders, hw: HardwareCost
 
 def finetune_loop(net, args, loaders, runtime, files: RunFiles, resume: Optional[Mapping], rows: List[dict],
                   checkpoint_extra: Mapping, final_extra: Mapping) -> Tuple[List[dict], float]:
-    """QAT fine-tuning of a fixed network; final.pt is the epoch with the best validation accuracy."""
+    """QAT fine-tuning of a fixed network; final.pt holds the weights with the best validation accuracy,
+    the derived network before fine-tuning included (``finetune_epoch`` -1), so fine-tuning is kept only
+    where it helps on validation."""
     train_loader, val_loader = loaders
     ft_args = argparse.Namespace(**{**vars(args), "lr_weights": args.finetune_lr})
     opt, sched, _ = build_optimizers(net, ft_args, max(args.finetune_epochs, 1))
@@ -344,12 +346,13 @@ def finetune_loop(net, args, loaders, runtime, files: RunFiles, resume: Optional
     set_requires_grad(arch_parameters(net), False)
     trained = runtime.wrap(net)
 
-    def save_final(val_acc):
-        files.checkpoint("final.pt", {**final_extra, "model": net.state_dict(), "val_acc": val_acc})
+    def save_final(val_acc, epoch):
+        files.checkpoint("final.pt", {**final_extra, "model": net.state_dict(), "val_acc": val_acc,
+                                      "finetune_epoch": epoch})
 
-    if args.finetune_epochs == 0:
+    if resume is None or resume.get("phase") != "finetune":
         best = evaluate(net, val_loader, runtime, show_progress=False)["acc"]
-        save_final(best)
+        save_final(best, -1)
     for epoch in range(start, args.finetune_epochs):
         t0 = time.time()
         lr = opt.param_groups[0]["lr"]
@@ -362,7 +365,7 @@ def finetune_loop(net, args, loaders, runtime, files: RunFiles, resume: Optional
         val = evaluate(net, val_loader, runtime, show_progress=False)
         if val["acc"] > best:
             best = val["acc"]
-            save_final(best)
+            save_final(best, epoch)
         row = {"epoch": epoch, "phase": "finetune", "train_loss": stats["loss"], "train_acc": stats["acc"],
                "val_loss": val["loss"], "val_acc": val["acc"], "lr_weights": lr, "time_s": time.time() - t0}
         rows.append(row)
@@ -568,11 +571,14 @@ def finish_run(net, files: RunFiles, test_loader, runtime, rows, args, hw: Hardw
     (its only use), write summary.json (``summarize(test_acc, times)`` plus the budget checks) and
     mark the run done."""
     barrier()
-    net.load_state_dict(load_checkpoint(files.path("final.pt"))["model"])
+    final = load_checkpoint(files.path("final.pt"))
+    net.load_state_dict(final["model"])
     test = evaluate(net, test_loader, runtime, show_progress=False)
     times = {phase: sum(float(r["time_s"]) for r in rows if r["phase"] == phase) for phase in ("search", "finetune")}
     summary = summarize(test["acc"], times)
     summary["budget_repairs"] = repairs
+    # -1: no fine-tuning epoch beat the derived network on validation, so final.pt is the derived network
+    summary["finetune_epoch_chosen"] = final.get("finetune_epoch")
     if args.memory_budget_kb is not None:
         summary["hardware"]["meets_memory_budget"] = hw.mapping_peak_ram_bytes(choice) <= args.memory_budget_kb * 1024
     if args.latency_target_ms is not None:

@@ -47,6 +47,9 @@ def _run_label(run) -> str:
     budget = run.hardware.get("memory_budget_kb")
     if isinstance(budget, (int, float)) and not isinstance(budget, bool):
         label += f", RAM {budget:g} KB"
+    seed = run.args.get("seed")
+    if isinstance(seed, int) and seed != 0:  # repeats of one setting stay apart in the table and plot
+        label += f", seed {seed}"
     return label
 
 
