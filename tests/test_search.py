@@ -1,4 +1,6 @@
 """Stage 1: the search loop's contracts and the real script end to end on tiny data."""
+import csv
+import io
 import json
 import os
 import subprocess
@@ -207,6 +209,13 @@ def test_two_epoch_run_writes_every_file_and_resume_after_kill_matches(analysis_
     assert summary["hardware"]["latency_ms"] > 0 and summary["hardware"]["peak_ram_kb"] > 0
     log_rows = (full / "log.csv").read_text().strip().splitlines()
     assert len(log_rows) == 1 + 2 + 1
+    # final.pt is the best on validation among the derived network and every fine-tuning epoch
+    ft_vals = [float(r["val_acc"]) for r in csv.DictReader(io.StringIO((full / "log.csv").read_text()))
+               if r["phase"] == "finetune"]
+    acc = summary["accuracy"]
+    assert acc["finetuned_val"] == max([acc["derived_val_before_finetune"], *ft_vals])
+    chosen = summary["finetune_epoch_chosen"]
+    assert acc["finetuned_val"] == (acc["derived_val_before_finetune"] if chosen == -1 else ft_vals[chosen])
     mapping = json.loads((full / "mapping.json").read_text())
     assert mapping["schema"] == "adaptqnet/mapping/1" and len(mapping["layers"]) == 53
 
