@@ -573,7 +573,7 @@ def plot_pareto(points: Sequence[Mapping], path, title: Optional[str] = None) ->
     ax.set_ylabel("accuracy (%)" if accuracy_is_percent else "accuracy", fontsize=9)
     ax.tick_params(labelsize=8)
     ax.grid(color="#DDDDDD", linewidth=0.5)
-    ax.legend(fontsize=8, frameon=False, loc="lower right")
+    ax.legend(fontsize=8, frameon=True, framealpha=0.85, edgecolor="none", loc="best")  # off the markers
     ax.set_title(title or "Accuracy vs predicted latency", fontsize=10)
     _place_labels(fig, ax, checked)
     return _save(fig, path)
