@@ -25,7 +25,6 @@ the free cores slows PyTorch down many times over on a busy machine.
 """
 from __future__ import annotations
 
-import json
 import os
 import shlex
 import shutil
@@ -152,7 +151,8 @@ def search_flags(cfg: DemoConfig, out: str, epochs: int, warmup: int, finetune: 
     return [STAGE1, "--tensor_analysis_json", cfg.analysis_file, "--latency_lut", cfg.lut_file,
             "--hardware", cfg.hardware, "--pretrained", cfg.path("pretrain", "best.pt"),
             "--dataset", cfg.dataset, "--epochs", str(epochs), "--warmup_epochs", str(warmup),
-            "--finetune_epochs", str(finetune), "--memory_budget_kb", f"{cfg.memory_budget_kb:g}", "--output_dir", out] + _run_flags(cfg)
+            "--finetune_epochs", str(finetune), "--memory_budget_kb", f"{cfg.memory_budget_kb:g}",
+            "--output_dir", out] + _run_flags(cfg)
 
 
 def lambda_tag(value: float) -> str:

@@ -79,6 +79,10 @@ class Run:
     def latency_target_ms(self) -> Optional[float]:
         return _number(self.hardware.get("latency_target_ms", self.args.get("latency_target_ms")))
 
+    @property
+    def memory_budget_kb(self) -> Optional[float]:
+        return _number(self.hardware.get("memory_budget_kb", self.args.get("memory_budget_kb")))
+
     def file(self, name: str) -> str:
         return os.path.join(self.dir, name)
 
@@ -417,7 +421,7 @@ def budget_of(main: Run) -> Tuple[Optional[float], Optional[Dict[str, Any]], Opt
             effect = memory_filter_effect(path)
         except (ValueError, OSError):
             effect = None
-    budget = _number(main.hardware.get("memory_budget_kb"))
+    budget = main.memory_budget_kb
     if budget is None and effect is not None:
         budget = effect["threshold_kb"]
     return budget, effect, path if effect is not None else None

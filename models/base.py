@@ -12,7 +12,6 @@ Semantics a user relies on:
 """
 from __future__ import annotations
 
-import math
 import os
 import sys
 from dataclasses import dataclass

@@ -7,7 +7,7 @@ PACT form (DESIGN.md §2): ReLU and ReLU6 outputs are unsigned; hard-swish (min 
 """
 from __future__ import annotations
 
-from typing import Callable, Optional, Sequence, Type
+from typing import Callable, List, Optional, Sequence, Type
 
 import torch
 import torch.nn as nn
@@ -74,6 +74,26 @@ class SqueezeExcitation(nn.Module):
         scale = self.activation(self.fc1(scale))
         scale = self.scale_activation(self.fc2(scale))
         return scale * x
+
+
+def inverted_residual_layers(inp: int, expanded: int, oup: int, kernel: int, stride: int,
+                             activation: Optional[Type[nn.Module]], signed_input: bool,
+                             squeeze: Optional[Callable[[bool], nn.Module]] = None, **conv_kw) -> List[nn.Module]:
+    """The body shared by MobileNetV3's and EfficientNet's blocks: [1×1 expansion, only when it widens]
+    → k×k depthwise → [``squeeze(signed_input)``: the model's squeeze-excitation] → 1×1 linear
+    projection. Each quantized input is signed unless the activation before it is non-negative."""
+    signed = signed_input
+    layers: List[nn.Module] = []
+    if expanded != inp:
+        layers.append(ConvNormAct(inp, expanded, 1, activation=activation, signed_input=signed, **conv_kw))
+        signed = activation_signed(activation)
+    layers.append(ConvNormAct(expanded, expanded, kernel, stride, groups=expanded, activation=activation,
+                              signed_input=signed, **conv_kw))
+    signed = activation_signed(activation)
+    if squeeze is not None:
+        layers.append(squeeze(signed))
+    layers.append(ConvNormAct(expanded, oup, 1, activation=None, signed_input=signed, **conv_kw))
+    return layers
 
 
 def check_model_args(width_mult: float, num_classes: int, input_size: int) -> None:

@@ -22,7 +22,8 @@ import torch.nn as nn
 from torchvision.ops import StochasticDepth
 
 from .base import PRECISION_ORDER, MixedPrecisionLinear, name_layers
-from .blocks import ConvNormAct, SqueezeExcitation, activation_signed, check_model_args, init_like_torchvision
+from .blocks import (ConvNormAct, SqueezeExcitation, check_model_args, init_like_torchvision,
+                     inverted_residual_layers)
 from .mobilenetv2 import make_divisible, resolve_strides, stride_presets
 
 # expansion ratio, kernel, stride of the first repeat, output channels, repeats: the paper's Table 1
@@ -55,20 +56,11 @@ class MBConv(nn.Module):
         kw = dict(precisions=precisions, alpha_init=alpha_init)
         self.use_res_connect = stride == 1 and inp == oup
         expanded = make_divisible(inp * expand_ratio, 8)
-        signed = signed_input
-        layers: List[nn.Module] = []
-        if expanded != inp:
-            layers.append(ConvNormAct(inp, expanded, 1, activation=activation, signed_input=signed, **kw))
-            signed = activation_signed(activation)
-        layers.append(ConvNormAct(expanded, expanded, kernel, stride, groups=expanded, activation=activation,
-                                  signed_input=signed, **kw))
-        signed = activation_signed(activation)
-        if use_se:
-            # EfficientNet squeezes to a quarter of the block's *input* channels, with a SiLU inside
-            layers.append(SqueezeExcitation(expanded, max(1, inp // 4), nn.SiLU, nn.Sigmoid,
-                                            signed_input=signed, **kw))
-        layers.append(ConvNormAct(expanded, oup, 1, activation=None, signed_input=signed, **kw))
-        self.block = nn.Sequential(*layers)
+        # EfficientNet squeezes to a quarter of the block's *input* channels, with a SiLU inside
+        squeeze = (lambda signed: SqueezeExcitation(expanded, max(1, inp // 4), nn.SiLU, nn.Sigmoid,
+                                                    signed_input=signed, **kw)) if use_se else None
+        self.block = nn.Sequential(*inverted_residual_layers(inp, expanded, oup, kernel, stride, activation,
+                                                             signed_input, squeeze, **kw))
         self.stochastic_depth = StochasticDepth(stochastic_depth_prob, "row")
         self.out_channels = oup
 

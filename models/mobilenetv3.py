@@ -14,7 +14,8 @@ import torch
 import torch.nn as nn
 
 from .base import PRECISION_ORDER, MixedPrecisionLinear, name_layers
-from .blocks import ConvNormAct, SqueezeExcitation, activation_signed, check_model_args, init_like_torchvision
+from .blocks import (ConvNormAct, SqueezeExcitation, check_model_args, init_like_torchvision,
+                     inverted_residual_layers)
 from .mobilenetv2 import make_divisible, resolve_strides, stride_presets
 
 # kernel, expanded channels, output channels, squeeze-excitation, activation (RE = ReLU, HS = hard-swish),
@@ -67,21 +68,13 @@ class InvertedResidual(nn.Module):
     def __init__(self, inp, kernel, expanded, oup, use_se, activation, stride, signed_input,
                  precisions, alpha_init):
         super().__init__()
-        kw = dict(norm_layer=norm_layer, precisions=precisions, alpha_init=alpha_init)
         self.use_res_connect = stride == 1 and inp == oup
-        signed = signed_input
-        layers: List[nn.Module] = []
-        if expanded != inp:
-            layers.append(ConvNormAct(inp, expanded, 1, activation=activation, signed_input=signed, **kw))
-            signed = activation_signed(activation)
-        layers.append(ConvNormAct(expanded, expanded, kernel, stride, groups=expanded, activation=activation,
-                                  signed_input=signed, **kw))
-        signed = activation_signed(activation)
-        if use_se:
-            layers.append(SqueezeExcitation(expanded, make_divisible(expanded // 4, 8), nn.ReLU, nn.Hardsigmoid,
-                                            signed_input=signed, precisions=precisions, alpha_init=alpha_init))
-        layers.append(ConvNormAct(expanded, oup, 1, activation=None, signed_input=signed, **kw))
-        self.block = nn.Sequential(*layers)
+        squeeze = (lambda signed: SqueezeExcitation(expanded, make_divisible(expanded // 4, 8), nn.ReLU,
+                                                    nn.Hardsigmoid, signed_input=signed, precisions=precisions,
+                                                    alpha_init=alpha_init)) if use_se else None
+        self.block = nn.Sequential(*inverted_residual_layers(
+            inp, expanded, oup, kernel, stride, activation, signed_input, squeeze,
+            norm_layer=norm_layer, precisions=precisions, alpha_init=alpha_init))
         self.out_channels = oup
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

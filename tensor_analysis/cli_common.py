@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 from typing import Any, Dict, List, Optional, Sequence
 
 from models import list_models

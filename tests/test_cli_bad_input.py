@@ -28,7 +28,7 @@ REPORT = "Search_CIFAR10/make_report.py"
 SENTINEL = "results from an earlier run\n"
 TINY = ["--model_type", "mobilenetv2", "--width_mult", "0.1", "--input_size", "16"]
 
-# (id, script, arguments with {placeholders} for files made by the `inputs` fixture, words the error
+# (id, script, arguments whose {name} fields name files made by the `inputs` fixture, words the error
 #  line must contain, files that must be unchanged (pre-written) or absent afterwards)
 CASES = [
     ("pretrain-unknown-model", PRETRAIN, ["--model", "resnet9000", "--output_dir", "{out}/pre"],

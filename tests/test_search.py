@@ -8,11 +8,9 @@ import sys
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from models import build_model
-from models.base import (apply_mapping, arch_parameters, derive_mapping, mixed_layers, restrict_precisions,
-                         set_mode, set_temperature, weight_parameters)
+from models.base import arch_parameters, derive_mapping, mixed_layers, set_mode, weight_parameters
 from Search_CIFAR10.dnas.utils.checkpoint import load_checkpoint, save_atomic
 from Search_CIFAR10.dnas.utils.finetune import (derive_fixed_network, mapping_document,
                                                 parse_mapping_document)

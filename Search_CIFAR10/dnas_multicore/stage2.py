@@ -40,7 +40,7 @@ from Search_CIFAR10.dnas.utils.hardware_loss import (REFERENCE_PRECISION, Hardwa
                                                      lut_latency_ms)
 from Search_CIFAR10.dnas.utils.search import SearchSettings
 from Search_CIFAR10.dnas.utils.stage1 import (REPO_ROOT, RunFiles, SPEC_MATCH_KEYS, add_search_args, apply_constraints,
-                                              build_summary, check_layer_names, finetune_loop, finish_run, parse_protect,
+                                              build_summary, check_layer_names, finetune_and_finish, parse_protect,
                                               resolve_resume, search_loop)
 from Search_CIFAR10.dnas.utils.train_utils import evaluate
 
@@ -606,17 +606,11 @@ def run_stage2(args) -> dict:
     ft_extra = {**extra, "mapping": mapping, "labels": labels, "chosen": chosen, "searched": searched,
                 "repairs": repairs, "supernet_val": supernet_val, "derived_val": derived_val}
     final_extra = {"spec": run.spec, "stage": 2, "mapping": mapping}
-    if resume is None or resume["phase"] == "finetune":
-        rows, best_val = finetune_loop(net, args, (train_loader, val_loader), runtime, files, resume, rows,
-                                       ft_extra, final_extra)
-    else:
-        best_val = resume["best_val"]
-    summary = finish_run(net, files, test_loader, runtime, rows, args, hw, chosen, repairs,
-                         {**ft_extra, "best_val": best_val},
-                         lambda test_acc, times: build_stage2_summary(
-                             args, run, run.spec, mapping, labels, opened, net_analysis, lut, profile, clock,
-                             {"supernet_val": supernet_val, "derived_val_before_finetune": derived_val,
-                              "finetuned_val": best_val, "test": test_acc}, times))
+    summary = finetune_and_finish(
+        net, args, (train_loader, val_loader, test_loader), runtime, files, resume, rows, hw, chosen, repairs,
+        ft_extra, final_extra,
+        lambda accuracy, times: build_stage2_summary(args, run, run.spec, mapping, labels, opened, net_analysis,
+                                                     lut, profile, clock, accuracy, times))
     if runtime.is_main:
         prediction = predict_network(net_analysis, mapping, profile, clock_mhz=clock)
         write_stage2_plots(files, summary, dual_timeline_layers(net_analysis, mapping, prediction), args)

@@ -11,7 +11,8 @@ from typing import Dict, Mapping, Sequence
 
 import torch.nn as nn
 
-from models.base import PRECISION_ORDER, canonical_precisions, check_layer_names_match, mixed_layers, restrict_precisions
+from models.base import (PRECISION_ORDER, canonical_precisions, check_layer_names_match, mixed_layers,
+                         restrict_precisions)
 
 MAPPING_SCHEMA = "adaptqnet/mapping/1"
 

@@ -327,10 +327,10 @@ def search_loop(model, args, settings: SearchSettings, loaders, hw: HardwareCost
 
 
 def finetune_loop(net, args, loaders, runtime, files: RunFiles, resume: Optional[Mapping], rows: List[dict],
-                  checkpoint_extra: Mapping, final_extra: Mapping) -> Tuple[List[dict], float]:
+                  checkpoint_extra: Mapping, final_extra: Mapping, derived_val: float) -> Tuple[List[dict], float]:
     """QAT fine-tuning of a fixed network; final.pt holds the weights with the best validation accuracy,
-    the derived network before fine-tuning included (``finetune_epoch`` -1), so fine-tuning is kept only
-    where it helps on validation."""
+    the derived network before fine-tuning included (``finetune_epoch`` -1, its validation accuracy
+    ``derived_val`` as the caller measured it), so fine-tuning is kept only where it helps on validation."""
     train_loader, val_loader = loaders
     ft_args = argparse.Namespace(**{**vars(args), "lr_weights": args.finetune_lr})
     opt, sched, _ = build_optimizers(net, ft_args, max(args.finetune_epochs, 1))
@@ -351,7 +351,7 @@ def finetune_loop(net, args, loaders, runtime, files: RunFiles, resume: Optional
                                       "finetune_epoch": epoch})
 
     if resume is None or resume.get("phase") != "finetune":
-        best = evaluate(net, val_loader, runtime, show_progress=False)["acc"]
+        best = derived_val
         save_final(best, -1)
     for epoch in range(start, args.finetune_epochs):
         t0 = time.time()
@@ -547,17 +547,11 @@ def run_stage1(args) -> dict:
     ft_extra = {**extra, "mapping": mapping, "searched": searched, "repairs": repairs,
                 "supernet_val": supernet_val, "derived_val": derived_val}
     final_extra = {"spec": model.spec, "allowed": {n: [p] for n, p in mapping.items()}, "mapping": mapping}
-    if resume is None or resume["phase"] == "finetune":
-        rows, best_val = finetune_loop(net, args, (train_loader, val_loader), runtime, files, resume, rows,
-                                       ft_extra, final_extra)
-    else:
-        best_val = resume["best_val"]
-    summary = finish_run(net, files, test_loader, runtime, rows, args, hw, mapping, repairs,
-                         {**ft_extra, "best_val": best_val},
-                         lambda test_acc, times: build_summary(
-                             args, model.spec, mapping, net_analysis, lut, profile, fp32_acc,
-                             {"supernet_val": supernet_val, "derived_val_before_finetune": derived_val,
-                              "finetuned_val": best_val, "test": test_acc}, times))
+    summary = finetune_and_finish(
+        net, args, (train_loader, val_loader, test_loader), runtime, files, resume, rows, hw, mapping, repairs,
+        ft_extra, final_extra,
+        lambda accuracy, times: build_summary(args, model.spec, mapping, net_analysis, lut, profile, fp32_acc,
+                                              accuracy, times))
     if runtime.is_main:
         write_run_plots(files, rows, summary, args)
         print(summary_text(summary), flush=True)
@@ -565,17 +559,26 @@ def run_stage1(args) -> dict:
     return summary
 
 
-def finish_run(net, files: RunFiles, test_loader, runtime, rows, args, hw: HardwareCost, choice, repairs,
-               checkpoint_extra: Mapping, summarize) -> dict:
-    """The end of a run (both stages): load the network chosen on validation, measure the test split
-    (its only use), write summary.json (``summarize(test_acc, times)`` plus the budget checks) and
-    mark the run done."""
+def finetune_and_finish(net, args, loaders, runtime, files: RunFiles, resume: Optional[Mapping], rows: List[dict],
+                        hw: HardwareCost, choice, repairs, ft_extra: Mapping, final_extra: Mapping, summarize) -> dict:
+    """The end of a run (both stages), after derivation: fine-tune the derived network (unless a resumed
+    run is past that), load the network chosen on validation, measure the test split (its only use),
+    write summary.json (``summarize(accuracy, times)`` plus the budget checks) and mark the run done.
+    ``ft_extra`` carries the run's checkpoint state, including ``supernet_val`` and ``derived_val``."""
+    train_loader, val_loader, test_loader = loaders
+    if resume is None or resume["phase"] == "finetune":
+        rows, best_val = finetune_loop(net, args, (train_loader, val_loader), runtime, files, resume, rows,
+                                       ft_extra, final_extra, ft_extra["derived_val"])
+    else:
+        best_val = resume["best_val"]
+    checkpoint_extra = {**ft_extra, "best_val": best_val}
     barrier()
     final = load_checkpoint(files.path("final.pt"))
     net.load_state_dict(final["model"])
     test = evaluate(net, test_loader, runtime, show_progress=False)
     times = {phase: sum(float(r["time_s"]) for r in rows if r["phase"] == phase) for phase in ("search", "finetune")}
-    summary = summarize(test["acc"], times)
+    summary = summarize({"supernet_val": ft_extra["supernet_val"], "derived_val_before_finetune":
+                         ft_extra["derived_val"], "finetuned_val": best_val, "test": test["acc"]}, times)
     summary["budget_repairs"] = repairs
     # -1: no fine-tuning epoch beat the derived network on validation, so final.pt is the derived network
     summary["finetune_epoch_chosen"] = final.get("finetune_epoch")

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 MAPPING = "mapping.json"
+FP32_LABEL = "all-fp32 (pretrained)"
 
 
 @dataclass
@@ -35,8 +36,7 @@ class SweepNetwork:
 
 def hardware_agnostic(run) -> bool:
     """λ = 0 and neither budget: the search never saw the hardware profile."""
-    budget = run.hardware.get("memory_budget_kb", run.args.get("memory_budget_kb"))
-    return run.hardware_weight == 0 and run.latency_target_ms is None and budget is None
+    return run.hardware_weight == 0 and run.latency_target_ms is None and run.memory_budget_kb is None
 
 
 def _run_label(run) -> str:
@@ -44,9 +44,8 @@ def _run_label(run) -> str:
     label = f"λ={lam:g}" if lam is not None else run.name
     if run.latency_target_ms is not None:
         label += f", target {run.latency_target_ms:g} ms"
-    budget = run.hardware.get("memory_budget_kb")
-    if isinstance(budget, (int, float)) and not isinstance(budget, bool):
-        label += f", RAM {budget:g} KB"
+    if run.memory_budget_kb is not None:
+        label += f", RAM {run.memory_budget_kb:g} KB"
     seed = run.args.get("seed")
     if isinstance(seed, int) and seed != 0:  # repeats of one setting stay apart in the table and plot
         label += f", seed {seed}"
@@ -64,7 +63,8 @@ def sweep_networks(paths: Sequence[str]) -> Tuple[List[SweepNetwork], Dict[str, 
     notes = [f"{path}: {why} (skipped)" for path, why in found.problems]
     runs = [r for r in found.runs if r.kind in ("stage1", "uniform")]
     if not runs:
-        raise ValueError(f"--runs {' '.join(paths)}: no stage-1 run (summary.json of dnas_search_cifar10_mbv2.py) found")
+        raise ValueError(f"--runs {' '.join(paths)}: no stage-1 run (summary.json of dnas_search_cifar10_mbv2.py) "
+                         f"found")
     spec = dict(runs[0].model)
     dataset = runs[0].args.get("dataset")
     networks: List[SweepNetwork] = []
@@ -94,7 +94,7 @@ def sweep_networks(paths: Sequence[str]) -> Tuple[List[SweepNetwork], Dict[str, 
                 None)
     if fp32 is not None:
         names = list(networks[0].mapping)
-        networks.insert(0, SweepNetwork("all-fp32 (pretrained)", "uniform", float(fp32), {n: "fp32" for n in names}))
+        networks.insert(0, SweepNetwork(FP32_LABEL, "uniform", float(fp32), {n: "fp32" for n in names}))
     return networks, spec, notes
 
 
@@ -127,12 +127,12 @@ def shown_on(net: SweepNetwork, profile: str) -> bool:
 def sweep_markdown(networks: Sequence[SweepNetwork], profiles: Sequence[str]) -> str:
     """One row per network: λ, the profile it was searched for, test accuracy and Δ vs FP32, peak RAM,
     and its predicted latency on each profile (in parentheses where it was searched for another)."""
-    fp32 = next((n.accuracy for n in networks if n.label.startswith("all-fp32")), None)
+    fp32 = next((n.accuracy for n in networks if n.label == FP32_LABEL), None)
     head = ["network", "searched for", "test acc (%)", "Δ vs FP32", "peak RAM (KB)"] + [f"{p} (ms)" for p in profiles]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---", "---"] + ["--:"] * (len(head) - 2)) + "|"]
     order = sorted(networks, key=lambda n: (n.kind != "uniform", n.searched_on or "", n.hardware_weight or 0.0))
     for n in order:
-        delta = "–" if fp32 is None or n.label.startswith("all-fp32") else f"{n.accuracy - fp32:+.2f}"
+        delta = "–" if fp32 is None or n.label == FP32_LABEL else f"{n.accuracy - fp32:+.2f}"
         cells = [n.label, n.searched_on or ("–" if n.kind == "uniform" else "no hardware (λ=0)"),
                  f"{n.accuracy:.2f}", delta, f"{n.peak_ram_kb:.0f}"]
         for p in profiles:
@@ -163,9 +163,10 @@ def write_sweep(paths: Sequence[str], profiles: Sequence[str], output_dir: str) 
         plots[p] = plot_pareto(plot_points(networks, p), os.path.join(output_dir, f"sweep_{p}.png"),
                                title=f"{spec.get('type')} w{spec.get('width_mult')} {spec.get('input_size')} px: "
                                      f"test accuracy vs predicted latency on {p}")
+    table = sweep_markdown(networks, names)
     text = (f"# λ sweep: {spec.get('type')} width {spec.get('width_mult')}, {spec.get('input_size')} px\n\n"
             "Latencies are predictions of the hardware model. Networks searched for another profile are "
-            "shown in parentheses and left out of that profile's plot.\n\n" + sweep_markdown(networks, names)
+            "shown in parentheses and left out of that profile's plot.\n\n" + table
             + "".join(f"\n![{p}](sweep_{p}.png)\n" for p in names))
     md = os.path.join(output_dir, "sweep.md")
     write_text_atomic(text, md)
@@ -174,4 +175,4 @@ def write_sweep(paths: Sequence[str], profiles: Sequence[str], output_dir: str) 
                           "hardware_weight": n.hardware_weight, "run_dir": n.run_dir, "peak_ram_kb": n.peak_ram_kb,
                           "latency_ms": n.latency_ms} for n in networks]}
     write_json_atomic(data, os.path.join(output_dir, "sweep.json"))
-    return {"markdown": md, "plots": plots, "networks": networks, "notes": notes, "table": sweep_markdown(networks, names)}
+    return {"markdown": md, "plots": plots, "networks": networks, "notes": notes, "table": table}
