@@ -35,7 +35,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence
 
-REPO_ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
+from Search_CIFAR10 import REPO_ROOT
 
 PRETRAIN = "Search_CIFAR10/pretrain/pretrain_cifar10_mobilenetv2.py"
 MEMORY_FILTER = "tensor_analysis/tensor_memory_filter.py"
@@ -137,8 +137,8 @@ def _run_flags(cfg: DemoConfig) -> List[str]:
 
 def all_int8_latency_ms(lut_path: str) -> float:
     """The all-INT8 network's latency by the table: the reference the latency target scales."""
-    from Search_CIFAR10.dnas.utils.checkpoint import read_json
-    from Search_CIFAR10.dnas.utils.hardware_loss import lut_latency_ms
+    from models.files import read_json
+    from tensor_analysis.lut import lut_latency_ms
     lut = read_json(lut_path, "latency table")
     return lut_latency_ms(lut, {name: "int8" for name in lut["layers"]})
 
@@ -231,7 +231,7 @@ def plan(cfg: DemoConfig) -> List[Step]:
 # What the demo says between steps
 # ----------------------------------------------------------------------------------------------------
 def print_filter_effect(cfg: DemoConfig) -> None:
-    from Search_CIFAR10.report import memory_filter_effect
+    from Search_CIFAR10.reporting.report import memory_filter_effect
     effect = memory_filter_effect(cfg.analysis_file)
     peaks = effect["uniform_peak_kb"]
     print(f"  budget {cfg.memory_budget_kb:g} KB: all-FP32 peak {peaks.get('fp32', float('nan')):.1f} KB, "

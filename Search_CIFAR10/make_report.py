@@ -15,11 +15,11 @@ import sys
 
 sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..")))
 
-from Search_CIFAR10.dnas.utils.cli import run_cli  # noqa: E402
+from tensor_analysis.cli import Parser, run_cli  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+    parser = Parser(description=__doc__.split("\n\n")[0],
                                      epilog="Writes OUTPUT (Markdown), its figures in <OUTPUT stem>_files/, and "
                                             "the HTML file with every figure embedded.")
     parser.add_argument("--runs", nargs="+", required=True, metavar="DIR",
@@ -36,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    from Search_CIFAR10.report import build_report
+    from Search_CIFAR10.reporting.report import build_report
     report = build_report(args.runs, args.output, main=args.main, output_html=args.html)
     html_path = args.html or os.path.splitext(args.output)[0] + ".html"
     print(f"main run: {report.main.dir}")

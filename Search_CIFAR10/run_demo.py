@@ -7,19 +7,18 @@ Search_CIFAR10/demo.py for the steps and the reasons behind the defaults.
     python Search_CIFAR10/run_demo.py            # reuse finished steps
     python Search_CIFAR10/run_demo.py --fresh    # start over
 """
-import argparse
 import os
 import sys
 
 sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..")))
 
 from Search_CIFAR10.demo import DemoConfig, run_demo  # noqa: E402
-from Search_CIFAR10.dnas.utils.cli import DefaultsHelpFormatter, positive_int, run_cli  # noqa: E402
+from tensor_analysis.cli import DefaultsHelpFormatter, Parser, positive_int, run_cli  # noqa: E402
 
 
 def main(argv=None) -> int:
     defaults = DemoConfig()
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=DefaultsHelpFormatter)
+    parser = Parser(description=__doc__.split("\n\n")[0], formatter_class=DefaultsHelpFormatter)
     parser.add_argument("--fresh", action="store_true",
                         help="delete the output folder first and run every step again (make demo FRESH=1)")
     parser.add_argument("--output_dir", default=defaults.output_dir, help="where every step writes")

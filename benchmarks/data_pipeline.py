@@ -7,7 +7,6 @@
     PYTHONPATH=. python benchmarks/data_pipeline.py                     # digits, MobileNetV2 w0.35, 32 px, CPU
     PYTHONPATH=. python benchmarks/data_pipeline.py --input_size 112 --device cuda --amp
 """
-import argparse
 import os
 import sys
 import time
@@ -17,11 +16,11 @@ sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..")
 import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
 
-from Search_CIFAR10.dnas.utils.cli import DefaultsHelpFormatter, positive_int, run_cli  # noqa: E402
-from Search_CIFAR10.dnas.utils.data_utils import DeviceLoader, build_loaders  # noqa: E402
-from Search_CIFAR10.dnas.utils.runtime import add_runtime_args, setup_runtime  # noqa: E402
-from Search_CIFAR10.dnas.utils.train_utils import build_optimizer, param_groups, train_one_epoch  # noqa: E402
 from Search_CIFAR10.pretrain.trainer import build_fp32_model, build_parser  # noqa: E402
+from Search_CIFAR10.training.data import DeviceLoader, build_loaders  # noqa: E402
+from Search_CIFAR10.training.loop import build_optimizer, param_groups, train_one_epoch  # noqa: E402
+from Search_CIFAR10.training.runtime import add_runtime_args, setup_runtime  # noqa: E402
+from tensor_analysis.cli import DefaultsHelpFormatter, Parser, positive_int, run_cli  # noqa: E402
 
 
 def _sync(device):
@@ -61,7 +60,7 @@ def time_steps(model, optimizer, criterion, runtime, x, y, steps: int) -> float:
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=DefaultsHelpFormatter)
+    p = Parser(description=__doc__.splitlines()[0], formatter_class=DefaultsHelpFormatter)
     p.add_argument("--dataset", default="digits", help="any --dataset of the pretraining script")
     p.add_argument("--data_dir", default=None, help="as in the pretraining script")
     p.add_argument("--model", default="mobilenetv2", help="registered model")

@@ -23,9 +23,9 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from models import build_model  # noqa: E402
-from models.base import (COMPILE_MODES, apply_mapping, compile_enabled, mixed_layers,  # noqa: E402
-                         set_compile, set_mode)
-from Search_CIFAR10.dnas.utils.cli import non_negative_int, positive_float, positive_int, run_cli  # noqa: E402
+from models.mixture import COMPILE_MODES, compile_enabled, set_compile  # noqa: E402
+from models.network import apply_mapping, mixed_layers, set_mode  # noqa: E402
+from tensor_analysis.cli import Parser, non_negative_int, positive_float, positive_int, run_cli  # noqa: E402
 
 CONFIGS = (
     ("fp32", "plain FP32 (every layer fixed at fp32)"),
@@ -83,7 +83,7 @@ def time_steps(steps, n_warmup: int, n_timed: int, device: torch.device):
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="mobilenetv2", help="registered model name (default: %(default)s)")
     p.add_argument("--width_mult", type=positive_float, default=0.5, help="width multiplier (default: %(default)s)")
     p.add_argument("--input_size", type=positive_int, default=32, help="input height = width in px (default: %(default)s)")

@@ -1,18 +1,19 @@
-"""Building blocks shared by MobileNetV3 and EfficientNet, laid out like torchvision's so that module
-paths (and state_dict keys) are torchvision's.
+"""Building blocks and helpers shared by the registered networks, laid out like torchvision's so that
+module paths (and state_dict keys) are torchvision's.
 
 Each block knows whether its output can be negative, so the next mixed-precision layer gets the right
-PACT form (DESIGN.md §2): ReLU and ReLU6 outputs are unsigned; hard-swish (min −0.375) and SiLU
+PACT form (docs/design.md §2): ReLU and ReLU6 outputs are unsigned; hard-swish (min −0.375) and SiLU
 (min ≈ −0.278) outputs, linear projections and residual sums are signed.
 """
 from __future__ import annotations
 
-from typing import Callable, List, Optional, Sequence, Type
+from typing import Callable, List, Optional, Sequence, Type, Union
 
 import torch
 import torch.nn as nn
 
-from .base import PRECISION_ORDER, MixedPrecisionConv2d
+from .layers import MixedPrecisionConv2d
+from .precisions import PRECISION_ORDER
 
 # Whether an activation's output can be negative.
 ACTIVATION_SIGNED = {nn.ReLU: False, nn.ReLU6: False, nn.Hardswish: True, nn.SiLU: True}
@@ -117,3 +118,42 @@ def init_like_torchvision(model: nn.Module, linear_init: Callable[[nn.Linear], N
         elif isinstance(m, nn.Linear):
             linear_init(m)
             nn.init.zeros_(m.bias)
+
+
+SMALL_INPUT_MAX = 64
+
+
+def make_divisible(v: float, divisor: int = 8, min_value: int = None) -> int:
+    """Round channels to a multiple of ``divisor`` without dropping more than 10% (as torchvision)."""
+    min_value = min_value or divisor
+    new_v = max(min_value, int(v + divisor / 2) // divisor * divisor)
+    if new_v < 0.9 * v:
+        new_v += divisor
+    return new_v
+
+
+def stride_presets(imagenet: Sequence[int]) -> dict:
+    """The three stride presets of a network from its ImageNet strides (stem first):
+    'cifar' also sets the stem and the first stride-2 stage to 1, 'seed' only the stem."""
+    imagenet = tuple(imagenet)
+    first_down = next(i for i, s in enumerate(imagenet[1:], start=1) if s == 2)
+    cifar = tuple(1 if i in (0, first_down) else s for i, s in enumerate(imagenet))
+    return {"imagenet": imagenet, "cifar": cifar, "seed": (1,) + imagenet[1:]}
+
+
+def resolve_strides(strides: Union[str, Sequence[int]], input_size: int, n_stages: int, presets: dict) -> tuple:
+    """'auto' picks 'cifar' for inputs up to 64 px and 'imagenet' above; ``presets`` are the network's
+    (see stride_presets)."""
+    if isinstance(strides, str):
+        key = strides
+        if key == "auto":
+            key = "cifar" if input_size <= SMALL_INPUT_MAX else "imagenet"
+        if key not in presets:
+            raise ValueError(f"strides: unknown preset {strides!r}; expected auto, "
+                             f"{', '.join(presets)} or {n_stages + 1} integers")
+        return tuple(presets[key])
+    strides = tuple(int(s) for s in strides)
+    if len(strides) != n_stages + 1 or any(s not in (1, 2) for s in strides):
+        raise ValueError(f"strides: expected {n_stages + 1} values of 1 or 2 (stem + {n_stages} stages), "
+                         f"got {strides}")
+    return strides

@@ -21,10 +21,12 @@ import torch
 import torch.nn as nn
 from torchvision.ops import StochasticDepth
 
-from .base import PRECISION_ORDER, MixedPrecisionLinear, name_layers
-from .blocks import (ConvNormAct, SqueezeExcitation, check_model_args, init_like_torchvision,
-                     inverted_residual_layers)
-from .mobilenetv2 import make_divisible, resolve_strides, stride_presets
+from .blocks import (ConvNormAct, SqueezeExcitation, check_model_args, init_like_torchvision, inverted_residual_layers,
+                     make_divisible, resolve_strides, stride_presets)
+from .layers import MixedPrecisionLinear
+from .network import name_layers
+from .precisions import PRECISION_ORDER
+from .registry import register_model
 
 # expansion ratio, kernel, stride of the first repeat, output channels, repeats: the paper's Table 1
 # (stages 2-8).
@@ -127,3 +129,21 @@ class EfficientNet(nn.Module):
         x = self.features(x)
         x = torch.flatten(self.avgpool(x), 1)
         return self.classifier(x)
+
+
+@register_model("efficientnet_b0", torchvision_name="efficientnet_b0")
+def efficientnet_b0(num_classes: int = 10, width_mult: float = 1.0, input_size: int = 32,
+                    strides="auto", dropout: float = 0.2, stochastic_depth_prob: float = 0.2,
+                    precisions=PRECISION_ORDER, alpha_init: str = "uniform") -> nn.Module:
+    return EfficientNet("b0", num_classes=num_classes, width_mult=width_mult, input_size=input_size,
+                        strides=strides, dropout=dropout, stochastic_depth_prob=stochastic_depth_prob,
+                        precisions=precisions, alpha_init=alpha_init)
+
+
+@register_model("efficientnet_lite0")
+def efficientnet_lite0(num_classes: int = 10, width_mult: float = 1.0, input_size: int = 32,
+                       strides="auto", dropout: float = 0.2, stochastic_depth_prob: float = 0.2,
+                       precisions=PRECISION_ORDER, alpha_init: str = "uniform") -> nn.Module:
+    return EfficientNet("lite0", num_classes=num_classes, width_mult=width_mult, input_size=input_size,
+                        strides=strides, dropout=dropout, stochastic_depth_prob=stochastic_depth_prob,
+                        precisions=precisions, alpha_init=alpha_init)

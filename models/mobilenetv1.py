@@ -15,9 +15,12 @@ from typing import List, Sequence, Union
 import torch
 import torch.nn as nn
 
-from .blocks import check_model_args, init_like_torchvision
-from .base import PRECISION_ORDER, MixedPrecisionLinear, name_layers
-from .mobilenetv2 import ConvBNAct, make_divisible, resolve_strides, stride_presets
+from .blocks import (ConvNormAct, check_model_args, init_like_torchvision, make_divisible, resolve_strides,
+                     stride_presets)
+from .layers import MixedPrecisionLinear
+from .network import name_layers
+from .precisions import PRECISION_ORDER
+from .registry import register_model
 
 # (output channels, repeats, stride of the first repeat): the paper's Table 1 grouped into stages.
 STAGES = [
@@ -40,8 +43,8 @@ class DepthwiseSeparable(nn.Sequential):
         super().__init__()
         kw = dict(precisions=precisions, alpha_init=alpha_init, signed_input=False)
         self.conv = nn.Sequential(
-            ConvBNAct(inp, inp, kernel_size=3, stride=stride, groups=inp, **kw),
-            ConvBNAct(inp, oup, kernel_size=1, **kw),
+            ConvNormAct(inp, inp, kernel_size=3, stride=stride, groups=inp, **kw),
+            ConvNormAct(inp, oup, kernel_size=1, **kw),
         )
         self.out_channels = oup
 
@@ -61,7 +64,7 @@ class MobileNetV1(nn.Module):
         # For the published widths (0.25/0.5/0.75/1.0) this equals Keras' int(c·α).
         channels = make_divisible(STEM_CHANNELS * width_mult, round_nearest)
         # the normalised image is signed; every later input follows a ReLU6
-        features: List[nn.Module] = [ConvBNAct(3, channels, stride=self.strides[0], signed_input=True, **kw)]
+        features: List[nn.Module] = [ConvNormAct(3, channels, stride=self.strides[0], signed_input=True, **kw)]
         for stage, (c, n, s) in enumerate(STAGES):
             out = make_divisible(c * width_mult, round_nearest)
             for i in range(n):
@@ -82,3 +85,11 @@ class MobileNetV1(nn.Module):
         x = nn.functional.adaptive_avg_pool2d(x, 1)
         x = torch.flatten(x, 1)
         return self.classifier(x)
+
+
+@register_model("mobilenetv1")
+def mobilenetv1(num_classes: int = 10, width_mult: float = 1.0, input_size: int = 32,
+                strides="auto", dropout: float = 0.2, precisions=PRECISION_ORDER,
+                alpha_init: str = "uniform") -> nn.Module:
+    return MobileNetV1(num_classes=num_classes, width_mult=width_mult, input_size=input_size,
+                       strides=strides, dropout=dropout, precisions=precisions, alpha_init=alpha_init)

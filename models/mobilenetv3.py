@@ -13,10 +13,12 @@ from typing import List, Sequence, Union
 import torch
 import torch.nn as nn
 
-from .base import PRECISION_ORDER, MixedPrecisionLinear, name_layers
-from .blocks import (ConvNormAct, SqueezeExcitation, check_model_args, init_like_torchvision,
-                     inverted_residual_layers)
-from .mobilenetv2 import make_divisible, resolve_strides, stride_presets
+from .blocks import (ConvNormAct, SqueezeExcitation, check_model_args, init_like_torchvision, inverted_residual_layers,
+                     make_divisible, resolve_strides, stride_presets)
+from .layers import MixedPrecisionLinear
+from .network import name_layers
+from .precisions import PRECISION_ORDER
+from .registry import register_model
 
 # kernel, expanded channels, output channels, squeeze-excitation, activation (RE = ReLU, HS = hard-swish),
 # stride: the paper's Tables 1 (Large) and 2 (Small), one row per block.
@@ -132,3 +134,19 @@ class MobileNetV3(nn.Module):
         x = self.features(x)
         x = torch.flatten(self.avgpool(x), 1)
         return self.classifier(x)
+
+
+@register_model("mobilenetv3_small", torchvision_name="mobilenet_v3_small")
+def mobilenetv3_small(num_classes: int = 10, width_mult: float = 1.0, input_size: int = 32,
+                      strides="auto", dropout: float = 0.2, precisions=PRECISION_ORDER,
+                      alpha_init: str = "uniform") -> nn.Module:
+    return MobileNetV3("small", num_classes=num_classes, width_mult=width_mult, input_size=input_size,
+                       strides=strides, dropout=dropout, precisions=precisions, alpha_init=alpha_init)
+
+
+@register_model("mobilenetv3_large", torchvision_name="mobilenet_v3_large")
+def mobilenetv3_large(num_classes: int = 10, width_mult: float = 1.0, input_size: int = 32,
+                      strides="auto", dropout: float = 0.2, precisions=PRECISION_ORDER,
+                      alpha_init: str = "uniform") -> nn.Module:
+    return MobileNetV3("large", num_classes=num_classes, width_mult=width_mult, input_size=input_size,
+                       strides=strides, dropout=dropout, precisions=precisions, alpha_init=alpha_init)

@@ -12,17 +12,16 @@ import sys
 
 sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..")))
 
-from Search_CIFAR10.dnas.utils.cli import run_cli  # noqa: E402
-from tensor_analysis.analysis import compression  # noqa: E402
-from tensor_analysis.cli_common import OneLineParser, add_model_args, write_json  # noqa: E402
+from models import formats  # noqa: E402
+from models.files import write_json_atomic  # noqa: E402
+from tensor_analysis.cli import Parser, add_model_args, run_cli  # noqa: E402
+from tensor_analysis.flash import compression  # noqa: E402
 from tensor_analysis.reports import compression_report  # noqa: E402
 from tensor_analysis.tensor_latency_predictor import resolve  # noqa: E402
 
-COMPRESSION_SCHEMA = "adaptqnet/compression/1"
-
 
 def build_parser():
-    p = OneLineParser(description=__doc__, formatter_class=__import__("argparse").RawDescriptionHelpFormatter)
+    p = Parser(description=__doc__)
     add_model_args(p, required=False)
     p.add_argument("--analysis", default=None, help="take the model from an analysis.json instead of --model_type")
     g = p.add_mutually_exclusive_group()
@@ -38,7 +37,7 @@ def main(argv=None):
     c = compression(analysis, layers)
     print(compression_report(c, analysis.spec))
     if args.output_file:
-        write_json({"schema": COMPRESSION_SCHEMA, "model": analysis.spec, "mapping": layers, **c}, args.output_file)
+        write_json_atomic({"schema": formats.COMPRESSION, "model": analysis.spec, "mapping": layers, **c}, args.output_file, compact=True)
         print(f"wrote {args.output_file}")
     return 0
 

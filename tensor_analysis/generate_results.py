@@ -7,7 +7,6 @@ For each size S:
   mobilenetv2_w1.0_sS_stm32h747_lut.json          lut.json, with dual-core options (tensor_latency_predictor.py --lut)
 and README.md, a summary table of them.
 """
-import argparse
 import contextlib
 import io
 import os
@@ -15,11 +14,13 @@ import sys
 
 sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..")))
 
-from Search_CIFAR10.dnas.utils.cli import run_cli  # noqa: E402
+from models.files import write_text_atomic  # noqa: E402
 from tensor_analysis import tensor_latency_predictor, tensor_memory_filter, tensor_memory_filter_dualcore  # noqa: E402
-from tensor_analysis.analysis import KB, load_analysis_json  # noqa: E402
-from tensor_analysis.cli_common import OneLineParser, table, write_text  # noqa: E402
-from tensor_analysis.hardware import load_lut_json  # noqa: E402
+from tensor_analysis.analysis_file import load_analysis_json  # noqa: E402
+from tensor_analysis.cli import Parser, run_cli  # noqa: E402
+from tensor_analysis.lut import load_lut_json  # noqa: E402
+from tensor_analysis.memory import KB  # noqa: E402
+from tensor_analysis.reports import table  # noqa: E402
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 DEFAULT_OUT = os.path.join(ROOT, "Search_CIFAR10", "tensor_analysis_result")
@@ -84,12 +85,12 @@ def generate(out_dir: str, sizes=SIZES, threshold_kb: float = THRESHOLD_KB, hard
                      "dual options fitting", "INT8 ms", "fixed ms", "layers"], "lrrrrrrrr"),
         "",
     ]
-    write_text("\n".join(readme), os.path.join(out_dir, "README.md"))
+    write_text_atomic("\n".join(readme), os.path.join(out_dir, "README.md"))
     print(f"wrote {os.path.join(out_dir, 'README.md')}")
 
 
 def main(argv=None):
-    p = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(description=__doc__)
     p.add_argument("--output_dir", default=DEFAULT_OUT, help=f"where to write (default {DEFAULT_OUT})")
     args = p.parse_args(argv)
     generate(args.output_dir)

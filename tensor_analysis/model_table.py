@@ -8,19 +8,21 @@ table (the note's architecture comparison).
 Latency is the profile's prediction for every layer at INT8 on the first unit (STM32H747: the M7 at its
 480 MHz unless --clock_mhz), fused activations and the non-searched operators included.
 """
-import argparse
 import os
 import sys
 from typing import Any, Dict, List, Optional, Sequence
 
 sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..")))
 
-from Search_CIFAR10.dnas.utils.cli import run_cli  # noqa: E402
 from models import list_models  # noqa: E402
-from tensor_analysis.analysis import KB, analyze_network  # noqa: E402
-from models.base import get_precision  # noqa: E402
-from tensor_analysis.cli_common import OneLineParser, positive_mhz, write_text  # noqa: E402
-from tensor_analysis.hardware import load_profile, predict_network  # noqa: E402
+from models.files import write_text_atomic  # noqa: E402
+from models.precisions import get_precision  # noqa: E402
+from tensor_analysis.analysis_file import totals  # noqa: E402
+from tensor_analysis.cli import Parser, positive_mhz, run_cli  # noqa: E402
+from tensor_analysis.graph import analyze_network  # noqa: E402
+from tensor_analysis.memory import KB  # noqa: E402
+from tensor_analysis.prediction import predict_network  # noqa: E402
+from tensor_analysis.profiles import load_profile  # noqa: E402
 
 DEFAULT_MODELS = ("mobilenetv1", "mobilenetv2", "mobilenetv3_small", "mobilenetv3_large", "efficientnet_b0",
                   "efficientnet_lite0")
@@ -36,17 +38,17 @@ def model_rows(models: Sequence[str], sizes: Sequence[int], width_mult: float = 
         for size in sizes:
             a = analyze_network({"type": name, "input_size": int(size), "width_mult": width_mult,
                                  "num_classes": num_classes})
-            totals = predict_network(a, {n: precision for n in a.layer_names}, profile, clock_mhz)["totals"]
-            peaks = a.totals([precision])
+            predicted = predict_network(a, {n: precision for n in a.layer_names}, profile, clock_mhz)["totals"]
+            peaks = totals(a, [precision])
             clock = profile.clocks(clock_mhz)[profile.primary]
             rows.append({"model": name, "input_size": int(size), "strides": a.spec.get("strides"),
                          "macs": a.macs, "params": a.model_params, "layers": len(a.layers),
-                         "peak_ram_bytes": totals["peak_ram_bytes"], "peak_operator": peaks["peak_operator"][precision],
-                         "peak_ram_bytes_inplace": totals["peak_ram_bytes_inplace"],
+                         "peak_ram_bytes": predicted["peak_ram_bytes"], "peak_operator": peaks["peak_operator"][precision],
+                         "peak_ram_bytes_inplace": predicted["peak_ram_bytes_inplace"],
                          "peak_operator_inplace": peaks["peak_operator_inplace"][precision],
-                         "flash_bytes": totals["flash_bytes"], "latency_ms": totals["latency_ms"],
-                         "fixed_ms": totals["fixed_ms"],
-                         "cycles_per_mac": totals["latency_ms"] * clock * 1e3 / a.macs})
+                         "flash_bytes": predicted["flash_bytes"], "latency_ms": predicted["latency_ms"],
+                         "fixed_ms": predicted["fixed_ms"],
+                         "cycles_per_mac": predicted["latency_ms"] * clock * 1e3 / a.macs})
     return rows
 
 
@@ -75,7 +77,7 @@ def _int_list(text: str, flag: str) -> List[int]:
 
 
 def build_parser():
-    p = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(description=__doc__)
     p.add_argument("--models", default=",".join(DEFAULT_MODELS),
                    help=f"comma-separated registry names (known: {', '.join(list_models())}) "
                         f"(default: %(default)s)")
@@ -112,7 +114,7 @@ def main(argv=None):
             f"KiB = 1024 B\n\n" + markdown_table(rows, label, args.precision))
     print(text)
     if args.output_file:
-        write_text(text + "\n", args.output_file)
+        write_text_atomic(text + "\n", args.output_file)
         print(f"wrote {args.output_file}")
     return 0
 

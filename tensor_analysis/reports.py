@@ -1,10 +1,10 @@
-"""Readable text reports of the tools' JSON outputs (per-layer tables and summaries)."""
+"""Readable text reports of the analysis tools' JSON outputs (per-layer tables and summaries), and
+the plain-text table they are made of."""
 from __future__ import annotations
 
-from typing import Any, Dict, Mapping
+from typing import Any, Dict, Mapping, Optional, Sequence
 
-from .analysis import KB
-from .cli_common import kb, shape, table
+from .memory import KB
 
 
 def _model_line(spec: Mapping[str, Any]) -> str:
@@ -131,3 +131,22 @@ def compression_report(c: Mapping[str, Any], spec: Mapping[str, Any]) -> str:
     return "\n".join(out)
 
 
+def table(rows: Sequence[Sequence[Any]], header: Sequence[str], align: Optional[str] = None) -> str:
+    """Plain-text table; ``align`` is one 'l'/'r' per column (default: first left, rest right)."""
+    cells = [[str(c) for c in header]] + [[str(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    align = align or ("l" + "r" * (len(header) - 1))
+
+    def fmt(r):
+        return "  ".join(c.ljust(w) if a == "l" else c.rjust(w) for c, w, a in zip(r, widths, align)).rstrip()
+    lines = [fmt(cells[0]), "  ".join("-" * w for w in widths)]
+    lines += [fmt(r) for r in cells[1:]]
+    return "\n".join(lines)
+
+
+def kb(nbytes: float) -> str:
+    return f"{nbytes / KB:.1f}"
+
+
+def shape(s: Sequence[int]) -> str:
+    return "x".join(str(v) for v in s)

@@ -12,27 +12,29 @@ unit); --output_file saves them as JSON. --lut writes the per-layer × per-preci
     python tensor_analysis/tensor_latency_predictor.py --model_type mobilenetv2 --input_size 32 \\
         --precision_mapping_file tensor_analysis/example_precision_mapping.json --lut lut.json
 """
-import argparse
 import os
 import sys
 
 sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..")))
 
-from Search_CIFAR10.dnas.utils.cli import run_cli  # noqa: E402
-from models.base import PRECISION_ORDER, get_precision  # noqa: E402
-from tensor_analysis.analysis import (_read_json, analyze_network, as_analysis, read_mapping)  # noqa: E402
-from tensor_analysis.cli_common import (OneLineParser, add_model_args, positive_mhz, precision_list,  # noqa: E402
-                                        spec_from_args, write_json)
-from tensor_analysis.hardware import (DEFAULT_SPLITS, build_lut, dual_speedup, list_profiles,  # noqa: E402
-                                      load_profile, parse_splits, predict_network)
+from models import formats  # noqa: E402
+from models.files import read_json, write_json_atomic  # noqa: E402
+from models.mapping import read_mapping  # noqa: E402
+from models.precisions import PRECISION_ORDER, get_precision  # noqa: E402
+from tensor_analysis.analysis_file import load_analysis_json  # noqa: E402
+from tensor_analysis.cli import Parser, add_model_args, positive_mhz, precision_list, run_cli, spec_from_args  # noqa: E402
+from tensor_analysis.dual import DEFAULT_SPLITS, parse_splits  # noqa: E402
+from tensor_analysis.graph import analyze_network, as_analysis  # noqa: E402
+from tensor_analysis.lut import build_lut  # noqa: E402
+from tensor_analysis.prediction import dual_speedup, predict_network  # noqa: E402
+from tensor_analysis.profiles import list_profiles, load_profile  # noqa: E402
 from tensor_analysis.reports import prediction_report  # noqa: E402
 
-PREDICTION_SCHEMA = "adaptqnet/prediction/1"
 SPEC_CHECKED = ("type", "input_size", "width_mult", "num_classes")
 
 
 def build_parser():
-    p = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(description=__doc__)
     add_model_args(p, required=False)
     p.add_argument("--analysis", default=None,
                    help="take the model from an analysis.json instead of --model_type (the mapping file's "
@@ -64,10 +66,10 @@ def resolve(args):
     """(analysis, layers mapping) from the flags."""
     file_spec, layers = None, None
     if args.precision_mapping_file:
-        file_spec, layers = read_mapping(_read_json(args.precision_mapping_file, "precision mapping file"),
+        file_spec, layers = read_mapping(read_json(args.precision_mapping_file, "precision mapping file"),
                                          args.precision_mapping_file)
     if args.analysis:
-        analysis = as_analysis(args.analysis)
+        analysis = as_analysis(load_analysis_json(args.analysis))
     elif args.model_type:
         analysis = analyze_network(spec_from_args(args))
     elif file_spec:
@@ -104,12 +106,12 @@ def main(argv=None):
         print(f"dual-core speed-up: {s['speedup']:.3f}x over the same network on {s['best_single_unit']} alone ("
               + ", ".join(f"{u} {ms:.2f} ms" for u, ms in s["single_unit_ms"].items()) + ")")
     if args.output_file:
-        write_json({"schema": PREDICTION_SCHEMA, "mapping": layers, **result}, args.output_file)
+        write_json_atomic({"schema": formats.PREDICTION, "mapping": layers, **result}, args.output_file, compact=True)
         print(f"wrote {args.output_file}")
     if args.lut:
         lut = build_lut(analysis, profile, args.clock_mhz, dual=bool(profile.dual) and not args.no_dual,
                         precisions=args.lut_precisions, splits=args.splits)
-        write_json(lut, args.lut)
+        write_json_atomic(lut, args.lut, compact=True)
         print(f"wrote {args.lut}")
     return 0
 

@@ -14,15 +14,16 @@ import sys
 
 sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..")))
 
-from Search_CIFAR10.dnas.utils.cli import run_cli  # noqa: E402
-from models.base import PRECISION_ORDER  # noqa: E402
-from tensor_analysis.cli_common import (OneLineParser, add_model_args, analysis_from_args, kb_tag,  # noqa: E402
-                                        model_tag, non_negative_kb, precision_list, spec_from_args, write_json)
+from models.files import write_json_atomic  # noqa: E402
+from models.precisions import PRECISION_ORDER  # noqa: E402
+from tensor_analysis.analysis_file import analysis_document  # noqa: E402
+from tensor_analysis.cli import (Parser, add_model_args, analysis_from_args, kb_tag, model_tag, non_negative_kb,  # noqa: E402
+                                 precision_list, run_cli, spec_from_args)
 from tensor_analysis.reports import filter_report  # noqa: E402
 
 
 def build_parser(description=__doc__):
-    p = OneLineParser(description=description, formatter_class=__import__("argparse").RawDescriptionHelpFormatter)
+    p = Parser(description=description)
     add_model_args(p)
     g = p.add_argument_group("memory")
     g.add_argument("--memory_threshold", type=non_negative_kb, default=512.0,
@@ -44,7 +45,7 @@ def build_parser(description=__doc__):
 def main(argv=None):
     args = build_parser().parse_args(argv)
     analysis = analysis_from_args(args)
-    d = analysis.to_json(args.memory_threshold, args.precisions, args.inplace_depthwise, args.allow_infeasible)
+    d = analysis_document(analysis, args.memory_threshold, args.precisions, args.inplace_depthwise, args.allow_infeasible)
     report = filter_report(d)
     print(report if not args.quiet else report[report.index("layers:"):])
     if d["infeasible"] and not args.allow_infeasible:
@@ -53,7 +54,7 @@ def main(argv=None):
                          f"fit at no precision: {names}; raise the threshold, change the model, or pass "
                          f"--allow_infeasible (nothing written)")
     out = args.output_file or f"{model_tag(spec_from_args(args))}_{kb_tag(args.memory_threshold)}.json"
-    write_json(d, out)
+    write_json_atomic(d, out, compact=True)
     print(f"\nwrote {out}")
     return 0
 

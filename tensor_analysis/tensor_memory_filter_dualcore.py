@@ -15,11 +15,11 @@ import sys
 
 sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..")))
 
-from Search_CIFAR10.dnas.utils.cli import run_cli  # noqa: E402
-from tensor_analysis.cli_common import (analysis_from_args, kb_tag, model_tag, positive_mhz,  # noqa: E402
-                                        spec_from_args, write_json)
-from tensor_analysis.dual import dual_analysis_json  # noqa: E402
-from tensor_analysis.hardware import DEFAULT_SPLITS, list_profiles, load_profile, parse_splits  # noqa: E402
+from models.files import write_json_atomic  # noqa: E402
+from tensor_analysis.analysis_file import analysis_document  # noqa: E402
+from tensor_analysis.cli import analysis_from_args, kb_tag, model_tag, positive_mhz, run_cli, spec_from_args  # noqa: E402
+from tensor_analysis.dual import DEFAULT_SPLITS, dual_analysis_json, parse_splits  # noqa: E402
+from tensor_analysis.profiles import list_profiles, load_profile  # noqa: E402
 from tensor_analysis.reports import dual_report  # noqa: E402
 from tensor_analysis.tensor_memory_filter import build_parser as single_parser  # noqa: E402
 
@@ -46,7 +46,7 @@ def main(argv=None):
     d = dual_analysis_json(analysis, profile, args.memory_threshold, args.precisions, args.splits,
                            args.inplace_depthwise, args.clock_mhz)
     if args.allow_infeasible:
-        fallback = analysis.to_json(args.memory_threshold, args.precisions, args.inplace_depthwise, True)
+        fallback = analysis_document(analysis, args.memory_threshold, args.precisions, args.inplace_depthwise, True)
         for entry, fb in zip(d["layers"], fallback["layers"]):
             if fb.get("infeasible"):
                 entry["allowed_precisions"], entry["infeasible"] = fb["allowed_precisions"], True
@@ -62,7 +62,7 @@ def main(argv=None):
                          f"--allow_infeasible (nothing written)")
     out = args.output_file or (f"{model_tag(spec_from_args(args))}_{kb_tag(args.memory_threshold)}"
                                f"_dual_{profile.name}.json")
-    write_json(d, out)
+    write_json_atomic(d, out, compact=True)
     print(f"\nwrote {out}")
     return 0
 

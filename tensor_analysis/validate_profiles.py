@@ -10,19 +10,20 @@
 
     python tensor_analysis/validate_profiles.py
 """
-import argparse
 import os
 import sys
 
 sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..")))
 
-from Search_CIFAR10.dnas.utils.cli import run_cli  # noqa: E402
-from models.base import PRECISION_ORDER  # noqa: E402
+from models.precisions import PRECISION_ORDER  # noqa: E402
 from tensor_analysis import published  # noqa: E402
-from tensor_analysis.analysis import Operator, analyze_network  # noqa: E402
-from tensor_analysis.cli_common import OneLineParser, table  # noqa: E402
-from tensor_analysis.hardware import (balanced_split, layer_cycles, list_profiles, load_profile,  # noqa: E402
-                                      predict_network)
+from tensor_analysis.cli import Parser, run_cli  # noqa: E402
+from tensor_analysis.dual import balanced_split  # noqa: E402
+from tensor_analysis.graph import Operator, analyze_network  # noqa: E402
+from tensor_analysis.latency import layer_cycles  # noqa: E402
+from tensor_analysis.prediction import predict_network  # noqa: E402
+from tensor_analysis.profiles import list_profiles, load_profile  # noqa: E402
+from tensor_analysis.reports import table  # noqa: E402
 
 
 def published_vs_predicted(entries, profile="stm32h747", clock_mhz=published.STM32H747_CLOCK_MHZ):
@@ -78,7 +79,7 @@ def precision_sweep(spec):
 
 
 def main(argv=None):
-    OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args(argv)
+    Parser(description=__doc__).parse_args(argv)
     fmt = lambda rows: [[n, f"{m:.1f}", f"{p:.2f}", f"{q:.2f}", f"{100 * e:+.1f}%"] for n, m, p, q, e in rows]  # noqa: E731
     head = ["network", "MMAC", "published ms", "predicted ms", "error"]
     print("STM32H747 M7 @400 MHz, uniform INT8, X-CUBE-AI measurements (calibration, REFERENCES.md):")

@@ -13,6 +13,6 @@ import os
 os.environ.setdefault("ADAPTQNET_COMPILE", "off")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-import torch  # noqa: E402
+import torch
 
 torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))

@@ -15,6 +15,8 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import torch
 
+from tensor_analysis.analysis_file import analysis_document
+
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 PRETRAIN = "Search_CIFAR10/pretrain/pretrain_cifar10_mobilenetv2.py"
 FILTER = "tensor_analysis/tensor_memory_filter.py"
@@ -76,10 +78,10 @@ CASES = [
 def make_inputs(root) -> dict:
     """Files the cases read: malformed JSON, a real analysis.json of a tiny model, a pretraining
     checkpoint of another width, a folder that is not a stage-1 run, a run folder with a broken summary."""
-    from tensor_analysis.analysis import analyze_network
+    from tensor_analysis.graph import analyze_network
     (root / "bad.json").write_text('{"layers": [1, 2,')
     spec = {"type": "mobilenetv2", "width_mult": 0.1, "input_size": 16, "num_classes": 10}
-    (root / "analysis.json").write_text(json.dumps(analyze_network(spec).to_json(512.0)))
+    (root / "analysis.json").write_text(json.dumps(analysis_document(analyze_network(spec), 512.0)))
     torch.save({"schema": "adaptqnet/pretrain/1", "spec": {**spec, "width_mult": 0.5}, "model": {}},
                root / "wide.pt")
     (root / "empty_run").mkdir()

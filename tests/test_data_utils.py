@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from data.datasets import HOLDOUT_FRACTION
-from Search_CIFAR10.dnas.utils.data_utils import (DATASETS, DataSplits, DatasetError, DeviceLoader,
-                                                  add_data_args, build_loaders, load_splits, save_split_info)
+from data.datasets import HOLDOUT_FRACTION, DatasetError
+from Search_CIFAR10.training.data import (DATASETS, DataSplits, DeviceLoader, add_data_args, build_loaders, load_splits,
+                                          save_split_info)
 
 
 def write_cifar(root, n_train_per_batch=4, n_test=20, cifar100=False, seed=0):
@@ -51,6 +51,7 @@ def test_digits_split_sizes_and_reproducibility():
 
 def test_digits_fast_path_equals_sklearn_api():
     from sklearn.datasets import load_digits
+
     from data.datasets import _digits_arrays
     pixels, labels = _digits_arrays()
     bunch = load_digits()

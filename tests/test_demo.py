@@ -33,7 +33,7 @@ def parser_for(script: str) -> argparse.ArgumentParser:
         return build_parser()
     parser = argparse.ArgumentParser()
     if script == demo.STAGE1:
-        from Search_CIFAR10.dnas.utils.stage1 import add_stage1_args
+        from Search_CIFAR10.dnas.stage1 import add_stage1_args
         add_stage1_args(parser)
     elif script == demo.STAGE2:
         from Search_CIFAR10.dnas_multicore.stage2 import add_stage2_args

@@ -8,11 +8,12 @@ import torch
 import torch.nn.functional as F
 
 from models import build_model
-from models.base import (PRECISION_ORDER, SEED_ALPHA_BIAS, MixedPrecisionConv2d, MixedPrecisionLinear,
-                         allowed_precisions, apply_mapping, arch_parameters, calibrate_activation_clips,
-                         current_mapping, derive_mapping, dorefa_scale, mixed_layers, quantize_activation_pact,
-                         quantize_fp16, quantize_weight_dorefa, restrict_precisions, set_mode,
-                         set_temperature, weight_parameters)
+from models.layers import SEED_ALPHA_BIAS, MixedPrecisionConv2d, MixedPrecisionLinear
+from models.network import (allowed_precisions, apply_mapping, arch_parameters, calibrate_activation_clips,
+                            current_mapping, derive_mapping, mixed_layers, restrict_precisions, set_mode,
+                            set_temperature, weight_parameters)
+from models.precisions import PRECISION_ORDER
+from models.quantizers import dorefa_scale, quantize_activation_pact, quantize_fp16, quantize_weight_dorefa
 
 TINY = dict(width_mult=0.1, input_size=16, num_classes=5, dropout=0.0)
 

@@ -11,8 +11,8 @@ import torchvision
 
 from models import (PretrainedUnavailable, build_from_spec, build_model, load_imagenet_pretrained,
                     load_torchvision_state_dict)
-from models.base import apply_mapping, mixed_layers
 from models.mobilenetv2 import STRIDE_PRESETS
+from models.network import apply_mapping, mixed_layers
 
 SEARCH_ONLY = (".alpha", ".act_clip")
 

@@ -6,8 +6,9 @@ import torch.nn as nn
 import torchvision
 
 from models import build_from_spec, build_model, load_torchvision_state_dict, torchvision_name
-from models.base import apply_mapping, mixed_layers, set_mode
-from models.mobilenetv2 import STRIDE_PRESETS, stride_presets
+from models.blocks import stride_presets
+from models.mobilenetv2 import STRIDE_PRESETS
+from models.network import apply_mapping, mixed_layers, set_mode
 
 TORCHVISION_BACKED = ["mobilenetv3_small", "mobilenetv3_large", "efficientnet_b0"]
 ALL_MODELS = TORCHVISION_BACKED + ["efficientnet_lite0"]

@@ -8,13 +8,18 @@ import pytest
 import torch
 import torch.nn as nn
 
-from models.base import PRECISION_ORDER, MixedPrecisionConv2d
 from models.efficientnet import MBConv
+from models.layers import MixedPrecisionConv2d
 from models.mobilenetv3 import InvertedResidual
-from tensor_analysis.analysis import ACTIVATION_KINDS, analyze_model, analyze_network, as_analysis
-from tensor_analysis.hardware import (build_lut, fixed_operator_ms, layer_cycles, load_profile, parse_profile,
-                                      predict_network)
+from models.precisions import PRECISION_ORDER
+from tensor_analysis.analysis_file import analysis_document
+from tensor_analysis.graph import ACTIVATION_KINDS, analyze_model, analyze_network, as_analysis
+from tensor_analysis.latency import fixed_operator_ms, layer_cycles
+from tensor_analysis.lut import build_lut
+from tensor_analysis.memory import layer_bytes, operator_bytes, uniform_size
 from tensor_analysis.model_table import markdown_table, model_rows
+from tensor_analysis.prediction import predict_network
+from tensor_analysis.profiles import load_profile, parse_profile
 
 
 @pytest.fixture(scope="module")
@@ -56,11 +61,11 @@ def test_se_block_live_bytes_by_hand(se_block):
     inplace = list(layerwise)
     inplace[1] = X + max(E, D) + 64    # in-place depthwise: one 8×8 output channel extra
     inplace[5] = s + D + X             # the SE product overwrites D (a 1×1 depthwise product)
-    size = a.uniform_size("int8")
-    assert [a.operator_bytes(o, size)["live"] for o in a.operators] == layerwise
-    assert [a.operator_bytes(o, size, True)["live"] for o in a.operators] == inplace
+    size = uniform_size(a, "int8")
+    assert [operator_bytes(a, o, size)["live"] for o in a.operators] == layerwise
+    assert [operator_bytes(a, o, size, True)["live"] for o in a.operators] == inplace
     # the filter's per-layer view at FP16: every tensor twice the bytes
-    b = a.layer_bytes(a.layer("block.2.fc1"), "fp16")
+    b = layer_bytes(a, a.layer("block.2.fc1"), "fp16")
     assert (b["input"], b["output"], b["kept"], b["live"]) == (2 * p, 2 * s1, 2 * (D + X), 2 * (p + s1 + D + X))
 
 
@@ -128,7 +133,7 @@ def test_activation_with_nothing_to_fuse_into_is_an_operator_of_its_own():
 
 def test_activations_survive_analysis_json_and_reach_the_lut():
     a = analyze_network({"type": "efficientnet_b0", "input_size": 16, "width_mult": 0.25, "num_classes": 10})
-    d = json.loads(json.dumps(a.to_json(256)))
+    d = json.loads(json.dumps(analysis_document(a, 256)))
     assert all(entry["activations"] for entry in d["layers"] if entry["name"].endswith("fc2"))
     assert build_lut(as_analysis(d), "stm32h747") == build_lut(a, "stm32h747")
     # EfficientNet-B0 vs -Lite0 at FP32: the sigmoids make B0's float layers slower per MAC

@@ -11,11 +11,12 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from models import build_model
-from models.base import mixed_layers
+from models.network import mixed_layers
 from tensor_analysis import (compression_calc, tensor_latency_predictor, tensor_memory_filter,
                              tensor_memory_filter_dualcore)
-from tensor_analysis.analysis import analyze_network, load_analysis_json
-from tensor_analysis.cli_common import model_name
+from tensor_analysis.analysis_file import load_analysis_json
+from tensor_analysis.cli import model_name
+from tensor_analysis.graph import analyze_network
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STAGE1 = os.path.join(REPO, "Search_CIFAR10", "dnas", "dnas_search_cifar10_mbv2.py")

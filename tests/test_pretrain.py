@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from models import build_from_spec
-from models.base import mixed_layers
-from Search_CIFAR10.dnas.utils.checkpoint import load_checkpoint
+from models.files import load_checkpoint
+from models.network import mixed_layers
 from Search_CIFAR10.pretrain import trainer
 from Search_CIFAR10.pretrain.trainer import build_parser, run_pretrain
 
@@ -118,7 +118,7 @@ def test_kill_while_saving_keeps_the_previous_checkpoint(reference, tmp_path, mo
 
 def _cli_in_process(argv, capsys):
     """The script's entry point (run_cli(main)) without a new interpreter: exit code and stderr lines."""
-    from Search_CIFAR10.dnas.utils.cli import run_cli
+    from tensor_analysis.cli import run_cli
     capsys.readouterr()
     with pytest.raises(SystemExit) as exc:
         run_cli(trainer.main, argv)

@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from models import base
-from models.base import (PRECISION_ORDER, PRECISIONS, mix_inputs, pact_levels, quantize_activation_pact,
-                         quantize_fp16, quantize_input_at, quantize_weight_dorefa, round_ste)
+from models import mixture, quantizers
+from models.mixture import mix_inputs, pact_levels, quantize_input_at
+from models.precisions import PRECISION_ORDER, PRECISIONS
+from models.quantizers import quantize_activation_pact, quantize_fp16, quantize_weight_dorefa, round_ste
 
 INT_BITS = range(2, 9)
 
@@ -17,9 +18,9 @@ INT_BITS = range(2, 9)
 @pytest.fixture
 def compile_mode():
     """Set the compile mode for one test and restore the previous one after it."""
-    before = base.get_compile()
-    yield base.set_compile
-    base.set_compile(before)
+    before = mixture.get_compile()
+    yield mixture.set_compile
+    mixture.set_compile(before)
 
 
 def reference_pact(x, clip, bits, signed):
@@ -147,7 +148,7 @@ def test_weight_and_fp16_gradients_are_straight_through():
     quantize_weight_dorefa(w, 4).backward(upstream)
     # the same expression without rounding has the same gradient: round is the identity backward
     w2 = w.detach().clone().requires_grad_()
-    t = torch.tanh(w2) / (2 * base.dorefa_scale(w2)) + 0.5
+    t = torch.tanh(w2) / (2 * quantizers.dorefa_scale(w2)) + 0.5
     (2 * t - 1).backward(upstream)
     assert torch.allclose(w.grad, w2.grad, atol=1e-6)
 
@@ -202,11 +203,11 @@ def test_eager_mixture_matches_its_parts(compile_mode, precisions, signed):
         assert torch.allclose(a, b, rtol=1e-5, atol=1e-4)
 
 
-@pytest.mark.skipif(not base._compiler_present(torch.device("cpu")), reason="no C++ compiler for inductor")
+@pytest.mark.skipif(not mixture._compiler_present(torch.device("cpu")), reason="no C++ compiler for inductor")
 def test_compiled_mixture_matches_eager_in_values_and_gradients(compile_mode):
     """The fused path is the default where a compiler exists: it must compute what the eager path
     computes. Inputs above COMPILE_MIN_NUMEL so the compiled graphs really run."""
-    n = base.COMPILE_MIN_NUMEL * 3
+    n = mixture.COMPILE_MIN_NUMEL * 3
     for precisions in (PRECISION_ORDER, ("int8",)):  # the search and the fixed-QAT graphs
         for signed in (False, True):
             x, alpha, clips, upstream = mixture_inputs(precisions, n, 7 + signed)
@@ -224,15 +225,15 @@ def test_compiled_mixture_matches_eager_in_values_and_gradients(compile_mode):
 
 def test_failed_compilation_falls_back_to_eager_with_one_warning(compile_mode, monkeypatch):
     compile_mode("auto")
-    monkeypatch.setattr(base, "_compiler_present", lambda device: True)
+    monkeypatch.setattr(mixture, "_compiler_present", lambda device: True)
 
     def broken(name, fn):
         raise RuntimeError("no working C++ compiler")
-    monkeypatch.setattr(base, "_compiled_fn", broken)
-    x, alpha, clips, upstream = mixture_inputs(PRECISION_ORDER, base.COMPILE_MIN_NUMEL * 2, 3)
+    monkeypatch.setattr(mixture, "_compiled_fn", broken)
+    x, alpha, clips, upstream = mixture_inputs(PRECISION_ORDER, mixture.COMPILE_MIN_NUMEL * 2, 3)
     with pytest.warns(UserWarning, match="using the eager path"):
         got = run_mixture(mix_inputs, x, alpha, clips, PRECISION_ORDER, True, upstream)
-    assert not base.compile_enabled()
+    assert not mixture.compile_enabled()
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # warned once, then quietly eager
         again = run_mixture(mix_inputs, x, alpha, clips, PRECISION_ORDER, True, upstream)
@@ -251,9 +252,9 @@ def test_compile_mode_names_are_checked(compile_mode, monkeypatch):
         compile_mode("fast")
     compile_mode("auto")
     monkeypatch.setattr("shutil.which", lambda name: None)
-    assert not base.compile_enabled(torch.device("cpu"))  # no compiler: eager, no attempt
+    assert not mixture.compile_enabled(torch.device("cpu"))  # no compiler: eager, no attempt
     compile_mode("off")
-    assert not base.compile_enabled()
+    assert not mixture.compile_enabled()
 
 
 def test_mixture_keeps_channels_last_layout_and_values(compile_mode):

@@ -13,7 +13,7 @@ from html.parser import HTMLParser
 
 import pytest
 
-from Search_CIFAR10.report import build_report, memory_filter_effect
+from Search_CIFAR10.reporting.report import build_report, memory_filter_effect
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 LAYERS = [("features.0.0", "conv"), ("features.1.conv.0.0", "dwconv"), ("classifier.1", "linear")]

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from Search_CIFAR10.dnas.utils import run_summary
+from Search_CIFAR10.reporting import run_table as run_summary
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 DNAS = os.path.join(REPO, "Search_CIFAR10", "dnas")

@@ -5,11 +5,11 @@ import csv
 import pytest
 import torch
 
-from Search_CIFAR10.dnas.utils.logging_utils import EpochLogger, format_epoch, progress
-from Search_CIFAR10.dnas.utils.plots import plot_curves
-from Search_CIFAR10.dnas.utils.runtime import (add_runtime_args, all_reduce_mean, all_reduce_sum, resolve_device,
-                                               setup_runtime, unwrap)
-from Search_CIFAR10.dnas.utils.train_utils import WarmupCosine, param_groups
+from Search_CIFAR10.reporting.figures.training_curves import plot_training_curves, plotted_columns
+from Search_CIFAR10.training.log import EpochLogger, format_epoch, progress
+from Search_CIFAR10.training.loop import WarmupCosine, param_groups
+from Search_CIFAR10.training.runtime import (add_runtime_args, all_reduce_mean, all_reduce_sum, resolve_device,
+                                             setup_runtime, unwrap)
 
 
 def test_runtime_on_cpu_and_flags():
@@ -55,7 +55,8 @@ def test_progress_is_silent_without_a_terminal(capsys):
 
 def test_plot_curves_writes_png(tmp_path):
     rows = [{"epoch": e, "train_loss": 1 / e, "val_loss": 1.2 / e, "train_acc": 10 * e, "val_acc": "9"} for e in (1, 2, 3)]
-    drawn = plot_curves(rows, str(tmp_path / "curves.png"))
+    plot_training_curves(rows, str(tmp_path / "curves.png"))
+    drawn = plotted_columns(rows)
     assert drawn == ["train_loss", "val_loss", "train_acc", "val_acc"]
     assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

@@ -10,16 +10,17 @@ import pytest
 import torch
 
 from models import build_model
-from models.base import arch_parameters, derive_mapping, mixed_layers, set_mode, weight_parameters
-from Search_CIFAR10.dnas.utils.checkpoint import load_checkpoint, save_atomic
-from Search_CIFAR10.dnas.utils.finetune import (derive_fixed_network, mapping_document,
-                                                parse_mapping_document)
-from Search_CIFAR10.dnas.utils.hardware_loss import HardwareCost
-from Search_CIFAR10.dnas.utils.runtime import setup_runtime
-from Search_CIFAR10.dnas.utils.search import (SearchSettings, alpha_step, frozen_bn_stats, progressive_min_bits,
-                                              temperature_at, weight_step)
-from tensor_analysis.analysis import analyze_network
-from tensor_analysis.hardware import build_lut
+from models.files import load_checkpoint, save_checkpoint
+from models.mapping import mapping_document, read_mapping
+from models.network import (arch_parameters, derive_fixed_network, derive_mapping, mixed_layers, set_mode,
+                            weight_parameters)
+from Search_CIFAR10.dnas.hardware_cost import HardwareCost
+from Search_CIFAR10.dnas.search import (SearchSettings, alpha_step, frozen_bn_stats, progressive_min_bits,
+                                        temperature_at, weight_step)
+from Search_CIFAR10.training.runtime import setup_runtime
+from tensor_analysis.analysis_file import analysis_document
+from tensor_analysis.graph import analyze_network
+from tensor_analysis.lut import build_lut
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(REPO, "Search_CIFAR10", "dnas", "dnas_search_cifar10_mbv2.py")
@@ -34,7 +35,7 @@ def tiny_model(**kw):
 def analysis_files(tmp_path_factory):
     folder = tmp_path_factory.mktemp("analysis")
     net = analyze_network(tiny_model().spec)
-    doc = net.to_json(memory_threshold_kb=1024)
+    doc = analysis_document(net, memory_threshold_kb=1024)
     path = folder / "analysis.json"
     path.write_text(json.dumps(doc))
     lut = build_lut(net, "stm32h747")
@@ -137,14 +138,14 @@ def test_forced_alpha_derives_expected_mapping_and_mapping_json_round_trips(tmp_
     assert derive_mapping(model) == wanted
     path = tmp_path / "mapping.json"
     path.write_text(json.dumps(mapping_document(model.spec, wanted)))
-    assert parse_mapping_document(json.loads(path.read_text()), str(path), model) == wanted
+    assert read_mapping(json.loads(path.read_text()), str(path), [n for n, _ in mixed_layers(model)])[1] == wanted
     other = dict(wanted)
     other.pop(names[3])
     other["features.99.conv"] = "int8"
     with pytest.raises(ValueError, match=r"missing layers: .*" + names[3].replace(".", r"\.") + r".*unknown layers: features\.99\.conv"):
-        parse_mapping_document(mapping_document(model.spec, other), "m.json", model)
+        read_mapping(mapping_document(model.spec, other), "m.json", [n for n, _ in mixed_layers(model)])
     with pytest.raises(ValueError, match="unknown precision 'int3'"):
-        parse_mapping_document({"layers": {names[0]: "int3"}}, "m.json")
+        read_mapping({"layers": {names[0]: "int3"}}, "m.json")
 
 
 def test_derived_fixed_network_equals_supernet_at_one_hot_pi():
@@ -244,7 +245,7 @@ def test_analysis_for_another_model_is_rejected_before_training(analysis_files, 
     bad.write_text(json.dumps(doc))
     model = tiny_model()
     ckpt = tmp_path / "pretrained.pt"
-    save_atomic({"spec": model.spec, "model": model.state_dict()}, str(ckpt))
+    save_checkpoint({"spec": model.spec, "model": model.state_dict()}, str(ckpt))
     r = run_script(tiny_args({**analysis_files, "analysis": str(bad)}, tmp_path / "out", "--pretrained", str(ckpt)))
     assert r.returncode == 2
     assert "Traceback" not in r.stderr
@@ -265,7 +266,7 @@ def test_lut_missing_layers_is_rejected(analysis_files, tmp_path):
 def test_mismatched_pretrained_checkpoint_is_rejected(analysis_files, tmp_path):
     other = build_model("mobilenetv2", num_classes=10, width_mult=0.25, input_size=16)
     ckpt = tmp_path / "other.pt"
-    save_atomic({"spec": other.spec, "model": other.state_dict()}, str(ckpt))
+    save_checkpoint({"spec": other.spec, "model": other.state_dict()}, str(ckpt))
     r = run_script(tiny_args(analysis_files, tmp_path / "out", "--pretrained", str(ckpt)))
     assert r.returncode == 2 and "Traceback" not in r.stderr
     line = _error_line(r)
@@ -284,7 +285,7 @@ def test_nan_loss_stops_with_epoch_and_keeps_last_good_checkpoint(analysis_files
 
 
 def test_expected_peak_equals_exact_peak_at_one_hot_pi_and_reaches_alpha(analysis_files):
-    from tensor_analysis.analysis import peak_ram_bytes
+    from tensor_analysis.memory import peak_ram_bytes
     model = tiny_model()
     hw = _hw(model, analysis_files)
     names = [n for n, _ in mixed_layers(model)]
@@ -303,7 +304,7 @@ def test_expected_peak_equals_exact_peak_at_one_hot_pi_and_reaches_alpha(analysi
 
 
 def test_budget_repair_brings_a_derived_mapping_inside_both_budgets(analysis_files):
-    from Search_CIFAR10.dnas.utils.hardware_loss import enforce_budgets
+    from Search_CIFAR10.dnas.derive import enforce_budgets
     model = tiny_model()
     hw = _hw(model, analysis_files)
     names = [n for n, _ in mixed_layers(model)]

@@ -14,15 +14,17 @@ import pytest
 import torch
 
 from models import build_model
-from models.base import mixed_layers
-from models.multicore import (DualOptionConv2d, DualOptionLinear, apply_dual_mapping, build_dual_network,
-                              dual_layers, dual_mapping, open_dual_layers, option_parts, to_dual_layer)
-from Search_CIFAR10.dnas.utils.finetune import mapping_document, parse_mapping_document
-from Search_CIFAR10.dnas.utils.hardware_loss import lut_latency_ms
+from models.dual import (DualOptionConv2d, DualOptionLinear, apply_dual_mapping, build_dual_network, dual_layers,
+                         dual_mapping, open_dual_layers, option_parts, to_dual_layer)
+from models.mapping import Part, dual_option_key, mapping_document, read_mapping
+from models.network import mixed_layers
 from Search_CIFAR10.dnas_multicore.stage2 import dual_hardware_cost
-from tensor_analysis.analysis import Part, analyze_network, dual_option_key
+from tensor_analysis.analysis_file import analysis_document
 from tensor_analysis.dual import dual_analysis_json
-from tensor_analysis.hardware import build_lut, dual_speedup, load_profile, parse_profile
+from tensor_analysis.graph import analyze_network
+from tensor_analysis.lut import build_lut, lut_latency_ms
+from tensor_analysis.prediction import dual_speedup
+from tensor_analysis.profiles import load_profile, parse_profile
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(REPO, "Search_CIFAR10", "dnas_multicore", "dnas_cifar10_search_multicore_mbv2.py")
@@ -110,7 +112,7 @@ def test_searchable_layer_is_the_exact_mixture_and_one_hot_is_the_fixed_split(ki
 
 
 def test_grouped_split_must_fall_on_group_boundaries():
-    from models.base import MixedPrecisionConv2d
+    from models.layers import MixedPrecisionConv2d
     grouped = MixedPrecisionConv2d(8, 8, 3, padding=1, groups=2, precisions=["int8", "int4"], name="g")
     with pytest.raises(ValueError, match="group boundaries"):
         to_dual_layer(grouped, ["m7:int8[0:3]+m4:int8[3:8]"])
@@ -218,7 +220,7 @@ def test_mapping_round_trip(tmp_path):
     apply_dual_mapping(derived, mapping)
     path = tmp_path / "mapping.json"
     path.write_text(json.dumps(mapping_document(model.spec, mapping, {"hardware": "stm32h747"})))
-    layers_back = parse_mapping_document(json.loads(path.read_text()), str(path), derived)
+    layers_back = read_mapping(json.loads(path.read_text()), str(path), [n for n, _ in mixed_layers(derived)])[1]
     assert layers_back == mapping
     rebuilt = build_dual_network(model.spec, layers_back)
     rebuilt.load_state_dict(derived.state_dict())
@@ -243,9 +245,9 @@ def test_mapping_round_trip(tmp_path):
 @pytest.fixture(scope="module")
 def stage1_dir(tmp_path_factory):
     """A tiny stage-1 run, made in-process with the stage-1 driver (1 search epoch, no fine-tuning)."""
-    from Search_CIFAR10.dnas.utils.stage1 import add_stage1_args, run_stage1
+    from Search_CIFAR10.dnas.stage1 import add_stage1_args, run_stage1
     folder = tmp_path_factory.mktemp("stage1")
-    analysis = analyze_network({"type": "mobilenetv2", **SPEC}).to_json(memory_threshold_kb=1024)
+    analysis = analysis_document(analyze_network({"type": "mobilenetv2", **SPEC}), memory_threshold_kb=1024)
     (folder / "analysis.json").write_text(json.dumps(analysis))
     parser = argparse.ArgumentParser()
     add_stage1_args(parser)
@@ -328,7 +330,7 @@ def _main():
 
 
 def _error(capsys, argv):
-    from Search_CIFAR10.dnas.utils.cli import run_cli
+    from tensor_analysis.cli import run_cli
     with pytest.raises(SystemExit) as exit_info:
         run_cli(_main(), argv)
     err = capsys.readouterr().err.strip().splitlines()

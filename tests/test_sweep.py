@@ -8,10 +8,10 @@ import sys
 
 import pytest
 
-from Search_CIFAR10.dnas.utils.hardware_loss import lut_latency_ms
-from Search_CIFAR10.dnas.utils.sweep import write_sweep
-from tensor_analysis.analysis import analyze_network
-from tensor_analysis.hardware import build_lut, load_profile
+from Search_CIFAR10.reporting.sweep import write_sweep
+from tensor_analysis.graph import analyze_network
+from tensor_analysis.lut import build_lut, lut_latency_ms
+from tensor_analysis.profiles import load_profile
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 MODEL = {"type": "mobilenetv2", "num_classes": 10, "width_mult": 0.35, "input_size": 32}
@@ -81,7 +81,7 @@ def test_every_network_is_predicted_on_every_profile(sweep_runs, analysis, tmp_p
 
 
 def test_a_network_searched_for_another_profile_stays_off_its_plot(sweep_runs, tmp_path):
-    from Search_CIFAR10.dnas.utils.sweep import plot_points
+    from Search_CIFAR10.reporting.sweep import plot_points
     _, root = sweep_runs
     result = write_sweep([root], PROFILES, str(tmp_path / "sweep"))
     nets = result["networks"]

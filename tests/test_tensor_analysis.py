@@ -10,15 +10,23 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from models import build_model
-from models.base import PRECISION_ORDER, MixedPrecisionConv2d, MixedPrecisionLinear, mixed_layers
+from models import build_model, formats
+from models.files import write_json_atomic
+from models.layers import MixedPrecisionConv2d, MixedPrecisionLinear
+from models.mapping import Part, load_mapping
+from models.network import mixed_layers
+from models.precisions import PRECISION_ORDER
 from tensor_analysis import published
-from tensor_analysis.analysis import (SCHEMA, NetworkAnalysis, Part, analyze_model, analyze_network, compression,
-                                      flash_bytes, load_analysis_json, load_mapping_json, peak_ram_bytes)
-from tensor_analysis.cli_common import model_name, write_json
-from tensor_analysis.dual import dual_analysis_json
-from tensor_analysis.hardware import (balanced_split, build_lut, layer_cycles, layer_latency_ms, list_profiles,
-                                      load_lut_json, load_profile, predict_network)
+from tensor_analysis.analysis_file import analysis_document, load_analysis_json, totals
+from tensor_analysis.cli import model_name
+from tensor_analysis.dual import balanced_split, dual_analysis_json
+from tensor_analysis.flash import compression, flash_bytes, layer_flash_bytes
+from tensor_analysis.graph import NetworkAnalysis, analyze_model, analyze_network
+from tensor_analysis.latency import layer_cycles, layer_latency_ms
+from tensor_analysis.lut import build_lut, load_lut_json
+from tensor_analysis.memory import dual_layer_bytes, layer_bytes, mapping_live_bytes, peak_ram_bytes
+from tensor_analysis.prediction import predict_network
+from tensor_analysis.profiles import list_profiles, load_profile
 from tensor_analysis.validate_profiles import published_vs_predicted
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
@@ -71,7 +79,7 @@ def test_mobilenetv2_224_macs_and_published_peak_ram(mbv2_224):
     assert peak_ram_bytes(mbv2_224, int8) == 112 * 112 * 96 + 56 * 56 * 96 == 1470 * 1024
     # 1372 KiB with in-place depthwise (features.2 expansion: 112·112·16 + 112·112·96 bytes)
     assert peak_ram_bytes(mbv2_224, int8, inplace_depthwise=True) == 112 * 112 * (16 + 96) == 1372 * 1024
-    t = mbv2_224.totals(["int8"])
+    t = totals(mbv2_224, ["int8"])
     assert t["peak_operator"]["int8"] == "features.2.conv.1.0"
 
 
@@ -126,15 +134,15 @@ def test_two_block_operators_and_live_bytes_by_hand(two_block):
     inplace = list(layerwise)
     inplace[2] = 256 + 512 + 64        # X1 kept + max(E1, D1) + one 8×8 output channel
     inplace[6] = 512 + 16              # max(E2, D2) + one 4×4 output channel
-    got = [b for _, b in a.mapping_live_bytes(uniform(a, "int8"))]
+    got = [b for _, b in mapping_live_bytes(a, uniform(a, "int8"))]
     assert got == layerwise
-    assert [b for _, b in a.mapping_live_bytes(uniform(a, "int8"), inplace_depthwise=True)] == inplace
+    assert [b for _, b in mapping_live_bytes(a, uniform(a, "int8"), inplace_depthwise=True)] == inplace
     assert peak_ram_bytes(a, uniform(a, "int8")) == 1280
     assert peak_ram_bytes(a, uniform(a, "int8"), inplace_depthwise=True) == 1024
     assert peak_ram_bytes(a, uniform(a, "fp32")) == 4 * 1280
     assert peak_ram_bytes(a, uniform(a, "int4")) == 640
     # the per-layer view used by the filter: kept residual included
-    b = a.layer_bytes(a.layer("b1_dw.0"), "fp16")
+    b = layer_bytes(a, a.layer("b1_dw.0"), "fp16")
     assert (b["input"], b["output"], b["kept"], b["live"], b["live_inplace"]) == (1024, 1024, 512, 2560, 1664)
 
 
@@ -143,7 +151,7 @@ def test_two_block_mixed_mapping_stores_each_tensor_as_its_consumer_reads_it(two
     m = uniform(a, "int8")
     m["b1_expand.0"] = "fp32"     # X1 feeds this layer (fp32) and the add → next expand (int8): stored fp32
     m["b1_project.0"] = "int4"    # D1 is read by this layer: stored int4
-    got = [b for _, b in a.mapping_live_bytes(m)]
+    got = [b for _, b in mapping_live_bytes(a, m)]
     assert got[:5] == [192 + 1024,           # image (int8) + X1 (fp32)
                        1024 + 512,           # X1 + E1 (int8, read by the depthwise)
                        512 + 256 + 1024,     # E1 + D1 (int4: 512 values) + X1 kept
@@ -152,20 +160,20 @@ def test_two_block_mixed_mapping_stores_each_tensor_as_its_consumer_reads_it(two
     assert peak_ram_bytes(a, m) == 1792
     # Flash: packed weights + per-channel bias/scale (int: 8 B, float: 4 B per output channel)
     layer = a.layer("b1_expand.0")
-    assert layer.flash_bytes("int4") == 16 + 8 * 8 and layer.flash_bytes("fp32") == 128 + 8 * 4
-    assert a.layer("fc").flash_bytes("int2") == 5 + 3 * 8  # 18 weights at 2 bits → 5 bytes
+    assert layer_flash_bytes(layer, "int4") == 16 + 8 * 8 and layer_flash_bytes(layer, "fp32") == 128 + 8 * 4
+    assert layer_flash_bytes(a.layer("fc"), "int2") == 5 + 3 * 8  # 18 weights at 2 bits → 5 bytes
     assert flash_bytes(a, uniform(a, "int8")) == sum(o.params - o.bias_elements + 8 * o.out_channels for o in a.layers)
 
 
 def test_dual_option_bytes_by_hand(two_block):
     a = two_block
     expand = a.layer("b1_expand.0")
-    b = a.dual_layer_bytes(expand, [Part("m7", "int8", 0, 6), Part("m4", "int4", 6, 8)])
+    b = dual_layer_bytes(a, expand, [Part("m7", "int8", 0, 6), Part("m4", "int4", 6, 8)])
     # each unit reads all of X1 in its own format (256 + 128), writes its slice (384 + 64 bytes)
     assert (b["input"], b["output"], b["kept"], b["live"]) == (384, 448, 0, 832)
     assert b["units"]["m4"]["input"] == 128 and b["units"]["m4"]["output"] == 64
     dw = a.layer("b1_dw.0")
-    b = a.dual_layer_bytes(dw, [Part("m7", "int8", 0, 4), Part("m4", "int8", 4, 8)])
+    b = dual_layer_bytes(a, dw, [Part("m7", "int8", 0, 4), Part("m4", "int8", 4, 8)])
     assert (b["input"], b["output"], b["kept"], b["live"]) == (512, 512, 256, 1280)  # depthwise reads slices
 
 
@@ -190,11 +198,11 @@ def test_mapping_validation_names_missing_unknown_and_bad_values(two_block):
 # Files
 # ----------------------------------------------------------------------------------------------------
 def test_analysis_json_round_trip_and_validation(tmp_path, mbv2_32):
-    d = mbv2_32.to_json(512, PRECISION_ORDER)
-    assert d["schema"] == SCHEMA and len(d["layers"]) == 53
+    d = analysis_document(mbv2_32, 512, PRECISION_ORDER)
+    assert d["schema"] == formats.ANALYSIS and len(d["layers"]) == 53
     assert all(set(l["bytes"]) == set(PRECISION_ORDER) for l in d["layers"])
     path = str(tmp_path / "a.json")
-    write_json(d, path)
+    write_json_atomic(d, path, compact=True)
     loaded = load_analysis_json(path)
     m = {l["name"]: l["allowed_precisions"][-1] for l in loaded["layers"]}
     assert peak_ram_bytes(loaded, m) == peak_ram_bytes(mbv2_32, m)
@@ -206,14 +214,14 @@ def test_analysis_json_round_trip_and_validation(tmp_path, mbv2_32):
     with pytest.raises(ValueError, match="old.json: unknown schema"):
         load_analysis_json(str(tmp_path / "old.json"))
     with pytest.raises(ValueError, match="threshold"):
-        mbv2_32.to_json(-1)
+        analysis_document(mbv2_32, -1)
 
 
 def test_committed_results_match_a_fresh_analysis():
     folder = os.path.join(ROOT, "Search_CIFAR10", "tensor_analysis_result")
     for size in (32, 112, 144):
         d = load_analysis_json(os.path.join(folder, f"mobilenetv2_w1.0_s{size}_512kb.json"))
-        fresh = mbv2(size).to_json(512)
+        fresh = analysis_document(mbv2(size), 512)
         assert [l["allowed_precisions"] for l in d["layers"]] == [l["allowed_precisions"] for l in fresh["layers"]]
         dual = load_analysis_json(os.path.join(folder, f"mobilenetv2_w1.0_s{size}_512kb_dual_stm32h747.json"))
         assert all("allowed_dual_options" in l for l in dual["layers"])
@@ -289,7 +297,7 @@ def test_narrow_layers_cost_more_per_mac_and_depthwise_costs_2_5_to_4x_pointwise
 
 def test_artifact_profile_reproduces_the_seed_table():
     prof = load_profile("artifact")
-    from tensor_analysis.analysis import Operator
+    from tensor_analysis.graph import Operator
     pw = Operator(0, "pw", "pwconv", True, [], 0, (100, 100, 20), (100, 100, 20), 2_000_000)
     dw = Operator(0, "dw", "dwconv", True, [], 0, (100, 100, 20), (100, 100, 20), 2_000_000, kernel=(3, 3), groups=100)
     fc = Operator(0, "fc", "linear", True, [], 0, (2000, 1, 1), (1000, 1, 1), 2_000_000)
@@ -345,7 +353,7 @@ def test_lut_dual_options_agree_with_predict_network(tmp_path, mbv2_32):
         ms = lut["dual"]["options"][name][key]["ms"]
         assert lut["layers"][name]["int8"] / 1.31 < ms < lut["layers"][name]["int8"]
     path = str(tmp_path / "lut.json")
-    write_json(lut, path)
+    write_json_atomic(lut, path, compact=True)
     assert load_lut_json(path, mbv2_32)["layers"] == lut["layers"]
     v1 = analyze_network({"type": "mobilenetv1", "input_size": 32, "width_mult": 0.25})
     with pytest.raises(ValueError, match="lut.json: .*missing layers: .*unknown layers: "):
@@ -376,7 +384,7 @@ def test_compression_ratios(two_block):
 
 
 def test_example_mapping_file_loads_and_matches_its_model():
-    spec, layers = load_mapping_json(os.path.join(TOOLS, "example_precision_mapping.json"))
+    spec, layers = load_mapping(os.path.join(TOOLS, "example_precision_mapping.json"))
     a = analyze_network(spec)
     a.check_mapping(layers)
     assert any(isinstance(v, dict) for v in layers.values())  # shows the dual-core form too
@@ -399,7 +407,7 @@ def test_mobilenetv1_layout_signs_and_small_input_strides():
 
 
 def test_seed_model_flags_map_to_registry_names(monkeypatch):
-    import tensor_analysis.cli_common as cc
+    import tensor_analysis.cli as cc
     monkeypatch.setattr(cc, "list_models", lambda: ["efficientnet_b0", "mobilenetv2", "mobilenetv3_small"])
     assert model_name("mobilenetv3", mode="small") == "mobilenetv3_small"
     assert model_name("efficientnet", model_version="b0") == "efficientnet_b0"
@@ -452,7 +460,7 @@ def one_error_line(r):
 
 def in_process(main, argv, capsys):
     """Run a tool's main through run_cli as its __main__ does; (exit code, stderr lines)."""
-    from Search_CIFAR10.dnas.utils.cli import run_cli
+    from tensor_analysis.cli import run_cli
     capsys.readouterr()
     with pytest.raises(SystemExit) as e:
         run_cli(main, argv)
@@ -507,8 +515,8 @@ def test_cli_filter_infeasible_then_allowed(cli_errors, capsys):
 
 
 def test_cli_tools_in_process(tmp_path, capsys):
-    from tensor_analysis import compression_calc, tensor_latency_predictor, tensor_memory_filter
-    from tensor_analysis import tensor_memory_filter_dualcore
+    from tensor_analysis import (compression_calc, tensor_latency_predictor, tensor_memory_filter,
+                                 tensor_memory_filter_dualcore)
     base = ["--model_type", "mobilenetv2", "--width_mult", "0.35", "--input_size", "32"]
     analysis = str(tmp_path / "a.json")
     assert tensor_memory_filter.main(base + ["--memory_threshold", "64", "--output_file", analysis]) == 0

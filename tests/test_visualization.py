@@ -8,7 +8,10 @@ import matplotlib.image as mpimg
 import numpy as np
 import pytest
 
-from Search_CIFAR10.dnas.utils import visualization_utils as viz
+from Search_CIFAR10.reporting import figures as viz
+from Search_CIFAR10.reporting.figures.common import IDLE_COLOR, SECONDARY_COLOR, new_figure
+from Search_CIFAR10.reporting.figures.pareto import _place_labels
+from Search_CIFAR10.reporting.figures.training_curves import _phase_positions
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -201,7 +204,7 @@ def test_training_curves_from_log_csv_with_search_and_finetune(tmp_path):
     assert len(read_back) == len(rows)
     image = read_png(viz.plot_training_curves(read_back, tmp_path / "curves.png"), min_width=1000,
                      min_height=1000)
-    assert pixels_of(image, viz.SECONDARY_COLOR) > 100  # the val / argmax curves
+    assert pixels_of(image, SECONDARY_COLOR) > 100  # the val / argmax curves
 
 
 def test_training_curves_with_missing_columns_and_numbers(tmp_path):
@@ -212,14 +215,14 @@ def test_training_curves_with_missing_columns_and_numbers(tmp_path):
 
 
 def test_finetune_epochs_follow_the_search_epochs():
-    phases, placed = viz._phase_positions(log_rows(search_epochs=4, finetune_epochs=2))
+    phases, placed = _phase_positions(log_rows(search_epochs=4, finetune_epochs=2))
     assert phases == ["search", "finetune"]
     assert [(p, x) for p, x, _ in placed] == [("search", 0), ("search", 1), ("search", 2), ("search", 3),
                                              ("finetune", 4), ("finetune", 5)]
     # a resumed run that logged epoch 1 twice keeps one point per epoch: the last
     rows = log_rows(search_epochs=3, finetune_epochs=0)
     rows.insert(2, dict(rows[1], val_acc="99"))
-    _, placed = viz._phase_positions(rows)
+    _, placed = _phase_positions(rows)
     assert [x for _, x, _ in placed] == [0, 1, 2]
     assert placed[1][2]["val_acc"] == rows[2]["val_acc"]
 
@@ -256,7 +259,7 @@ def test_pareto_front_keeps_only_undominated_points():
 def test_pareto_plot(tmp_path):
     image = read_png(viz.plot_pareto(pareto_points(), tmp_path / "pareto.png", title="λ sweep"))
     assert pixels_of(image, viz.PRECISION_COLORS["int8"]) > 20  # uniform references carry their colour
-    assert pixels_of(image, viz.SECONDARY_COLOR) > 20  # the stage-2 marker
+    assert pixels_of(image, SECONDARY_COLOR) > 20  # the stage-2 marker
     read_png(viz.plot_pareto([{"label": "only", "latency_ms": 3.0, "accuracy": 0.9}], tmp_path / "one.png"))
 
 
@@ -265,10 +268,10 @@ def test_pareto_labels_of_clustered_points_do_not_overlap():
     points = [{"label": label, "kind": "search", "latency_ms": 60.16 + 0.03 * i, "accuracy": 98.15 + 0.1 * (i % 2)}
               for i, label in enumerate(["all-int8", "λ=0.1", "λ=0.3", "λ=1", "λ=5"])]
     points.append({"label": "all-fp32 (pretrained)", "kind": "uniform", "latency_ms": 85.47, "accuracy": 98.61})
-    fig = viz._new_figure(7.5, 5.2)
+    fig = new_figure(7.5, 5.2)
     ax = fig.subplots()
     ax.scatter([p["latency_ms"] for p in points], [p["accuracy"] for p in points])
-    viz._place_labels(fig, ax, points)
+    _place_labels(fig, ax, points)
     renderer = fig.canvas.get_renderer()
     boxes = [t.get_window_extent(renderer) for t in ax.texts]
     assert sorted(t.get_text() for t in ax.texts) == sorted(p["label"] for p in points)
@@ -308,7 +311,7 @@ def test_dual_core_timeline(tmp_path):
     image = read_png(viz.plot_dual_core_timeline(timeline(), ["m7", "m4"], tmp_path / "timeline.png"))
     assert pixels_of(image, viz.PRECISION_COLORS["int8"]) > 500
     assert pixels_of(image, viz.PRECISION_COLORS["int4"]) > 200
-    assert pixels_of(image, viz.IDLE_COLOR) > 200  # m4's idle gaps are visible
+    assert pixels_of(image, IDLE_COLOR) > 200  # m4's idle gaps are visible
 
 
 def test_dual_core_timeline_one_layer_without_end(tmp_path):

@@ -9,18 +9,17 @@ Example (from this folder):
 
 Everything is written to --output_dir (see Search_CIFAR10/dnas/utils/stage1.py for the file list).
 """
-import argparse
 import os
 import sys
 
 sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..")))
 
-from Search_CIFAR10.dnas.utils.cli import run_cli  # noqa: E402
-from Search_CIFAR10.dnas.utils.stage1 import add_stage1_args, run_stage1  # noqa: E402
+from Search_CIFAR10.dnas.stage1 import add_stage1_args, run_stage1  # noqa: E402
+from tensor_analysis.cli import Parser, run_cli  # noqa: E402
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         description="Stage 1 of AdaptQNet: search per-layer precisions (fp32/fp16/int8/int4/int2) under an "
                     "MCU's latency and RAM budgets, derive the argmax network and fine-tune it.")
     add_stage1_args(parser)

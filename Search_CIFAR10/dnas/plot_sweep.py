@@ -14,11 +14,11 @@ import sys
 
 sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..")))
 
-from Search_CIFAR10.dnas.utils.cli import run_cli  # noqa: E402
+from tensor_analysis.cli import Parser, run_cli  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = Parser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", nargs="+", required=True, metavar="DIR",
                         help="stage-1 run directories and/or folders searched recursively for them (summary.json "
                              "+ mapping.json); uniform references are runs with one precision per layer")
@@ -31,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    from Search_CIFAR10.dnas.utils.sweep import write_sweep
+    from Search_CIFAR10.reporting.sweep import write_sweep
     result = write_sweep(args.runs, args.hardware, args.output_dir)
     for note in result["notes"]:
         print(f"warning: {note}", file=sys.stderr)

@@ -13,13 +13,12 @@ import sys
 
 sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..")))
 
-from Search_CIFAR10.dnas.utils.cli import run_cli  # noqa: E402
-from Search_CIFAR10.dnas.utils.run_summary import (  # noqa: E402
-    collect_runs, format_table, write_csv, write_markdown)
+from Search_CIFAR10.reporting.run_table import collect_runs, format_table, write_csv, write_markdown  # noqa: E402
+from tensor_analysis.cli import Parser, run_cli  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         description=__doc__.split("\n\n")[0],
         epilog="Missing values show as '-'. Columns: run folder, dataset, hardware profile, input size, "
                "λ (--hardware_weight), int_only, test accuracy, validation accuracy (fine-tuned), "

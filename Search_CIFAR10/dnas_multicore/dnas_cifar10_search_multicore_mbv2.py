@@ -18,12 +18,12 @@ import sys
 
 sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..")))
 
-from Search_CIFAR10.dnas.utils.cli import run_cli  # noqa: E402
 from Search_CIFAR10.dnas_multicore.stage2 import add_stage2_args, run_stage2  # noqa: E402
+from tensor_analysis.cli import Parser, run_cli  # noqa: E402
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         description="Stage 2 of AdaptQNet: search, for the layers of a stage-1 network that cost most, how to "
                     "split their output channels between two processing units (each part at its own "
                     "precision) or keep them whole on one unit; derive, fine-tune, and compare with stage 1.",

@@ -29,20 +29,24 @@ from typing import Dict, List, Mapping, Optional, Sequence
 import torch
 import torch.nn as nn
 
-from models import build_from_spec
-from models.base import PRECISION_ORDER, PRECISIONS, canonical_precisions, derive_mapping, mixed_layers
-from models.multicore import (DUAL_LAYER_TYPES, build_dual_network, derive_dual_network, dual_layers,
-                              label_entries, open_dual_layers, option_label, option_parts)
-from Search_CIFAR10.dnas.utils.checkpoint import CheckpointError, check_spec, load_checkpoint, read_json
-from Search_CIFAR10.dnas.utils.cli import non_negative_float, positive_int
-from Search_CIFAR10.dnas.utils.finetune import parse_mapping_document
-from Search_CIFAR10.dnas.utils.hardware_loss import (REFERENCE_PRECISION, HardwareCost, enforce_budgets, lut_entry_ms,
-                                                     lut_latency_ms)
-from Search_CIFAR10.dnas.utils.search import SearchSettings
-from Search_CIFAR10.dnas.utils.stage1 import (REPO_ROOT, RunFiles, SPEC_MATCH_KEYS, add_search_args, apply_constraints,
-                                              build_summary, check_layer_names, finetune_and_finish, parse_protect,
-                                              resolve_resume, search_loop)
-from Search_CIFAR10.dnas.utils.train_utils import evaluate
+from models import build_from_spec, formats
+from models.dual import (DUAL_LAYER_TYPES, build_dual_network, derive_dual_network, dual_layers, label_entries,
+                         open_dual_layers, option_parts)
+from models.files import CheckpointError, load_checkpoint, read_json
+from models.mapping import check_layer_names_match, option_label, read_mapping
+from models.network import derive_mapping, mixed_layers
+from models.precisions import PRECISION_ORDER, PRECISIONS, canonical_precisions
+from models.registry import check_same_model
+from Search_CIFAR10 import REPO_ROOT
+from Search_CIFAR10.dnas.derive import enforce_budgets
+from Search_CIFAR10.dnas.hardware_cost import REFERENCE_PRECISION, HardwareCost
+from Search_CIFAR10.dnas.search import SearchSettings
+from Search_CIFAR10.dnas.stage1 import (SPEC_MATCH_KEYS, add_search_args, apply_constraints, build_summary,
+                                        finetune_and_finish, parse_protect, resolve_resume, search_loop)
+from Search_CIFAR10.training.loop import evaluate
+from Search_CIFAR10.training.run_dir import RunFiles
+from tensor_analysis.cli import non_negative_float, positive_int
+from tensor_analysis.lut import lut_entry_ms, lut_latency_ms
 
 STAGE1_FILES = ("args.json", "mapping.json", "summary.json", "final.pt", "supernet.pt")
 SELECT_MODES = ("latency", "entropy")
@@ -58,8 +62,8 @@ STAGE2_DEFAULTS = dict(epochs=6, warmup_epochs=0, lr_weights=0.002, finetune_epo
 # Arguments
 # ----------------------------------------------------------------------------------------------------
 def add_stage2_args(parser: argparse.ArgumentParser) -> None:
-    from Search_CIFAR10.dnas.utils.data_utils import add_data_args
-    from Search_CIFAR10.dnas.utils.runtime import add_runtime_args
+    from Search_CIFAR10.training.data import add_data_args
+    from Search_CIFAR10.training.runtime import add_runtime_args
     g = parser.add_argument_group("inputs")
     g.add_argument("--stage1_dir", default=None,
                    help="run directory of a finished stage-1 search (args.json, mapping.json, summary.json, "
@@ -134,10 +138,10 @@ class Stage1Run:
             raise ValueError(f"--stage1_dir {run_dir}: this is a stage-{self.summary.get('stage')} run, "
                              f"expected a stage-1 run")
         self.spec = dict(final["spec"])
-        check_spec(self.spec, supernet["spec"], f"{self.path('supernet.pt')}")
+        check_same_model(self.spec, supernet["spec"], f"{self.path('supernet.pt')}", keys=None, error=CheckpointError)
         self.mapping: Dict[str, str] = dict(final["mapping"])
         doc = read_json(self.path("mapping.json"), "stage-1 mapping")
-        layers = parse_mapping_document(doc, self.path("mapping.json"))
+        _, layers = read_mapping(doc, self.path("mapping.json"))
         model_doc = doc.get("model", {}) if isinstance(doc, dict) else {}
         diffs = [k for k in SPEC_MATCH_KEYS if k in model_doc and model_doc[k] != self.spec.get(k)]
         if diffs or layers != self.mapping:
@@ -179,7 +183,7 @@ class Stage1Run:
         if self.start_from == "final":
             model.load_state_dict(self.final["model"])
         else:
-            from models.base import restrict_precisions
+            from models.network import restrict_precisions
             supernet = build_from_spec(self.spec, precisions=self.supernet["allowed"])
             supernet.load_state_dict(self.supernet["model"])
             restrict_precisions(supernet, {n: [p] for n, p in self.mapping.items()}, where=self.path("supernet.pt"))
@@ -206,7 +210,7 @@ class Stage1Run:
 # ----------------------------------------------------------------------------------------------------
 def resolve_hardware(args, run: Stage1Run):
     """(profile, clock) with two units; a one-unit profile is refused here, before anything runs."""
-    from tensor_analysis.hardware import load_profile
+    from tensor_analysis.profiles import load_profile
     name = args.hardware or run.args.get("hardware") or "stm32h747"
     profile = load_profile(name)
     profile.dual_units  # one-unit profiles fail with the list of dual-core ones
@@ -215,7 +219,7 @@ def resolve_hardware(args, run: Stage1Run):
 
 
 def stage1_analysis(run: Stage1Run) -> dict:
-    from tensor_analysis.analysis import load_analysis_json
+    from tensor_analysis.analysis_file import load_analysis_json
     recorded = run.args.get("tensor_analysis_json")
     path = run.find_input(recorded)
     if path is None:
@@ -226,9 +230,9 @@ def stage1_analysis(run: Stage1Run) -> dict:
 
 def resolve_dual_analysis(args, run: Stage1Run, profile, clock) -> dict:
     """The dual-core analysis: read (--dual_analysis_json) or computed at stage 1's memory threshold."""
-    from tensor_analysis.analysis import as_analysis, load_analysis_json
-    from tensor_analysis.dual import dual_analysis_json
-    from tensor_analysis.hardware import DEFAULT_SPLITS, parse_splits
+    from tensor_analysis.analysis_file import load_analysis_json
+    from tensor_analysis.dual import DEFAULT_SPLITS, dual_analysis_json, parse_splits
+    from tensor_analysis.graph import as_analysis
     if args.dual_analysis_json:
         d = load_analysis_json(args.dual_analysis_json)
         where = args.dual_analysis_json
@@ -253,7 +257,7 @@ def resolve_dual_analysis(args, run: Stage1Run, profile, clock) -> dict:
 
 
 def resolve_lut(args, net_analysis, dual_analysis: Mapping, profile, clock) -> dict:
-    from tensor_analysis.hardware import build_lut, load_lut_json
+    from tensor_analysis.lut import build_lut, load_lut_json
     if args.latency_lut:
         lut = load_lut_json(args.latency_lut, net_analysis)
         if "dual" not in lut:
@@ -399,7 +403,7 @@ def stage2_alphas_document(model: nn.Module, history: Sequence[dict]) -> dict:
             probs[name] = precision_shares(layer.option_parts, pi, layer.precisions, c)
         out_history.append({"epoch": entry["epoch"], "temperature": entry["temperature"], "probs": probs,
                             "option_probs": option_probs})
-    return {"schema": "adaptqnet/alphas/1", "stage": 2, "layers": [n for n, _ in layers],
+    return {"schema": formats.ALPHAS, "stage": 2, "layers": [n for n, _ in layers],
             "precisions": {n: list(l.precisions) for n, l in layers},
             "options": {n: list(l.option_keys) for n, l in layers}, "history": out_history}
 
@@ -423,7 +427,7 @@ def dual_timeline_layers(net_analysis, mapping: Mapping, prediction: Mapping) ->
 
 def build_stage2_summary(args, run: Stage1Run, spec, mapping, labels, opened, net_analysis, lut, profile, clock,
                          accuracy, times) -> dict:
-    from tensor_analysis.hardware import dual_speedup, predict_network
+    from tensor_analysis.prediction import dual_speedup, predict_network
     fp32_acc = {k: v for k, v in run.summary.get("accuracy", {}).items() if k.startswith("fp32")}
     ns = argparse.Namespace(**{**vars(args), "clock_mhz": clock})
     summary = build_summary(ns, spec, mapping, net_analysis, lut, profile, fp32_acc, accuracy, times)
@@ -473,8 +477,9 @@ def stage2_summary_text(summary: Mapping) -> str:
 
 
 def write_stage2_plots(files: RunFiles, summary: Mapping, prediction_layers, args) -> None:
-    from Search_CIFAR10.dnas.utils.visualization_utils import (plot_dual_core_timeline, plot_precision_map,
-                                                               plot_run_dir)
+    from Search_CIFAR10.reporting.figures.dual_timeline import plot_dual_core_timeline
+    from Search_CIFAR10.reporting.figures.precision_map import plot_precision_map
+    from Search_CIFAR10.reporting.figures.run_figures import plot_run_dir
     plot_run_dir(files.dir)
     title = f"stage 2: {summary['model']['type']} on {summary['hardware']['profile']}"
     plot_precision_map(summary["layers"], files.path("precision_map.png"), memory_budget_kb=args.memory_budget_kb,
@@ -505,11 +510,11 @@ def default_output_dir(args, profile) -> str:
 
 
 def run_stage2(args) -> dict:
-    from tensor_analysis.analysis import as_analysis
-    from tensor_analysis.hardware import predict_network
-    from Search_CIFAR10.dnas.utils.data_utils import DeviceLoader, build_loaders, save_split_info, split_info
-    from Search_CIFAR10.dnas.utils.runtime import setup_runtime
-    from models.base import calibrate_activation_clips
+    from models.network import calibrate_activation_clips
+    from Search_CIFAR10.training.data import DeviceLoader, build_loaders, save_split_info, split_info
+    from Search_CIFAR10.training.runtime import setup_runtime
+    from tensor_analysis.graph import as_analysis
+    from tensor_analysis.prediction import predict_network
 
     args, resume = resolve_resume(args)
     # every input is read and checked before the first training step
@@ -520,7 +525,8 @@ def run_stage2(args) -> dict:
     net_analysis = as_analysis(dual_analysis)
     lut = resolve_lut(args, net_analysis, dual_analysis, profile, clock)
     model = run.build_network()
-    check_layer_names(model, [e["name"] for e in dual_analysis["layers"]], "the dual-core analysis")
+    check_layer_names_match([n for n, _ in mixed_layers(model)], [e["name"] for e in dual_analysis["layers"]],
+                            "the dual-core analysis")
     if resume is not None:
         opened = {n: list(v) for n, v in resume["dual_options"].items()}
     else:
@@ -600,7 +606,7 @@ def run_stage2(args) -> dict:
         supernet_val, derived_val = resume["supernet_val"], resume["derived_val"]
         net = runtime.prepare_model(build_dual_network(run.spec, mapping))
         rows = list(resume["log_rows"])
-    from Search_CIFAR10.dnas.utils.finetune import mapping_document
+    from models.mapping import mapping_document
     files.json("mapping.json", mapping_document(run.spec, mapping, {"hardware": profile.name, "stage": 2,
                                                                     "units": list(profile.dual_units)}))
     ft_extra = {**extra, "mapping": mapping, "labels": labels, "chosen": chosen, "searched": searched,

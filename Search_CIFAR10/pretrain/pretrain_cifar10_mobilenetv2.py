@@ -9,8 +9,8 @@ import sys
 
 sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..")))
 
-from Search_CIFAR10.dnas.utils.cli import run_cli  # noqa: E402
 from Search_CIFAR10.pretrain.trainer import main  # noqa: E402
+from tensor_analysis.cli import run_cli  # noqa: E402
 
 if __name__ == "__main__":
     run_cli(main)

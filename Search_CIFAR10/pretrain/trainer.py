@@ -38,21 +38,21 @@ from typing import Any, Callable, Dict, Optional, Sequence
 import torch
 import torch.nn as nn
 
-from models import build_model, list_models, load_imagenet_pretrained, PretrainedUnavailable
-from models.base import mixed_layers
-from Search_CIFAR10.dnas.utils.checkpoint import (CheckpointError, check_spec, load_checkpoint, rng_state,
-                                                  save_atomic, set_rng_state, write_json_atomic)
-from Search_CIFAR10.dnas.utils.cli import DefaultsHelpFormatter, non_negative_float, non_negative_int, positive_float, positive_int
-from Search_CIFAR10.dnas.utils.data_utils import (REPO_ROOT, add_data_args, build_loaders, derive_seed,
-                                                  save_split_info, split_info)
-from Search_CIFAR10.dnas.utils.logging_utils import EpochLogger, format_epoch
-from Search_CIFAR10.dnas.utils.plots import plot_curves
-from Search_CIFAR10.dnas.utils.runtime import Runtime, add_runtime_args, barrier, broadcast_buffers, \
-    setup_runtime, unwrap
-from Search_CIFAR10.dnas.utils.train_utils import (OPTIMIZERS, build_optimizer, build_scheduler, evaluate, param_groups,
-                                                   train_one_epoch)
+from models import PretrainedUnavailable, build_model, formats, list_models, load_imagenet_pretrained
+from models.files import CheckpointError, load_checkpoint, save_checkpoint, write_json_atomic
+from models.network import mixed_layers
+from models.registry import check_same_model
+from Search_CIFAR10 import REPO_ROOT
+from Search_CIFAR10.reporting.figures import plot_training_curves
+from Search_CIFAR10.training.data import add_data_args, build_loaders, derive_seed, save_split_info, split_info
+from Search_CIFAR10.training.log import EpochLogger, format_epoch
+from Search_CIFAR10.training.loop import (OPTIMIZERS, build_optimizer, build_scheduler, evaluate, param_groups,
+                                          train_one_epoch)
+from Search_CIFAR10.training.run_dir import rng_state, set_rng_state
+from Search_CIFAR10.training.runtime import Runtime, add_runtime_args, barrier, broadcast_buffers, setup_runtime, unwrap
+from tensor_analysis.cli import (DefaultsHelpFormatter, Parser, non_negative_float, non_negative_int, positive_float,
+                                 positive_int)
 
-SCHEMA = "adaptqnet/pretrain/1"
 # Per-optimizer defaults, for batch 64: digits with MobileNetV2 w0.35 reaches ~97% test in 15 epochs
 # with these, while lr 0.1 diverged in its first epochs (few steps per epoch on a small set).
 DEFAULT_LR = {"sgd": 0.05, "adamw": 2e-3}
@@ -66,7 +66,7 @@ RESUME_MUST_MATCH = ("dataset", "split_seed", "limit_train", "limit_eval", "epoc
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = Parser(
         description="FP32 pretraining of a registered model (the starting point of the precision search). "
                     "Runs single-process, or under `torchrun --nproc_per_node N` with DistributedDataParallel.",
         formatter_class=DefaultsHelpFormatter)
@@ -150,10 +150,10 @@ def _jsonable_args(args: argparse.Namespace) -> Dict[str, Any]:
 
 
 def _check_resume(ckpt: Dict[str, Any], path: str, model: nn.Module, args: argparse.Namespace) -> None:
-    if ckpt.get("schema") != SCHEMA or "spec" not in ckpt or "model" not in ckpt:
+    if ckpt.get("schema") != formats.PRETRAIN_CHECKPOINT or "spec" not in ckpt or "model" not in ckpt:
         raise CheckpointError(f"{path}: not a pretraining checkpoint (schema {ckpt.get('schema')!r}, "
-                              f"expected {SCHEMA!r})")
-    check_spec(model.spec, ckpt["spec"], f"--resume: {path}")
+                              f"expected {formats.PRETRAIN_CHECKPOINT!r})")
+    check_same_model(model.spec, ckpt["spec"], f"--resume: {path}", keys=None, error=CheckpointError)
     saved = ckpt.get("args", {})
     diffs = [f"--{k} {saved.get(k)!r} (now {getattr(args, k)!r})" for k in RESUME_MUST_MATCH
              if k in saved and saved.get(k) != getattr(args, k)]
@@ -164,7 +164,7 @@ def _check_resume(ckpt: Dict[str, Any], path: str, model: nn.Module, args: argpa
 
 def _save(path: str, payload: Dict[str, Any], runtime: Runtime) -> None:
     if runtime.is_main:
-        save_atomic(payload, path)
+        save_checkpoint(payload, path)
 
 
 def run_pretrain(args: argparse.Namespace, on_step: Optional[Callable[[int, int, nn.Module], None]] = None,
@@ -225,7 +225,7 @@ def run_pretrain(args: argparse.Namespace, on_step: Optional[Callable[[int, int,
         start_epoch, best_val, best_epoch = int(ckpt["epoch"]), float(ckpt["best_val_acc"]), int(ckpt["best_epoch"])
 
     ddp_model = rt.wrap(model)
-    meta = {"schema": SCHEMA, "spec": model.spec, "precision": "fp32", "split": split_info(splits),
+    meta = {"schema": formats.PRETRAIN_CHECKPOINT, "spec": model.spec, "precision": "fp32", "split": split_info(splits),
             "args": _jsonable_args(args)}
     logger = None
     if rt.is_main:
@@ -263,18 +263,17 @@ def run_pretrain(args: argparse.Namespace, on_step: Optional[Callable[[int, int,
             row = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"],
                    "train_loss": stats["loss"], "train_acc": stats["acc"],
                    "val_loss": val["loss"], "val_acc": val["acc"], "best_val_acc": best_val,
-                   "epoch_s": stats["seconds"], "train_images_per_s": stats["images_per_s"]}
+                   "time_s": stats["seconds"], "train_images_per_s": stats["images_per_s"]}
             logger.log(row)
             print(format_epoch(row, args.epochs), flush=True)
-            plot_curves(logger.rows, os.path.join(out, "curves.png"),
-                        title=f"{args.model} w{args.width_mult:g} on {splits.name} (fp32)")
+            plot_training_curves(logger.rows, os.path.join(out, "curves.png"))
 
     # Test accuracy: once, on the network chosen by validation accuracy.
     barrier()
     best = load_checkpoint(best_path, map_location=rt.device)
     model.load_state_dict(best["model"])
     test = evaluate(model, test_loader, rt, desc="test")
-    summary = {"schema": "adaptqnet/pretrain_summary/1", "spec": model.spec, "dataset": splits.name,
+    summary = {"schema": formats.PRETRAIN_SUMMARY, "spec": model.spec, "dataset": splits.name,
                "best_epoch": int(best["epoch"]), "best_val_acc": float(best["val_acc"]),
                "test_acc": test["acc"], "test_loss": test["loss"], "test_images": int(test["images"]),
                "epochs": args.epochs, "train_seconds_this_session": round(train_seconds, 2),

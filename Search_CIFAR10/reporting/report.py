@@ -1,0 +1,507 @@
+"""The AdaptQNet report: one page that answers which precision each layer gets on an MCU, what it costs
+and what accuracy it keeps, built from any set of run directories.
+
+    build_report(["runs/demo"], "runs/demo/report.md")    # also writes report.html and report_files/
+
+Inputs are the files the tools write (docs/file_formats.md): each run directory's ``summary.json``
+(``adaptqnet/summary/1``; ``"stage": 2`` for a dual-core run), ``args.json``, ``alphas.json`` and its
+PNGs, and the memory filter's ``analysis.json`` that a stage-1 run names in ``args.tensor_analysis_json``.
+A folder that is not itself a run is searched for runs below it.
+
+The runs play these roles (found from the files, nothing is configured):
+
+* **stage 2**: a summary with ``"stage": 2``; its ``stage1.dir`` names its stage-1 run.
+* **uniform reference**: a stage-1 run in which every layer had exactly one allowed precision (its
+  alphas.json), e.g. the search script with ``--int_only --protect '*=int8'``: plain INT8 QAT.
+* **stage 1** (the main result): the run a stage-2 run started from; else the first searched run with
+  a latency target; else the first searched run. ``main=`` picks another.
+* every searched stage-1 run is a point of the accuracy/latency plot (a λ sweep); runs for another
+  model, dataset or hardware profile than the main one are listed but not compared.
+
+FP32 figures come from the main run: its ``fp32_test`` accuracy (the pretrained network, evaluated on
+the same test split) and ``hardware.references.fp32``; all-INT8 hardware figures from
+``hardware.references.int8``. What no given run measured is left out with a note.
+
+Outputs: ``report.md`` (figures in ``<stem>_files/``, linked relatively) and ``report.html``, the same
+content with every figure embedded as base64, so the one file can be mailed or archived.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+
+from models.files import atomic_write, read_json, write_text_atomic
+from models.precisions import PRECISION_ORDER
+
+from .document import Document, Figure
+from .figures import (pareto_front, plot_alpha_evolution, plot_pareto, plot_precision_map, plot_training_curves,
+                      read_log_csv)
+from .run_table import format_value, summary_row
+from .runs import Run, collect, comparable, number, section
+
+
+def choose_main(runs: Sequence[Run], main: Optional[str] = None) -> Optional[Run]:
+    stage1 = [r for r in runs if r.kind == "stage1"]
+    if main is not None:
+        want = os.path.realpath(main)
+        for r in runs:
+            if os.path.realpath(r.dir) == want:
+                if r.kind == "stage2":
+                    raise ValueError(f"--main {main}: a stage-2 run; name its stage-1 run")
+                return r
+        raise ValueError(f"--main {main}: not one of the runs given")
+    for r in runs:
+        if r.kind == "stage2":
+            s1 = section(r.summary, "stage1").get("dir")
+            for c in stage1:
+                if isinstance(s1, str) and os.path.realpath(c.dir) == os.path.realpath(s1):
+                    return c
+    targeted = [r for r in stage1 if r.latency_target_ms is not None]
+    return (targeted or stage1 or [None])[0]
+
+
+# ----------------------------------------------------------------------------------------------------
+# The memory filter's effect
+# ----------------------------------------------------------------------------------------------------
+def memory_filter_effect(analysis: Any) -> Dict[str, Any]:
+    """Which options the memory filter removed: ``{"threshold_kb", "precisions", "uniform_peak_kb":
+    {p: KB}, "restricted": [{"name", "op", "live_kb": {p: KB}, "removed": [...], "allowed": [...]}],
+    "removed_by_precision": {p: [layer names]}}`` from an analysis.json object or its path."""
+    where = analysis if isinstance(analysis, str) else "analysis"
+    if isinstance(analysis, str):
+        # only the per-layer options and totals are read: no need to rebuild the operator graph
+        analysis = read_json(analysis, "analysis file")
+    if not isinstance(analysis, Mapping) or not isinstance(analysis.get("layers"), list):
+        raise ValueError(f"{where}: expected an analysis.json object with 'layers'")
+    candidates = [p for p in analysis.get("precisions", PRECISION_ORDER)]
+    restricted, by_precision = [], {p: [] for p in candidates}
+    for layer in analysis["layers"]:
+        allowed = list(layer.get("allowed_precisions", candidates))
+        removed = [p for p in candidates if p not in allowed]
+        if removed:
+            live = {p: b["live"] / 1024.0 for p, b in section(layer, "bytes").items()
+                    if isinstance(b, Mapping) and number(b.get("live")) is not None}
+            restricted.append({"name": layer.get("name"), "op": layer.get("op"), "live_kb": live,
+                               "removed": removed, "allowed": allowed})
+            for p in removed:
+                by_precision[p].append(layer.get("name"))
+    peaks = section(section(analysis, "totals"), "peak_ram_bytes")
+    return {"threshold_kb": number(analysis.get("memory_threshold_kb")), "precisions": candidates,
+            "uniform_peak_kb": {p: v / 1024.0 for p, v in peaks.items() if number(v) is not None},
+            "restricted": restricted, "removed_by_precision": {p: n for p, n in by_precision.items() if n}}
+
+
+# ----------------------------------------------------------------------------------------------------
+# Formatting helpers
+# ----------------------------------------------------------------------------------------------------
+def fmt(value: Optional[float], digits: int = 2, suffix: str = "") -> str:
+    return "–" if value is None else f"{value:.{digits}f}{suffix}"
+
+
+def histogram_text(histogram: Any) -> str:
+    if not isinstance(histogram, Mapping) or not histogram:
+        return "–"
+    keys = [p for p in PRECISION_ORDER if p in histogram] + [k for k in histogram if k not in PRECISION_ORDER]
+    return ", ".join(f"{k} {histogram[k]}" for k in keys)
+
+
+def precisions_text(row: Mapping[str, Any]) -> str:
+    """The precision column of the headline table: uniform rows say so, searched ones count layers."""
+    if not row.get("histogram"):
+        return "all " + row["key"] if row["key"] in PRECISION_ORDER else "–"
+    text = histogram_text(row["histogram"])
+    return text + (f", {row['split_layers']} split over two cores" if row.get("split_layers") else "")
+
+
+def test_split_size(run: Run) -> Optional[int]:
+    """Images in the run's test split (split.json), to read accuracy differences against."""
+    path = run.file("split.json")
+    if not os.path.isfile(path):
+        return None
+    try:
+        split = read_json(path, "data split")
+    except ValueError:
+        return None
+    indices = split.get("test_indices") if isinstance(split, Mapping) else None
+    return len(indices) if isinstance(indices, list) and indices else None
+
+
+def _rel(path: str, start: str) -> str:
+    try:
+        return os.path.relpath(path, start)
+    except ValueError:   # another drive (Windows)
+        return path
+
+
+def budget_of(main: Run) -> Tuple[Optional[float], Optional[Dict[str, Any]], Optional[str]]:
+    """(RAM budget in KB, the memory filter's effect, the analysis path): the search's
+    --memory_budget_kb, else the analysis file's threshold."""
+    effect, path = None, main.args.get("tensor_analysis_json")
+    if isinstance(path, str) and os.path.isfile(path):
+        try:
+            effect = memory_filter_effect(path)
+        except (ValueError, OSError):
+            effect = None
+    budget = main.memory_budget_kb
+    if budget is None and effect is not None:
+        budget = effect["threshold_kb"]
+    return budget, effect, path if effect is not None else None
+
+
+# ----------------------------------------------------------------------------------------------------
+# Building the report
+# ----------------------------------------------------------------------------------------------------
+@dataclass
+class Report:
+    document: Document
+    title: str
+    main: Run
+    stage2: Optional[Run]
+    uniform: Dict[str, Run]
+    sweep: List[Run]
+    points: List[Dict[str, Any]]
+    result_rows: List[Dict[str, Any]]
+
+
+def _png(path: str) -> Optional[bytes]:
+    if os.path.isfile(path):
+        with open(path, "rb") as f:
+            data = f.read()
+        if data.startswith(b"\x89PNG"):
+            return data
+    return None
+
+
+def _plot_to_bytes(plot, *args, **kwargs) -> bytes:
+    """Draw with one of visualization_utils' functions into memory (they write files atomically)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "figure.png")
+        plot(*args, path, **kwargs)
+        with open(path, "rb") as f:
+            return f.read()
+
+
+def result_rows(main: Run, stage2: Optional[Run], uniform: Mapping[str, Run], fp32_fallback: Optional[float],
+                budget: Optional[float]) -> List[Dict[str, Any]]:
+    """The rows of the headline table: FP32, all-INT8, stage 1, stage 2 (what exists)."""
+    refs = section(main.hardware, "references")
+    fp32_flash = number(section(refs, "fp32").get("flash_kb"))
+    rows = []
+    for precision, label in (("fp32", "FP32 (pretrained)"), ("int8", "all-INT8")):
+        ref = section(refs, precision)
+        if not ref:
+            continue
+        run = uniform.get(precision)
+        if precision == "fp32":
+            acc = number(main.accuracy.get("fp32_test"))
+            acc = fp32_fallback if acc is None else acc
+            source = main.args.get("pretrained") or "pretrained checkpoint"
+        else:
+            acc = number(run.accuracy.get("test")) if run is not None else None
+            source = run.dir if run is not None else None
+        flash = number(ref.get("flash_kb"))
+        rows.append({"label": label + (" (QAT)" if precision == "int8" and run is not None else ""),
+                     "key": precision, "test": acc, "latency_ms": number(ref.get("latency_ms")),
+                     "peak_ram_kb": number(ref.get("peak_ram_kb")), "flash_kb": flash,
+                     "compression": (fp32_flash / flash) if fp32_flash and flash else None,
+                     "histogram": None, "source": source})
+    for run, label, key in ((main, "stage 1: mixed precision", "stage1"),
+                            (stage2, "stage 2: mixed precision, dual-core", "stage2")):
+        if run is None:
+            continue
+        hw = run.hardware
+        rows.append({"label": label, "key": key, "test": number(run.accuracy.get("test")),
+                     "latency_ms": number(hw.get("latency_ms")), "peak_ram_kb": number(hw.get("peak_ram_kb")),
+                     "flash_kb": number(hw.get("flash_kb")), "compression": number(hw.get("compression")),
+                     "histogram": run.summary.get("precision_histogram"),
+                     "split_layers": len(section(section(run.summary, "dual"), "split_layers")),
+                     "source": run.dir})
+    for row in rows:
+        ram = row["peak_ram_kb"]
+        row["fits"] = None if (budget is None or ram is None) else ram <= budget + 1e-9
+    return rows
+
+
+def pareto_points(main: Run, sweep: Sequence[Run], uniform: Mapping[str, Run], stage2: Optional[Run],
+                  fp32_acc: Optional[float]) -> List[Dict[str, Any]]:
+    points = []
+    fp32 = section(section(main.hardware, "references"), "fp32")
+    if fp32_acc is not None and number(fp32.get("latency_ms")) is not None:
+        points.append({"label": "all-fp32 (pretrained)", "kind": "uniform", "accuracy": fp32_acc,
+                       "latency_ms": number(fp32["latency_ms"]), "peak_ram_kb": number(fp32.get("peak_ram_kb")),
+                       "run": None, "lambda": None, "target": None})
+    for precision, run in uniform.items():
+        acc, lat = number(run.accuracy.get("test")), number(run.hardware.get("latency_ms"))
+        if acc is not None and lat is not None:
+            points.append({"label": f"all-{precision}", "kind": "uniform", "accuracy": acc, "latency_ms": lat,
+                           "peak_ram_kb": number(run.hardware.get("peak_ram_kb")), "run": run, "lambda": None,
+                           "target": None})
+    for run in sweep:
+        acc, lat = number(run.accuracy.get("test")), number(run.hardware.get("latency_ms"))
+        if acc is None or lat is None:
+            continue
+        lam, target = run.hardware_weight, run.latency_target_ms
+        label = f"λ={lam:g}" if lam is not None else run.name
+        if target is not None:
+            label += f", target {target:g} ms"
+        if run is main:
+            label = "stage 1" + (f" (target {target:g} ms)" if target is not None
+                                 else f" (λ={lam:g})" if lam is not None else "")
+        points.append({"label": label, "kind": "search", "accuracy": acc, "latency_ms": lat,
+                       "peak_ram_kb": number(run.hardware.get("peak_ram_kb")), "run": run, "lambda": lam,
+                       "target": target})
+    if stage2 is not None:
+        acc, lat = number(stage2.accuracy.get("test")), number(stage2.hardware.get("latency_ms"))
+        if acc is not None and lat is not None:
+            points.append({"label": "stage 2 (dual-core)", "kind": "stage2", "accuracy": acc, "latency_ms": lat,
+                           "peak_ram_kb": number(stage2.hardware.get("peak_ram_kb")), "run": stage2,
+                           "lambda": stage2.hardware_weight, "target": stage2.latency_target_ms})
+    return points
+
+
+def build_report(paths: Sequence[str], output_md: str, main: Optional[str] = None,
+                 output_html: Optional[str] = None) -> Report:
+    """Read the runs under ``paths``, write ``output_md``, its figures folder and ``output_html``
+    (default: ``output_md`` with .html). Returns what was written, for callers and tests."""
+    if not output_md:
+        raise ValueError("--output: expected a file name for the Markdown report")
+    if os.path.isdir(output_md):
+        raise IsADirectoryError(f"--output {output_md}: is a folder; expected a file name such as report.md")
+    stem = os.path.splitext(output_md)[0]
+    output_html = output_html or stem + ".html"
+    assets_name = os.path.basename(stem) + "_files"
+    out_dir = os.path.dirname(os.path.abspath(output_md))
+
+    found = collect(paths)
+    the_main = choose_main(found.runs, main)
+    if the_main is None:
+        raise ValueError(f"--runs {' '.join(paths)}: no stage-1 search run found (a folder with the summary.json "
+                         f"of dnas_search_cifar10_mbv2.py)")
+    others = [r for r in found.runs if r is not the_main]
+    foreign = [r for r in others if not comparable(r, the_main)]
+    same = [r for r in others if comparable(r, the_main)]
+    stage2_runs = [r for r in same if r.kind == "stage2"]
+    stage2 = next((r for r in stage2_runs if os.path.realpath(str(section(r.summary, "stage1").get("dir", "")))
+                   == os.path.realpath(the_main.dir)), stage2_runs[0] if stage2_runs else None)
+    uniform: Dict[str, Run] = {}
+    for r in same:
+        if r.kind == "uniform" and r.uniform_precision not in uniform:
+            uniform[r.uniform_precision] = r
+    sweep = [the_main] + [r for r in same if r.kind == "stage1"]
+
+    fp32_acc = number(the_main.accuracy.get("fp32_test"))
+    if fp32_acc is None:
+        for pre in found.pretrain:
+            if section(pre.summary, "spec").get("type") == the_main.model.get("type"):
+                fp32_acc = number(pre.summary.get("test_acc"))
+                break
+    budget, effect, analysis_path = budget_of(the_main)
+    rows = result_rows(the_main, stage2, uniform, fp32_acc, budget)
+    points = pareto_points(the_main, sweep, uniform, stage2, fp32_acc)
+
+    m, hw = the_main.model, the_main.hardware
+    model_text = (f"{m.get('type', '?')} (width {m.get('width_mult', '?')}, {m.get('input_size', '?')} px, "
+                  f"{m.get('num_classes', '?')} classes)")
+    dataset = the_main.args.get("dataset", "?")
+    profile = hw.get("label") or hw.get("profile", "?")
+    title = f"AdaptQNet report: {m.get('type', '?')} on {hw.get('profile', '?')}"
+    doc = Document()
+    doc.heading(1, title)
+    doc.text(f"**Network** {model_text}, trained on **{dataset}**. **Hardware** {profile}."
+             + (f" **Activation-RAM budget** {budget:g} KB." if budget is not None else "")
+             + (f" **Latency target** {the_main.latency_target_ms:g} ms." if the_main.latency_target_ms else ""))
+    doc.text("Latency, peak RAM and Flash are the hardware model's predictions (tensor_analysis), not "
+             "measurements on a board. Accuracies are on each run's held-out test split, measured once per "
+             "run after every choice was made on the validation split.")
+
+    # -- headline table ----------------------------------------------------------------------------------
+    doc.heading(2, "Result")
+    fp32_row = next((r for r in rows if r["key"] == "fp32"), None)
+    table = []
+    for r in rows:
+        delta = (r["test"] - fp32_row["test"]) if (fp32_row and fp32_row["test"] is not None
+                                                  and r["test"] is not None and r is not fp32_row) else None
+        ram = fmt(r["peak_ram_kb"], 1)
+        if r["fits"] is not None:
+            ram += " ✓" if r["fits"] else f" ✗ (+{r['peak_ram_kb'] - budget:.1f})"
+        table.append([r["label"], fmt(r["test"]) if r["test"] is not None else "not measured",
+                      "–" if delta is None else f"{delta:+.2f}", fmt(r["latency_ms"]), ram, fmt(r["flash_kb"], 1),
+                      fmt(r["compression"], 2, "×"), precisions_text(r)])
+    doc.table(["network", "test acc (%)", "Δ vs FP32", "latency (ms)",
+               f"peak RAM (KB){f' vs {budget:g} KB' if budget is not None else ''}", "Flash (KB)", "compression",
+               "precisions (layers)"],
+              table, numeric=[False, True, True, True, True, True, True, False])
+    notes = []
+    s1 = next(r for r in rows if r["key"] == "stage1")
+    int8 = next((r for r in rows if r["key"] == "int8"), None)
+    target = the_main.latency_target_ms
+    if target is not None and s1["latency_ms"] is not None:
+        notes.append(f"Stage 1 {'meets' if s1['latency_ms'] <= target + 1e-9 else 'misses'} its latency target: "
+                     f"{s1['latency_ms']:.2f} ms vs {target:g} ms"
+                     + (f" ({target / int8['latency_ms']:.2f} × the all-INT8 {int8['latency_ms']:.2f} ms)"
+                        if int8 and int8["latency_ms"] else "") + ".")
+    if stage2 is not None:
+        sp = number(stage2.summary.get("speedup_vs_stage1"))
+        s2row = next(r for r in rows if r["key"] == "stage2")
+        notes.append(f"Stage 2 splits {len(section(section(stage2.summary, 'dual'), 'split_layers'))} of "
+                     f"{len(section(stage2.summary, 'dual').get('opened_layers', []))} opened layers over "
+                     f"{' + '.join(section(stage2.summary, 'dual').get('units', []))}: "
+                     f"{fmt(s2row['latency_ms'])} ms" + (f", {sp:.3f}× stage 1" if sp else "") + ".")
+    if fp32_row is not None and fp32_row["test"] is None:
+        notes.append("FP32 accuracy: not measured (the stage-1 run had no --pretrained checkpoint).")
+    repairs = the_main.summary.get("budget_repairs")
+    if isinstance(repairs, list) and repairs:
+        changes = ", ".join(f"`{c.get('layer')}` {c.get('from')}→{c.get('to')}" for c in repairs if isinstance(c, Mapping))
+        notes.append(f"Stage 1's argmax network missed a budget; {len(repairs)} layer(s) were changed before "
+                     f"fine-tuning so that it meets it: {changes}.")
+    n_test = test_split_size(the_main)
+    if n_test:
+        notes.append(f"The test split has {n_test} images: one image is {100.0 / n_test:.2f} percentage points, "
+                     f"so differences of a few points between these networks are a handful of images.")
+    doc.items(notes)
+    if int8 is not None and int8["test"] is None:
+        doc.note("All-INT8 accuracy is not measured: no uniform INT8 run was given. Its hardware figures are "
+                 "predictions. To measure it, run the search script with `--int_only --protect '*=int8'` "
+                 "(every layer's only option is int8: plain QAT) and pass that run too.")
+    if stage2 is None:
+        doc.note("No stage-2 run was given, so the dual-core rows and timeline are left out. Run "
+                 "`Search_CIFAR10/dnas_multicore/dnas_cifar10_search_multicore_mbv2.py --stage1_dir "
+                 f"{_rel(the_main.dir, out_dir)}` and pass its folder to --runs.")
+
+    # -- memory filter ---------------------------------------------------------------------------------
+    doc.heading(2, "Memory filter")
+    if effect is None:
+        doc.note("The stage-1 run's analysis file (args.tensor_analysis_json) is not readable here, so the "
+                 "options the memory filter removed are not shown.")
+    else:
+        peaks = effect["uniform_peak_kb"]
+        peak_text = ", ".join(f"all-{p} {peaks[p]:.1f} KB" for p in PRECISION_ORDER if p in peaks)
+        doc.text(f"Threshold {fmt(effect['threshold_kb'], 0)} KB (`{_rel(analysis_path, out_dir)}`). Peak "
+                 f"activation RAM of uniform networks: {peak_text}. "
+                 + (f"The filter removed options from {len(effect['restricted'])} of "
+                    f"the layers; a removed precision is absent from that layer's α."
+                    if effect["restricted"] else "The filter removed no option at this threshold."))
+        if effect["restricted"]:
+            doc.table(["layer", "op", "live KB at fp32", "removed", "allowed"],
+                      [[f"`{r['name']}`", r["op"] or "", fmt(r["live_kb"].get("fp32"), 1),
+                        ", ".join(r["removed"]), ", ".join(r["allowed"])] for r in effect["restricted"]],
+                      numeric=[False, False, True, False, False])
+
+    # -- figures -----------------------------------------------------------------------------------------
+    def add_figure(name: str, data: Optional[bytes], caption: str, missing: str) -> None:
+        if data is None:
+            doc.note(missing)
+        else:
+            doc.figure(Figure(name, data, caption))
+
+    doc.heading(2, "Precision per layer")
+    for run, tag, label in ((the_main, "stage1", "Stage 1"), (stage2, "stage2", "Stage 2")):
+        if run is None:
+            continue
+        layers = run.summary.get("layers")
+        data = None
+        if isinstance(layers, list) and layers:
+            data = _plot_to_bytes(plot_precision_map, layers, memory_budget_kb=budget,
+                                  latency_target_ms=run.latency_target_ms,
+                                  title=f"{label}: {m.get('type', '?')} on {hw.get('profile', '?')}")
+        add_figure(f"precision_map_{tag}.png", data,
+                   f"{label}: precision of every layer (top), the RAM alive while it runs against the "
+                   f"{'budget' if budget is not None else 'threshold'} (middle), its predicted latency (bottom).",
+                   f"{label}: summary.json has no per-layer rows; no precision chart.")
+
+    doc.heading(2, "Accuracy vs predicted latency")
+    if len(points) >= 2:
+        data = _plot_to_bytes(plot_pareto, [{k: p[k] for k in ("label", "kind", "accuracy", "latency_ms")}
+                                            for p in points],
+                              title=f"{m.get('type', '?')} on {hw.get('profile', '?')}: test accuracy vs latency")
+        add_figure("pareto.png", data, "Each run's test accuracy against its predicted latency; squares are "
+                   "uniform-precision networks, circles stage-1 searches (λ = weight of the hardware term), the "
+                   "triangle stage 2; the dashed line is the Pareto front.", "")
+        front = {(p["label"], p["latency_ms"], p["accuracy"]) for p in pareto_front(
+            [{k: p[k] for k in ("label", "kind", "accuracy", "latency_ms")} for p in points])}
+        doc.table(["point", "λ", "target (ms)", "test acc (%)", "latency (ms)", "peak RAM (KB)", "on the front",
+                   "run"],
+                  [[p["label"], "–" if p["lambda"] is None else f"{p['lambda']:g}",
+                    "–" if p["target"] is None else f"{p['target']:g}", fmt(p["accuracy"]), fmt(p["latency_ms"]),
+                    fmt(p.get("peak_ram_kb"), 1), "yes" if (p["label"], p["latency_ms"], p["accuracy"]) in front else "",
+                    f"`{_rel(p['run'].dir, out_dir)}`" if p["run"] is not None else "pretrained checkpoint"]
+                   for p in sorted(points, key=lambda q: q["latency_ms"])],
+                  numeric=[False, True, True, True, True, True, False, False])
+    else:
+        doc.note("Fewer than two comparable runs with accuracy and latency: no accuracy/latency plot. A λ "
+                 "sweep (several stage-1 runs with different --hardware_weight) fills it.")
+
+    doc.heading(2, "Search dynamics (stage 1)")
+    data = _png(the_main.file("alpha_evolution.png"))
+    if data is None and the_main.alphas and the_main.alphas.get("history"):
+        data = _plot_to_bytes(plot_alpha_evolution, the_main.alphas)
+    add_figure("alpha_evolution.png", data, "π = softmax(α/T) of every layer over the search epochs, in "
+               "execution order; the title of each panel is the precision it ended with.",
+               "The stage-1 run has no alphas.json history: no α evolution.")
+    data = _png(the_main.file("training_curves.png"))
+    if data is None and os.path.isfile(the_main.file("log.csv")):
+        log_rows = read_log_csv(the_main.file("log.csv"))
+        data = _plot_to_bytes(plot_training_curves, log_rows) if log_rows else None
+    add_figure("training_curves.png", data, "Stage 1 per epoch: losses, accuracies, temperature, expected "
+               "and argmax latency / RAM (the fine-tuning epochs follow the search, shaded).",
+               "The stage-1 run has no log.csv: no training curves.")
+
+    doc.heading(2, "Dual-core timeline (stage 2)")
+    if stage2 is None:
+        doc.note("No stage-2 run was given: no dual-core timeline.")
+    else:
+        units = section(stage2.hardware, "units")
+        if units:
+            doc.table(["unit", "busy (ms)", "idle (ms)", "utilisation"],
+                      [[u, fmt(number(v.get("busy_ms"))), fmt(number(v.get("idle_ms"))),
+                        fmt(100 * (number(v.get("utilization")) or 0.0), 0, "%")]
+                       for u, v in units.items() if isinstance(v, Mapping)], numeric=[False, True, True, True])
+        split = section(section(stage2.summary, "dual"), "split_layers")
+        if split:
+            rows_split = []
+            for name, entry in split.items():
+                parts = section(entry, "units")
+                rows_split.append([f"`{name}`", ", ".join(
+                    f"{u}: {section(parts, u).get('precision')} channels {section(parts, u).get('channels')}"
+                    for u in parts)])
+            doc.table(["layer", "split"], rows_split)
+        add_figure("dual_timeline.png", _png(stage2.file("dual_timeline.png")),
+                   "Stage 2: what each processing unit does over one inference (coloured by precision; "
+                   "grey = idle; numbers are layer indices).",
+                   "The stage-2 run has no dual_timeline.png.")
+
+    # -- runs ------------------------------------------------------------------------------------------
+    doc.heading(2, "Runs")
+    keys = ("hardware_weight", "int_only", "test_acc", "val_acc", "latency_ms", "peak_ram_kb", "flash_kb",
+            "compression", "search_time_s", "finetune_time_s")
+    run_rows = []
+    role = {id(the_main): "stage 1 (main)"}
+    if stage2 is not None:
+        role[id(stage2)] = "stage 2"
+    for r in uniform.values():
+        role[id(r)] = f"uniform {r.uniform_precision}"
+    for r in found.runs:
+        row = summary_row(r.summary, _rel(r.dir, out_dir), r.args)
+        kind = role.get(id(r), "λ sweep" if r in sweep else ("not compared" if r in foreign else r.kind))
+        run_rows.append([f"`{row['run']}`", kind] + [format_value(k, row.get(k)) for k in keys])
+    doc.table(["run", "role", "λ", "int_only", "test acc", "val acc", "latency ms", "peak RAM KB", "Flash KB",
+               "compression", "search time", "finetune time"], run_rows,
+              numeric=[False, False] + [True] * len(keys))
+    if foreign:
+        doc.note("Not compared (another model, dataset or hardware profile than the main run): "
+                 + ", ".join(f"`{_rel(r.dir, out_dir)}`" for r in foreign) + ".")
+    if found.problems:
+        doc.note("Skipped: " + "; ".join(f"`{_rel(p, out_dir)}` ({why})" for p, why in found.problems) + ".")
+    pretrained = the_main.args.get("pretrained")
+    doc.text("Reproduce: each run's exact arguments are in its `args.json`"
+             + (f"; FP32 checkpoint `{_rel(pretrained, out_dir)}`" if isinstance(pretrained, str) else "") + ".")
+
+    # -- write -------------------------------------------------------------------------------------------
+    assets = os.path.join(out_dir, assets_name)
+    for fig in doc.figures:
+        atomic_write(os.path.join(assets, fig.file), lambda f, d=fig.data: f.write(d))
+    write_text_atomic(doc.markdown(assets_name), output_md)
+    write_text_atomic(doc.html(title), output_html)
+    return Report(doc, title, the_main, stage2, uniform, sweep, points, rows)

@@ -1,0 +1,206 @@
+"""Reading run directories: the one reader behind the report, the run table and the sweep.
+
+A run directory holds ``summary.json`` (written when a run ends), ``args.json``, ``alphas.json`` and
+the other files of docs/file_formats.md. Runs are read defensively: runs from older code, interrupted
+runs and hand-edited files miss keys, so every value is looked up with a fallback, and whether a
+summary is a complete search summary is a property of the run (``Run.problem``), not a reason to
+stop reading the others. A file that is not JSON, or not a JSON object, is a problem of its own and
+is reported by path.
+
+Roles (found from the files, nothing is configured): ``stage2`` (a summary with ``"stage": 2``),
+``uniform`` (a stage-1 run in which every layer had one allowed precision, e.g. plain INT8 QAT),
+``stage1`` (any other search), ``pretrain`` (a pretraining summary).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+
+from models import formats
+from models.registry import spec_differences
+
+SUMMARY = "summary.json"
+# what must agree for two runs' accuracies and latencies to compare (strides: older summaries lack it)
+COMPARE_KEYS = ("type", "width_mult", "input_size", "num_classes")
+
+
+def section(mapping: Any, key: str) -> Mapping[str, Any]:
+    """``mapping[key]`` when it is an object, else an empty one."""
+    value = mapping.get(key) if isinstance(mapping, Mapping) else None
+    return value if isinstance(value, Mapping) else {}
+
+
+def number(value: Any) -> Optional[float]:
+    """JSON numbers only (a bool is not a number); NaN and infinities count as missing."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
+@dataclass
+class Run:
+    dir: str
+    summary: Dict[str, Any]
+    args: Dict[str, Any]
+    alphas: Optional[Dict[str, Any]] = None
+    kind: str = "stage1"                 # stage1 | stage2 | uniform | pretrain
+    uniform_precision: Optional[str] = None
+    problem: Optional[str] = None        # why this is not a complete search summary (None: it is)
+
+    @property
+    def name(self) -> str:
+        return os.path.basename(os.path.normpath(self.dir))
+
+    @property
+    def accuracy(self) -> Mapping[str, Any]:
+        return section(self.summary, "accuracy")
+
+    @property
+    def hardware(self) -> Mapping[str, Any]:
+        return section(self.summary, "hardware")
+
+    @property
+    def model(self) -> Mapping[str, Any]:
+        return section(self.summary, "model")
+
+    @property
+    def hardware_weight(self) -> Optional[float]:
+        return number(self.args.get("hardware_weight"))
+
+    @property
+    def latency_target_ms(self) -> Optional[float]:
+        return number(self.hardware.get("latency_target_ms", self.args.get("latency_target_ms")))
+
+    @property
+    def memory_budget_kb(self) -> Optional[float]:
+        return number(self.hardware.get("memory_budget_kb", self.args.get("memory_budget_kb")))
+
+    def file(self, name: str) -> str:
+        return os.path.join(self.dir, name)
+
+
+@dataclass
+class RunSet:
+    runs: List[Run]
+    pretrain: List[Run] = field(default_factory=list)
+    problems: List[Tuple[str, str]] = field(default_factory=list)   # (path, why it was skipped)
+
+
+class RunReadError(ValueError):
+    """A run's file cannot be read: ``why`` says what is wrong, the message names the file too."""
+
+    def __init__(self, path: str, why: str):
+        super().__init__(f"{path}: {why}")
+        self.path, self.why = path, why
+
+
+def _load_object(path: str) -> Dict[str, Any]:
+    """A JSON object from ``path``; RunReadError otherwise."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            value = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise RunReadError(path, f"not valid JSON ({exc})") from None
+    except OSError as exc:
+        raise RunReadError(path, f"unreadable ({exc.strerror or exc})") from None
+    if not isinstance(value, Mapping):
+        raise RunReadError(path, f"expected a JSON object, got {type(value).__name__}")
+    return dict(value)
+
+
+def _optional_object(path: str) -> Optional[Dict[str, Any]]:
+    """A side file that adds to a run but never stops reading it."""
+    if not os.path.isfile(path):
+        return None
+    try:
+        return _load_object(path)
+    except RunReadError:
+        return None
+
+
+def read_run(run_dir: str) -> Run:
+    """The run in ``run_dir``; RunReadError when its summary.json is not a JSON object."""
+    summary = _load_object(os.path.join(run_dir, SUMMARY))
+    args = section(summary, "args") or _optional_object(os.path.join(run_dir, "args.json")) or {}
+    alphas = _optional_object(os.path.join(run_dir, "alphas.json"))
+    run = Run(os.path.abspath(run_dir), summary, dict(args), alphas)
+    schema = str(summary.get("schema", ""))
+    if schema.startswith(formats.kind_of(formats.PRETRAIN_SUMMARY)):
+        run.kind, run.problem = "pretrain", "a pretraining summary"
+        return run
+    if not schema.startswith(formats.kind_of(formats.SUMMARY)):
+        run.problem = f"not a search summary (schema {schema or 'missing'!r}; expected {formats.SUMMARY})"
+    else:
+        missing = [k for k in ("accuracy", "hardware") if not isinstance(summary.get(k), Mapping)]
+        if missing:
+            run.problem = f"'{missing[0]}' is missing or not an object"
+    if summary.get("stage") == 2:
+        run.kind = "stage2"
+    else:
+        options = section(alphas or {}, "precisions")
+        single = {tuple(v) for v in options.values() if isinstance(v, list)}
+        if options and all(isinstance(v, list) and len(v) == 1 for v in options.values()) and len(single) == 1:
+            run.kind, run.uniform_precision = "uniform", next(iter(single))[0]
+    return run
+
+
+def find_summaries(root: str) -> List[str]:
+    """Every summary.json under ``root`` (recursively), sorted by path."""
+    root = os.fspath(root)
+    if not os.path.exists(root):
+        raise FileNotFoundError(f"{root}: folder not found")
+    if not os.path.isdir(root):
+        raise NotADirectoryError(f"{root}: expected a folder of runs")
+    found = []
+    for folder, _, files in os.walk(root):
+        if SUMMARY in files:
+            found.append(os.path.join(folder, SUMMARY))
+    return sorted(found)
+
+
+def collect(paths: Sequence[str], flag: str = "--runs") -> RunSet:
+    """The complete search runs in ``paths`` (each a run directory, or a folder searched recursively),
+    the pretraining runs, and [(path, why)] for every summary left out. A run named directly must be
+    a complete search or pretraining summary."""
+    found = RunSet([])
+    seen = set()
+    for path in paths:
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"{flag} {path}: not found")
+        if not os.path.isdir(path):
+            raise NotADirectoryError(f"{flag} {path}: expected a run directory or a folder of runs")
+        named = os.path.isfile(os.path.join(path, SUMMARY))
+        summaries = [os.path.join(path, SUMMARY)] if named else find_summaries(path)
+        if not summaries:
+            raise ValueError(f"{flag} {path}: no {SUMMARY} in it or below it (is the run finished?)")
+        for s in summaries:
+            folder = os.path.dirname(s)
+            if os.path.realpath(folder) in seen:
+                continue
+            seen.add(os.path.realpath(folder))
+            try:
+                run = read_run(folder)
+            except RunReadError as exc:
+                if named:
+                    raise
+                found.problems.append((s, exc.why))
+                continue
+            if run.kind == "pretrain":
+                found.pretrain.append(run)
+            elif run.problem is None:
+                found.runs.append(run)
+            elif named:
+                raise ValueError(f"{s}: {run.problem}")
+            else:
+                found.problems.append((s, run.problem))
+    return found
+
+
+def comparable(run: Run, main: Run) -> bool:
+    """Same model, dataset and hardware profile: only then do accuracies and latencies compare."""
+    return (not spec_differences(main.model, run.model, COMPARE_KEYS)
+            and run.hardware.get("profile") == main.hardware.get("profile")
+            and run.args.get("dataset") == main.args.get("dataset"))

@@ -1,0 +1,60 @@
+"""Quantize functions (Brevitas style: plain functions, testable and reusable on their own; the layers
+only decide which of them to apply and how to mix them). docs/design.md §2.
+
+* round to nearest with straight-through gradients, never floor;
+* DoReFa weights keep a per-output-channel scale max|tanh w|;
+* inputs that can be negative use signed (symmetric) PACT instead of being clamped at zero.
+"""
+from __future__ import annotations
+
+import torch
+
+from .mixture import QuantMix, positive_clip
+from .precisions import check_int_bits
+
+
+def round_ste(x: torch.Tensor) -> torch.Tensor:
+    """Round to nearest; gradient passes through unchanged."""
+    return x + (torch.round(x) - x).detach()
+
+
+def quantize_fp16(x: torch.Tensor) -> torch.Tensor:
+    """Round to IEEE half precision and back; straight-through gradient."""
+    return x + (x.half().float() - x).detach()
+
+
+def dorefa_scale(w: torch.Tensor, per_channel: bool = True) -> torch.Tensor:
+    """max|tanh(w)| (per output channel or per tensor), shaped to broadcast against w."""
+    t = torch.tanh(w).abs()
+    if per_channel and w.dim() > 1:
+        m = t.flatten(1).amax(dim=1).view(-1, *([1] * (w.dim() - 1)))
+    else:
+        m = t.amax()
+    return m.clamp_min(1e-8)
+
+
+def quantize_weight_dorefa(w: torch.Tensor, bits: int, per_channel: bool = True) -> torch.Tensor:
+    """DoReFa weights (Zhou et al. 2016, eq. 9) on the grid {2i/(2^k-1) - 1}, i = 0..2^k-1.
+
+    ``per_channel`` normalises tanh(w) by each output channel's maximum instead of the tensor's, as
+    per-channel int kernels (CMSIS-NN, TFLM) do; the grid itself is unchanged.
+    """
+    check_int_bits(bits, "quantize_weight_dorefa")
+    levels = 2 ** bits - 1
+    t = torch.tanh(w)
+    t = t / (2 * dorefa_scale(w, per_channel)) + 0.5
+    return 2 * round_ste(levels * t) / levels - 1
+
+
+def quantize_activation_pact(x: torch.Tensor, clip: torch.Tensor, bits: int,
+                             signed: bool = False) -> torch.Tensor:
+    """PACT (Choi et al. 2018): clip to [0, a] (or [-a, a] when ``signed``) and round to nearest on
+    2^k-1 (signed: 2^(k-1)-1 per side) uniform levels.
+
+    Straight-through gradients as in the PACT paper (eq. 3-4): to x, 1 for lo < x < a (lo = 0, or -a
+    when signed) and 0 elsewhere; to ``clip``, 1 where x >= a (and -1 where x <= -a when signed). At
+    x = a the gradient goes to the clip alone, so ReLU6 outputs saturated at 6 = a train the clip.
+    """
+    check_int_bits(bits, "quantize_activation_pact")
+    clip = torch.as_tensor(clip, dtype=x.dtype, device=x.device).reshape(1)
+    return QuantMix.apply(x, None, positive_clip(clip), ("int",), (bits,), bool(signed))
