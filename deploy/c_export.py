@@ -127,8 +127,8 @@ def _conv_source(index: int, op: ConvPart, buffer_index: Dict[str, int]) -> str:
             out += [_array("int32_t", f"multiplier_{tag}", _ints(ep.multiplier), "ADAPTQ_PARAMS", 8),
                     _array("uint8_t", f"shift_{tag}", _ints(ep.shift), "ADAPTQ_PARAMS", 24),
                     _array("int64_t", f"bias_{tag}", _ints(ep.bias, 64), "ADAPTQ_PARAMS", 4),
-                    _array("int32_t", f"lo_{tag}", _ints(ep.lo), "ADAPTQ_PARAMS", 16),
-                    _array("int32_t", f"hi_{tag}", _ints(ep.hi), "ADAPTQ_PARAMS", 16)]
+                    _array("int16_t", f"lo_{tag}", _ints(ep.lo), "ADAPTQ_PARAMS", 16),
+                    _array("int16_t", f"hi_{tag}", _ints(ep.hi), "ADAPTQ_PARAMS", 16)]
             refs = (f".epilogue = ADAPTQ_EPILOGUE_FIXED, .multiplier = multiplier_{tag}, .shift = shift_{tag}, "
                     f".bias = bias_{tag}, .lo = lo_{tag}, .hi = hi_{tag}")
             if ep.residual_multiplier is not None:
@@ -353,6 +353,8 @@ def write_c_project(network: IntegerNetwork, output_dir: str, test_inputs: np.nd
 # -- building, running, sizes ----------------------------------------------------------------------------------------
 @dataclass
 class HarnessResult:
+    """One build and run: the harness's figures (None where it printed none), timings (the build,
+    and the run alone), its standard output and make's/the compiler's standard error."""
     returncode: int
     bit_exact: Optional[int]
     count: Optional[int]
@@ -360,6 +362,7 @@ class HarnessResult:
     build_seconds: float
     run_seconds: float
     output: str
+    errors: str
 
     @property
     def passed(self) -> bool:
@@ -391,12 +394,12 @@ def run_harness(output_dir: str, target: str = "host", timeout: float = 600, job
                            timeout=timeout)
     built = time.monotonic()
     if build.returncode != 0:
-        return HarnessResult(build.returncode, None, None, None, built - start, 0.0, build.stdout + build.stderr)
+        return HarnessResult(build.returncode, None, None, None, built - start, 0.0, build.stdout, build.stderr)
     run = subprocess.run(["make", "-s", "-C", output_dir, f"run-{target}"], capture_output=True, text=True,
                          timeout=timeout)
     figures = parse_harness_output(run.stdout)
     return HarnessResult(run.returncode, figures["bit_exact"], figures["count"], figures["correct"], built - start,
-                         time.monotonic() - built, run.stdout + run.stderr)
+                         time.monotonic() - built, run.stdout, run.stderr)
 
 
 SIZE_KEYS = ("model_flash_bytes", "model_weights_bytes", "model_parameters_bytes", "arena_bytes", "scratch_bytes",

@@ -67,7 +67,7 @@ typedef struct {
     const uint8_t *shift;
     const int64_t *bias;
     const int64_t *residual_multiplier;
-    const int32_t *lo, *hi;
+    const int16_t *lo, *hi; /* codes: at most 255 in magnitude */
     /* ADAPTQ_EPILOGUE_FLOAT: z = acc * scale + offset, activation, + residual, stored */
     const float *scale, *offset;
     adaptq_to_int to_int;
