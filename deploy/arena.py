@@ -78,7 +78,8 @@ def plan_offsets(network) -> Tuple[Dict[str, int], int]:
 
 
 def plan_arena(network):
-    """A copy of ``network`` with every buffer's ``offset`` and ``arena_bytes`` set by the planner."""
+    """A copy of ``network`` with every buffer's ``offset`` and ``arena_bytes`` set by the planner (new
+    buffer objects; the ops are shared with ``network``)."""
     offsets, arena_bytes = plan_offsets(network)
     planned = copy.copy(network)
     planned.buffers = [_with_offset(b, offsets[b.name]) for b in network.buffers]
@@ -103,7 +104,8 @@ def check_plan(network) -> None:
         if b.offset is None:
             raise ValueError(f"arena: buffer {b.name!r} has no offset (plan the arena with deploy.arena.plan_arena)")
         if b.offset < 0 or b.offset % ALIGNMENT:
-            raise ValueError(f"arena: buffer {b.name!r} offset {b.offset} is not a non-negative multiple of {ALIGNMENT}")
+            raise ValueError(f"arena: buffer {b.name!r} offset {b.offset} is not a non-negative multiple of "
+                             f"{ALIGNMENT}")
         if b.offset + b.size_bytes > network.arena_bytes:
             raise ValueError(f"arena: buffer {b.name!r} ends at {b.offset + b.size_bytes}, past arena_bytes "
                              f"{network.arena_bytes}")

@@ -156,7 +156,8 @@ def _conv_source(index: int, op: ConvPart, buffer_index: Dict[str, int]) -> str:
         f".weight_grid = {'ADAPTQ_GRID_SYMMETRIC' if op.weight_grid == 'symmetric' else 'ADAPTQ_GRID_DOREFA'}, "
         f".has_activation = {int(op.activation is not None)},\n"
         f"    .kernel_h = {kh}, .kernel_w = {kw}, .stride_h = {sh}, .stride_w = {sw}, .pad_h = {ph}, .pad_w = {pw},\n"
-        f"    .out_channels = {op.out_channels}, .groups = {op.groups}, .in_per_group = {op.in_channels // op.groups},\n"
+        f"    .out_channels = {op.out_channels}, .groups = {op.groups}, "
+        f".in_per_group = {op.in_channels // op.groups},\n"
         f"    .input = {{{buffer_index[op.input.buffer]}, {op.input.offset}, {op.input.channels}}}, "
         f".weights = weights_{index},\n"
         f"    .act_lo = {_float_literal(act_lo)}, .act_hi = {_float_literal(act_hi)},\n"
@@ -206,8 +207,8 @@ int adaptq_predict(const float *input, float *output);
     op_rows = []
     for index, op in enumerate(network.ops):
         if isinstance(op, Quantize):
-            rows = ", ".join(f"{{{buffer_index[o.buffer]}, {network.buffer(o.buffer).channels[0]}, {_to_int(o.to_int)}}}"
-                             for o in op.outputs)
+            rows = ", ".join(f"{{{buffer_index[o.buffer]}, {network.buffer(o.buffer).channels[0]}, "
+                             f"{_to_int(o.to_int)}}}" for o in op.outputs)
             parts.append(f"static const adaptq_quantize_output quantize_{index}[{len(op.outputs)}] ADAPTQ_PARAMS = "
                          f"{{{rows}}};\n")
             parts.append(f"static const adaptq_quantize op_{index} ADAPTQ_PARAMS = {{quantize_{index}, "

@@ -30,13 +30,14 @@ A tensor read in several formats (a layer split over two cores whose parts read 
 different precisions; a depthwise layer split by channels) has several buffers; each consumer part
 reads one buffer that covers the channels it needs.
 
-Operators (executed in list order)
-----------------------------------
+Operators (executed in list order, on one core)
+-----------------------------------------------
 1. ``Quantize`` (the first op, and only there): reads the network input (float32) and writes each of
    its output buffers from the input channels ``[b0, b1)`` of that buffer: ``int``:
    ``q = clamp(rne(clamp(x, lo_r, hi_r)·inv_scale), lo, hi)`` with float32 constants
-   ``lo_r, hi_r, inv_scale`` and integer codes ``lo, hi`` (a ``FloatToInt``); ``fp16``: round to
-   half; ``fp32``: copy.
+   ``lo_r, hi_r, inv_scale`` and integer codes ``lo, hi`` (a ``FloatToInt``, which validation
+   requires to satisfy ``max(|lo_r|, |hi_r|)·inv_scale < 2^24`` so that ``rne`` is exact); ``fp16``:
+   round to half; ``fp32``: copy.
 2. ``ConvPart`` (convolution, depthwise, pointwise, or linear = 1×1 conv on a 1×1 map): the output
    channels ``layer_channels = [c0, c1)`` of one layer at one compute kind (``int``, ``fp16``,
    ``fp32``). The part is a self-contained grouped convolution: its weights have shape
@@ -56,7 +57,7 @@ Operators (executed in list order)
      float32 in exactly that order, each product and each sum rounded to float32 (no fused
      multiply-add). Padding positions may be skipped or added: with finite weights they add ±0,
      which changes nothing (acc starts at +0 and can never become −0).
-   * Epilogue, per output channel c:
+   * Epilogue, per output channel c; the case decides which one, and validation rejects the other:
 
      - ``FixedPointEpilogue`` (int compute, int output buffer, residual absent or all int):
        ``v = acc·M_c + B_c (+ q_res·R_c)`` in int64,
@@ -268,7 +269,8 @@ def _checked_int_array(values: Any, dtype: Any, where: str) -> np.ndarray:
     _require(a.dtype.kind in "iub", f"{where}: expected an integer array, got {a.dtype}")
     info = np.iinfo(dtype)
     if a.size:
-        _require(int(a.min()) >= info.min and int(a.max()) <= info.max, f"{where}: values outside {np.dtype(dtype).name}")
+        _require(int(a.min()) >= info.min and int(a.max()) <= info.max,
+                 f"{where}: values outside {np.dtype(dtype).name}")
     return a.astype(dtype)
 
 
@@ -447,8 +449,9 @@ Op = Union[Quantize, ConvPart, GlobalAvgPool]
 
 
 def op_label(index: int, op: Op) -> str:
-    kind = {Quantize: "quantize", ConvPart: "conv", GlobalAvgPool: "global_avg_pool"}[type(op)]
-    return f"ops[{index}] ({kind} {op.name!r})"
+    """How errors name an op: ``ops[3] (conv 'b1.dw.p0')``."""
+    kind = {Quantize: "quantize", ConvPart: "conv", GlobalAvgPool: "global_avg_pool"}.get(type(op), type(op).__name__)
+    return f"ops[{index}] ({kind} {getattr(op, 'name', '?')!r})"
 
 
 # -- the network ----------------------------------------------------------------------------------------------
@@ -484,7 +487,10 @@ class IntegerNetwork:
         return self
 
     def to_json(self) -> str:
-        return json.dumps(_network_to_dict(self), indent=1, allow_nan=False) + "\n"
+        try:
+            return json.dumps(_network_to_dict(self), indent=1, allow_nan=False) + "\n"
+        except TypeError as e:
+            raise ValueError(f"network.metadata: must hold plain JSON values ({e})") from None
 
     @staticmethod
     def from_json(text: str) -> "IntegerNetwork":
@@ -717,10 +723,11 @@ def _validate(net: IntegerNetwork) -> None:
         elif isinstance(op, GlobalAvgPool):
             src, dst = buffer_of(op.input, where), buffer_of(op.output, where)
             mark_read(op.input, 0, src.num_channels, where)
-            _require(dst.format == src.format, f"{where}: output format {dst.format} differs from input format {src.format}")
+            _require(dst.format == src.format,
+                     f"{where}: output format {dst.format} differs from input format {src.format}")
             _require(dst.num_channels == src.num_channels and dst.height == 1 and dst.width == 1,
                      f"{where}: output buffer must have the input's {src.num_channels} channels at 1x1")
-            _require(src.height * src.width * (src.format.levels or 1) < ACCUMULATOR_LIMIT,
+            _require(not src.format.is_int or src.height * src.width * src.format.levels < ACCUMULATOR_LIMIT,
                      f"{where}: the int sum over {src.height}x{src.width} positions may overflow int32")
             mark_written(op.output, 0, dst.num_channels, where)
         else:
@@ -765,7 +772,8 @@ def _validate_conv(op: ConvPart, buffer_of, mark_read, mark_written, where: str)
              f"{where}: padding {op.padding} must be smaller than the kernel {op.kernel}")
     src = buffer_of(op.input.buffer, f"{where}.input")
     _require(op.input.channels == op.in_channels,
-             f"{where}.input: slice of {op.input.channels} channels, the weights need groups·in/groups = {op.in_channels}")
+             f"{where}.input: slice of {op.input.channels} channels, the weights need groups·in/groups = "
+             f"{op.in_channels}")
     mark_read(op.input.buffer, op.input.offset, op.input.channels, f"{where}.input")
     _require(src.format.kind == op.compute,
              f"{where}: {op.compute} compute needs a {op.compute} input buffer, {src.name!r} is {src.format.kind}")
@@ -774,7 +782,8 @@ def _validate_conv(op: ConvPart, buffer_of, mark_read, mark_written, where: str)
 
     if op.compute == "int":
         _require(op.weight_bits in INT_BITS, f"{where}: weight_bits {op.weight_bits}, expected one of {INT_BITS}")
-        _require(op.weight_grid in WEIGHT_GRIDS, f"{where}: weight_grid {op.weight_grid!r}, expected one of {WEIGHT_GRIDS}")
+        _require(op.weight_grid in WEIGHT_GRIDS,
+                 f"{where}: weight_grid {op.weight_grid!r}, expected one of {WEIGHT_GRIDS}")
         lo, hi = _weight_code_range(op.weight_bits, op.weight_grid)
         _require(int(w.min()) >= lo and int(w.max()) <= hi,
                  f"{where}: {op.weight_grid} {op.weight_bits}-bit weight codes must lie in [{lo}, {hi}]")
@@ -782,13 +791,16 @@ def _validate_conv(op: ConvPart, buffer_of, mark_read, mark_written, where: str)
         k = op.reduction_size
         eff = np.abs(op.effective_weights()).reshape(op.out_channels, -1)
         acc_bound = levels * eff.sum(axis=1)
-        _require(int(acc_bound.max()) < ACCUMULATOR_LIMIT, f"{where}: |acc| may reach 2^31 (fan-in {k}, input levels {levels})")
+        _require(int(acc_bound.max()) < ACCUMULATOR_LIMIT,
+                 f"{where}: |acc| may reach 2^31 (fan-in {k}, input levels {levels})")
         if op.weight_grid == "dorefa":
             u_sum = w.astype(np.int64).reshape(op.out_channels, -1).sum(axis=1)
-            _require(int(2 * levels * u_sum.max()) < ACCUMULATOR_LIMIT and (2 ** op.weight_bits - 1) * k * levels < ACCUMULATOR_LIMIT,
+            _require(int(2 * levels * u_sum.max()) < ACCUMULATOR_LIMIT
+                     and (2 ** op.weight_bits - 1) * k * levels < ACCUMULATOR_LIMIT,
                      f"{where}: the dorefa sums 2·Σq·u and L_w·Σq may reach 2^31 (fan-in {k})")
     else:
-        _require((op.weight_bits, op.weight_grid) == (0, ""), f"{where}: weight_bits/weight_grid are for int compute only")
+        _require((op.weight_bits, op.weight_grid) == (0, ""),
+                 f"{where}: weight_bits/weight_grid are for int compute only")
         _require(bool(np.all(np.isfinite(w.astype(np.float32)))), f"{where}: weights must be finite")
         acc_bound = None
 
@@ -807,7 +819,8 @@ def _validate_conv(op: ConvPart, buffer_of, mark_read, mark_written, where: str)
         _require((rb.height, rb.width) == (out_h, out_w),
                  f"{at}: residual buffer {rb.name!r} is {rb.height}x{rb.width}, the output {out_h}x{out_w}")
         mark_read(seg.buffer, seg.offset, seg.channels, at)
-        _require(covered + seg.channels <= op.out_channels, f"{at}: residual segments exceed the {op.out_channels} output channels")
+        _require(covered + seg.channels <= op.out_channels,
+                 f"{at}: residual segments exceed the {op.out_channels} output channels")
         res_levels[covered:covered + seg.channels] = rb.format.levels
         residual_all_int &= rb.format.is_int
         covered += seg.channels
@@ -820,7 +833,8 @@ def _validate_conv(op: ConvPart, buffer_of, mark_read, mark_written, where: str)
         at = f"{where}.outputs[{j}]"
         ob = buffer_of(out.buffer, at)
         o0, o1 = out.part_channels
-        _require(0 <= o0 < o1 <= op.out_channels, f"{at}: part_channels {out.part_channels} outside [0, {op.out_channels})")
+        _require(0 <= o0 < o1 <= op.out_channels,
+                 f"{at}: part_channels {out.part_channels} outside [0, {op.out_channels})")
         _require((ob.height, ob.width) == (out_h, out_w),
                  f"{at}: buffer {ob.name!r} is {ob.height}x{ob.width}, the part computes {out_h}x{out_w}")
         part_covered[o0:o1] = True
@@ -842,7 +856,8 @@ def _validate_conv(op: ConvPart, buffer_of, mark_read, mark_written, where: str)
                      f"{at}: to_int is required for int buffers and only for them")
             if ep.to_int is not None:
                 ep.to_int.check(ob.format, at)
-    _require(bool(part_covered.all()), f"{where}: output channels {np.flatnonzero(~part_covered).tolist()[:8]} go to no buffer")
+    _require(bool(part_covered.all()),
+             f"{where}: output channels {np.flatnonzero(~part_covered).tolist()[:8]} go to no buffer")
 
 
 def _validate_fixed_point(op: ConvPart, ep: FixedPointEpilogue, n: int, fmt: Format, acc_bound: np.ndarray,
@@ -876,7 +891,8 @@ def _validate_layers(net: IntegerNetwork) -> None:
         ranges = sorted(p.layer_channels for p in parts)
         for p in parts:
             _require(p.layer_channels[1] - p.layer_channels[0] == p.out_channels,
-                     f"layer {name!r}: part {p.name!r} has layer_channels {p.layer_channels} but {p.out_channels} output channels")
+                     f"layer {name!r}: part {p.name!r} has layer_channels {p.layer_channels} but "
+                     f"{p.out_channels} output channels")
             _require((p.kernel, p.stride, p.padding) == (parts[0].kernel, parts[0].stride, parts[0].padding),
                      f"layer {name!r}: parts {parts[0].name!r} and {p.name!r} differ in kernel, stride or padding")
         _require(ranges[0][0] == 0 and all(a[1] == b[0] for a, b in zip(ranges, ranges[1:])),
@@ -911,7 +927,8 @@ def _decode_array(d: Any, where: str) -> np.ndarray:
         bits = int(d["packed_bits"])
         _require(bits in (1, 2, 4, 8), f"{where}: packed_bits {bits}, expected 1, 2, 4 or 8")
         _require(len(raw) == -(-count * bits // 8), f"{where}: {len(raw)} bytes do not hold {count} {bits}-bit codes")
-        return unpack_bits(np.frombuffer(raw, dtype=np.uint8), bits, bool(d["signed"]), count).astype(d["dtype"]).reshape(shape)
+        codes = unpack_bits(np.frombuffer(raw, dtype=np.uint8), bits, bool(d["signed"]), count)
+        return codes.astype(d["dtype"]).reshape(shape)
     dtype = np.dtype(d["dtype"]).newbyteorder("<")
     _require(len(raw) == count * dtype.itemsize, f"{where}: {len(raw)} bytes do not hold {count} {d['dtype']} values")
     return np.frombuffer(raw, dtype=dtype).astype(d["dtype"]).reshape(shape)
@@ -1040,7 +1057,8 @@ def _op_from_dict(d: Any, where: str) -> Op:
     for j, o in enumerate(_get(d, "outputs", where)):
         at = f"{where}.outputs[{j}]"
         outputs.append(PartOutput(str(_get(o, "buffer", at)), int(_get(o, "channel_offset", at)),
-                                  tuple(_get(o, "part_channels", at)), _epilogue_from_dict(_get(o, "epilogue", at), f"{at}.epilogue")))
+                                  tuple(_get(o, "part_channels", at)),
+                                  _epilogue_from_dict(_get(o, "epilogue", at), f"{at}.epilogue")))
     return ConvPart(
         name=name, compute=str(_get(d, "compute", where)),
         input=_slice_from_dict(_get(d, "input", where), f"{where}.input"),

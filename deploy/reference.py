@@ -12,7 +12,7 @@ Buffers are held as int64 codes (int), uint16 half bits (fp16) or float32 (fp32)
 """
 from __future__ import annotations
 
-from typing import Dict, Mapping, Tuple, Union
+from typing import Dict, Mapping, Optional, Tuple, Union
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
@@ -77,7 +77,7 @@ class Execution:
             self.values[name] = np.zeros((self.batch, b.num_channels, b.height, b.width), dtype=dtype)
         return self.values[name]
 
-    def read(self, name: str, first: int = 0, count: int = None) -> np.ndarray:
+    def read(self, name: str, first: int = 0, count: Optional[int] = None) -> np.ndarray:
         held = self.values[name]
         count = held.shape[1] - first if count is None else count
         return held[:, first:first + count]

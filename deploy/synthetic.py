@@ -140,7 +140,8 @@ class _Builder:
         pooled = {p.output: p for p in self.steps if isinstance(p, PoolPlan)}
         for name, tensor in self.tensors.items():
             if name == output_tensor:
-                tensor.buffers[FP32] = Buffer(LOGITS_TENSOR, name, (0, tensor.channels), tensor.height, tensor.width, FP32)
+                tensor.buffers[FP32] = Buffer(LOGITS_TENSOR, name, (0, tensor.channels), tensor.height, tensor.width,
+                                              FP32)
                 buffers.append(tensor.buffers[FP32])
                 continue
             by_format: Dict[Format, Tuple[int, int]] = {}
@@ -219,7 +220,9 @@ class _Builder:
         acc = state.accumulator(conv).astype(np.float64)
         std = acc.std(axis=(0, 2, 3))
         mean = acc.mean(axis=(0, 2, 3))
-        target, offsets = (3.0, (-1.0, 1.0)) if is_logits else ((2.0, (0.0, 2.0)) if plan.activation else (1.5, (-0.5, 0.5)))
+        # output spread (std) and per-channel offset range: logits, ReLU6 outputs, signed outputs
+        target, offsets = ((3.0, (-1.0, 1.0)) if is_logits else
+                           (2.0, (0.0, 2.0)) if plan.activation else (1.5, (-0.5, 0.5)))
         A = np.where(std > 0, target / np.where(std > 0, std, 1.0), 1.0)
         C = -mean * A + self.rng.uniform(*offsets, size=A.size)
         res_scale = None

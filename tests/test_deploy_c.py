@@ -1,8 +1,8 @@
-"""The C export (deploy/c_export.py, deploy/c/): the host build reproduces the numpy reference byte for
-byte on the random graphs and a MobileNetV2-shaped network, the harness reports mismatches and arena
-overruns, the C roundings equal the Python ones, the export folder is replaced atomically, and the
-Cortex-M7 build does the same under QEMU (skipped without arm-none-eabi-gcc and qemu-system-arm, except
-with CI=true, where a missing toolchain fails)."""
+"""The C export (deploy/c_export.py, deploy/c/): the host build (gcc and make, always required)
+reproduces the numpy reference byte for byte on the random graphs and a MobileNetV2-shaped network, the
+harness reports mismatches and arena overruns, the C roundings equal the Python ones, the export folder
+is replaced atomically, and the Cortex-M7 build does the same under QEMU (skipped without
+arm-none-eabi-gcc and qemu-system-arm, except with CI=true, where a missing toolchain fails)."""
 import os
 import subprocess
 
@@ -14,8 +14,6 @@ from deploy.ir import float_to_half_bits, half_bits_to_float, round_half_even
 from test_deploy_ir import GRAPH_SEEDS, half_test_values, handmade_network
 
 IMAGES = 12
-
-pytestmark = pytest.mark.skipif(not c_export.host_toolchain_available(), reason="needs make and gcc")
 
 
 @pytest.fixture(scope="module")

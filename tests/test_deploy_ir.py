@@ -68,7 +68,8 @@ def test_json_round_trip_is_exact(graphs):
         text = net.to_json()
         back = IntegerNetwork.from_json(text)
         assert back.to_json() == text, seed
-        assert back.arena_bytes == net.arena_bytes and [b.offset for b in back.buffers] == [b.offset for b in net.buffers]
+        assert back.arena_bytes == net.arena_bytes
+        assert [b.offset for b in back.buffers] == [b.offset for b in net.buffers]
         images = images_for(net)
         assert np.array_equal(reference.run(back, images).view(np.uint32), reference.run(net, images).view(np.uint32))
         assert '"schema": "adaptqnet/integer_network/1"' in text
@@ -142,7 +143,8 @@ def test_float_to_half_matches_numpy():
         theirs = x.astype(np.float16).view(np.uint16)
     assert np.array_equal(ours[finite_or_inf], theirs[finite_or_inf])
     assert set(ours[~finite_or_inf].tolist()) == {0x7E00}
-    assert float_to_half_bits(np.float32([-0.0, 65520.0, 2.0 ** -25, 3 * 2.0 ** -25])).tolist() == [0x8000, 0x7C00, 0, 2]
+    edge = np.float32([-0.0, 65520.0, 2.0 ** -25, 3 * 2.0 ** -25])
+    assert float_to_half_bits(edge).tolist() == [0x8000, 0x7C00, 0, 2]
 
 
 def test_half_to_float_is_exact():
@@ -157,7 +159,8 @@ def test_round_half_even_ties_and_numpy():
     ties = np.float32([0.5, 1.5, 2.5, -0.5, -1.5, -2.5, 3.5, -3.5, 2.4999998, -2.5000002, 8388607.5, 0.49999997])
     assert round_half_even(ties).tolist() == [0, 2, 2, 0, -2, -2, 4, -4, 2, -3, 8388608, 0]
     rng = np.random.default_rng(1)
-    x = np.concatenate([rng.uniform(-1000, 1000, 100_000), rng.integers(-2 ** 20, 2 ** 20, 1000) + 0.5]).astype(np.float32)
+    x = np.concatenate([rng.uniform(-1000, 1000, 100_000), rng.integers(-2 ** 20, 2 ** 20, 1000) + 0.5])
+    x = x.astype(np.float32)
     assert np.array_equal(round_half_even(x), np.rint(x).astype(np.int64))
 
 
@@ -292,7 +295,8 @@ def graph_features(net: IntegerNetwork) -> set:
         elif isinstance(op, GlobalAvgPool):
             f.add("pool_" + ("int" if net.buffer(op.input).format.is_int else "float"))
         else:
-            src, spatial = net.buffer(op.input.buffer), net.buffer(op.input.buffer).height * net.buffer(op.input.buffer).width
+            src = net.buffer(op.input.buffer)
+            spatial = src.height * src.width
             layers.setdefault(op.layer, []).append((op.compute, src.format))
             if op.compute == "int":
                 f.add(("int", src.format.bits, src.format.signed, op.weight_bits, op.weight_grid))
@@ -397,7 +401,7 @@ def test_arena_check_rejects_overlap():
         net.validate()
 
 
-# -- validation -----------------------------------------------------------------------------------------------------------
+# -- validation ------------------------------------------------------------------------------------------------
 def broken(mutate):
     net = handmade_network()
     mutate(net)
@@ -410,14 +414,17 @@ def broken(mutate):
      r"output channels \[1\] go to no buffer"),
     (lambda n: n.ops[5].outputs[0].__setattr__("channel_offset", 4), r"writes channels \[4, 6\) of buffer 'logits'"),
     (lambda n: n.ops[4].outputs[0].__setattr__("channel_offset", 1), "another output already wrote"),
-    (lambda n: setattr(n.ops[1].outputs[0].epilogue, "bias", np.full(4, 2 ** 63 - 2 ** 40, np.int64)), "may overflow int64"),
+    (lambda n: setattr(n.ops[1].outputs[0].epilogue, "bias", np.full(4, 2 ** 63 - 2 ** 40, np.int64)),
+     "may overflow int64"),
     (lambda n: setattr(n.ops[1].outputs[0].epilogue, "shift", np.zeros(4, np.int32)), "shifts must lie in 1..62"),
-    (lambda n: setattr(n.ops[1], "weights", n.ops[1].weights * 2), r"symmetric 4-bit weight codes must lie in \[-7, 7\]"),
+    (lambda n: setattr(n.ops[1], "weights", n.ops[1].weights * 2),
+     r"symmetric 4-bit weight codes must lie in \[-7, 7\]"),
     (lambda n: setattr(n.ops[1], "activation", (0.0, 6.0)), "cannot be folded"),
     (lambda n: setattr(n.ops[4], "layer_channels", (1, 4)), "do not partition"),
     (lambda n: n.ops.insert(1, n.ops.pop(2)), "that no earlier op has written"),
     (lambda n: n.buffers.append(Buffer("spare", "s", (0, 1), 1, 1, FP32)), "never written"),
-    (lambda n: setattr(n.ops[0].outputs[1], "to_int", FloatToInt(0, 1, 1, 0, 1)), "to_int is required for int buffers and only"),
+    (lambda n: setattr(n.ops[0].outputs[1], "to_int", FloatToInt(0, 1, 1, 0, 1)),
+     "to_int is required for int buffers and only"),
     (lambda n: setattr(n.ops[0].outputs[0], "to_int", FloatToInt(-127, 127, 2.0 ** 20, -127, 127)), "below 2\\^24"),
     (lambda n: setattr(n.buffers[0], "format", int_format(8, True, 0.05, levels=128)), "levels 128 outside 1..127"),
     (lambda n: setattr(n.ops[2], "output", "p.f16"), "output format"),
