@@ -1,0 +1,1 @@
+"""Deployment: the integer network (IR), its numpy reference executor and its C99 export."""

@@ -1,0 +1,1091 @@
+"""The integer network (IR): what the converter writes, the numpy reference executes and the C export
+compiles. Both executors produce byte-identical outputs for every input.
+
+The converter (``deploy/build.py``) turns a trained AdaptQNet run into an ``IntegerNetwork``.
+Everything in this module is generic: it knows nothing about PyTorch and imports only numpy.
+
+Values and buffers
+------------------
+A network has one float32 input image of shape (C, H, W) and one float32 output vector (the logits,
+the output buffer's elements in channel-major order). In between, every tensor lives in one or more
+**buffers**. A buffer holds a contiguous range of channels ``[b0, b1)`` of one tensor in one
+**format**:
+
+=====================  =====================  ==================================================
+format                 element / real value   storage
+=====================  =====================  ==================================================
+``int`` (8/4/2 bits,   code ``q``,            k-bit two's complement (signed) or unsigned,
+signed or not)         value ``scale·q``      packed LSB-first: element i occupies bits
+                                              ``(i·k) mod 8 ...`` of byte ``floor(i·k/8)``
+``fp16``               IEEE binary16          2 bytes, little endian
+``fp32``               IEEE binary32          4 bytes, little endian
+=====================  =====================  ==================================================
+
+Int formats carry ``levels`` L: codes lie in ``[0, L]`` (unsigned) or ``[-L, L]`` (signed); PACT
+uses L = 2^k − 1 unsigned and 2^(k−1) − 1 signed (signed INT2 codes are −1, 0, 1). Element order in a
+buffer is channel-major over the buffer's own channels: element ``((c − b0)·H + y)·W + x``. A
+buffer's size is ``ceil(elements · bits / 8)`` bytes.
+
+A tensor read in several formats (a layer split over two cores whose parts read its input at
+different precisions; a depthwise layer split by channels) has several buffers; each consumer part
+reads one buffer that covers the channels it needs.
+
+Operators (executed in list order, on one core)
+-----------------------------------------------
+1. ``Quantize`` (the first op, and only there): reads the network input (float32) and writes each of
+   its output buffers from the input channels ``[b0, b1)`` of that buffer: ``int``:
+   ``q = clamp(rne(clamp(x, lo_r, hi_r)·inv_scale), lo, hi)`` with float32 constants
+   ``lo_r, hi_r, inv_scale`` and integer codes ``lo, hi`` (a ``FloatToInt``, which validation
+   requires to satisfy ``max(|lo_r|, |hi_r|)·inv_scale < 2^24`` so that ``rne`` is exact); ``fp16``:
+   round to half; ``fp32``: copy.
+2. ``ConvPart`` (convolution, depthwise, pointwise, or linear = 1×1 conv on a 1×1 map): the output
+   channels ``layer_channels = [c0, c1)`` of one layer at one compute kind (``int``, ``fp16``,
+   ``fp32``). The part is a self-contained grouped convolution: its weights have shape
+   (out, in/groups, kh, kw), it reads ``groups·in/groups`` channels of its input buffer starting at
+   ``input.offset``, with stride and zero padding (applied on both sides). A depthwise part has
+   groups = its channel count and reads only its own channels.
+
+   * int compute: the input buffer is ``int``; weights are integer codes at ``weight_bits`` on a
+     ``weight_grid``: ``dorefa`` codes ``u ∈ [0, L_w]``, L_w = 2^k − 1, effective weight
+     ``2u − L_w``; ``symmetric`` codes ``w ∈ [−(2^(k−1) − 1), 2^(k−1) − 1]``, effective weight ``w``.
+     Stored packed like int buffers (dorefa unsigned, symmetric two's complement) in the order
+     [out][in/groups][kh][kw]. The int32 accumulator over the receptive field (padding contributes
+     nothing) is ``acc = 2·Σq·u − L_w·Σq`` (dorefa) or ``Σq·w`` (symmetric). Validation proves
+     from the weights and the input levels that |acc| and both dorefa sums stay below 2^31.
+   * fp16 / fp32 compute: the input buffer is fp16 / fp32 (read as float32); weights are stored as
+     half / float32 and used as float32. ``acc = 0.0f; for ci: for ky: for kx: acc += x·w`` in
+     float32 in exactly that order, each product and each sum rounded to float32 (no fused
+     multiply-add). Padding positions may be skipped or added: with finite weights they add ±0,
+     which changes nothing (acc starts at +0 and can never become −0).
+   * Epilogue, per output channel c; the case decides which one, and validation rejects the other:
+
+     - ``FixedPointEpilogue`` (int compute, int output buffer, residual absent or all int):
+       ``v = acc·M_c + B_c (+ q_res·R_c)`` in int64,
+       ``q = clamp(floor((v + 2^(s_c−1)) / 2^s_c), lo_c, hi_c)`` (round half up). ``M_c`` int32,
+       ``s_c`` in 1..62, ``B_c``, ``R_c`` int64. The activation must already be folded into
+       ``lo_c, hi_c``; a part with a residual and a fixed-point output has no activation (a clamp
+       before the add cannot be folded into one after it). Validation proves |v| + 2^(s_c−1) < 2^63.
+     - ``FloatEpilogue`` (every other case): ``z = acc_f·A_c + C_c`` in float32 (``acc_f`` =
+       (float)acc for int compute, the float accumulator otherwise); ``z = clamp(z, act_lo, act_hi)``
+       if the part has an activation; ``z = z + r`` if a residual, ``r`` the residual element's real
+       value as float32 (int: ``(float)q_res · scale`` with the buffer format's float32 scale; fp16 /
+       fp32: the value); then ``z`` is stored like Quantize stores (``to_int`` for int buffers).
+
+   ``outputs`` lists where the part's channels go: (buffer, first channel in that buffer, the range
+   ``[o0, o1)`` of the part's own output channels, epilogue). A channel may go to several buffers
+   (copies at different formats); every part channel goes somewhere. ``residual`` is a list of
+   channel slices covering the part's output channels in order.
+3. ``GlobalAvgPool``: one input buffer → one 1×1 output buffer, same channel count, same format.
+   int: ``q = rne(Σq / (H·W))`` in exact integer arithmetic; float: ``s = 0.0f; s += x`` over the
+   positions in row-major order, then ``s / (float)(H·W)`` (one float32 division), stored in the
+   format.
+4. The output is one fp32 buffer, written by the last layer's parts.
+
+Every channel of every buffer is written exactly once, before it is read; every buffer but the
+output is read.
+
+Rounding and special values
+---------------------------
+``rne`` is round half to even. ``clamp(x, lo, hi)`` is ``lo if not x >= lo else (hi if x > hi else
+x)``: a NaN becomes ``lo``. Float→half is IEEE round-to-nearest-even with subnormals and overflow to
+±inf. NaN payloads and signs differ between CPUs (x86 makes negative NaNs, ARM positive ones), so
+every store canonicalises NaN: fp32 ``0x7FC00000``, fp16 ``0x7E00``; int stores map NaN to ``lo``
+through the clamp. With these rules the outputs are byte-identical on every IEEE-754 machine that
+evaluates float expressions in float32 (``FLT_EVAL_METHOD == 0``) without contraction
+(``-ffp-contract=off``). No rounding relies on libm or a rounding mode.
+
+Fixed-point helper
+------------------
+``requantizer(A, C, R, lo=, hi=)`` turns real per-channel multipliers (output code =
+``A_c·acc + C_c (+ R_c·q_res)``) into a ``FixedPointEpilogue``; its docstring gives the error bound.
+
+Memory
+------
+All buffers live in one static byte arena (``deploy/arena.py`` plans it). A buffer is alive from the
+first op that writes it to the last op that reads it (the output until the last op). ``offset`` of
+every buffer (4-byte aligned) and ``arena_bytes`` are part of the IR once planned (``None`` before).
+
+JSON
+----
+``to_json`` / ``from_json`` with schema ``adaptqnet/integer_network/1``: numpy arrays are objects
+``{"dtype", "shape", "data"}`` with ``data`` the base64 of the little-endian bytes; int weights are
+stored packed (``"packed_bits"``, ``"signed"``), as in the C export. ±inf float scalars (activation
+bounds) are the strings ``"inf"`` / ``"-inf"``. ``to_json(from_json(s)) == s``.
+"""
+from __future__ import annotations
+
+import base64
+import json
+import math
+import os
+import tempfile
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from deploy import arena
+
+SCHEMA = "adaptqnet/integer_network/1"
+FORMAT_KINDS = ("int", "fp16", "fp32")
+INT_BITS = (8, 4, 2)
+WEIGHT_GRIDS = ("dorefa", "symmetric")
+MAX_SHIFT = 62
+ACCUMULATOR_LIMIT = 2 ** 31
+INT64_LIMIT = 2 ** 63
+# rne() truncates through int32; below 2^24 every float32 has an exact integer part and fraction.
+RNE_LIMIT = 2 ** 24
+CANONICAL_NAN_FP32 = 0x7FC00000
+CANONICAL_NAN_FP16 = 0x7E00
+# The requantizer keeps |B| and |R·q_res| (q_res ≤ 255) at most 2^59 so that, with |acc·M| < 2^62
+# and the rounding term ≤ 2^61, the int64 sum cannot overflow.
+_REQUANT_TERM_LIMIT_LOG2 = 59
+_MAX_CODE_MAGNITUDE_LOG2 = 8
+
+
+# -- scalar coercion --------------------------------------------------------------------------------
+def float32_value(x: float) -> float:
+    """x rounded to the nearest float32, as a Python float (exact in JSON and in C hex literals)."""
+    return float(np.float32(x))
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise ValueError(message)
+
+
+# -- formats -----------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Format:
+    """How a buffer stores its elements. Build int formats with ``int_format``; ``FP16``/``FP32``."""
+    kind: str
+    bits: int = 0
+    signed: bool = False
+    levels: int = 0
+    scale: float = 0.0
+
+    def __post_init__(self):
+        object.__setattr__(self, "scale", float32_value(self.scale))
+
+    @property
+    def is_int(self) -> bool:
+        return self.kind == "int"
+
+    @property
+    def element_bits(self) -> int:
+        return {"int": self.bits, "fp16": 16, "fp32": 32}[self.kind]
+
+    @property
+    def code_range(self) -> Tuple[int, int]:
+        """Smallest and largest int code."""
+        return (-self.levels, self.levels) if self.signed else (0, self.levels)
+
+    def check(self, where: str) -> None:
+        _require(self.kind in FORMAT_KINDS, f"{where}: format kind {self.kind!r}, expected one of {FORMAT_KINDS}")
+        if not self.is_int:
+            _require((self.bits, self.signed, self.levels, self.scale) == (0, False, 0, 0.0),
+                     f"{where}: a {self.kind} format takes no bits/signed/levels/scale")
+            return
+        _require(self.bits in INT_BITS, f"{where}: int bits {self.bits}, expected one of {INT_BITS}")
+        most = 2 ** (self.bits - 1) - 1 if self.signed else 2 ** self.bits - 1
+        _require(1 <= self.levels <= most,
+                 f"{where}: levels {self.levels} outside 1..{most} for a {'signed' if self.signed else 'unsigned'} "
+                 f"{self.bits}-bit format")
+        _require(math.isfinite(self.scale) and self.scale > 0, f"{where}: scale {self.scale} must be finite and > 0")
+
+
+def int_format(bits: int, signed: bool, scale: float, levels: Optional[int] = None) -> Format:
+    """An int format; ``levels`` defaults to PACT's (2^k − 1 unsigned, 2^(k−1) − 1 signed)."""
+    if levels is None:
+        levels = 2 ** (bits - 1) - 1 if signed else 2 ** bits - 1
+    return Format("int", int(bits), bool(signed), int(levels), scale)
+
+
+FP16 = Format("fp16")
+FP32 = Format("fp32")
+
+
+@dataclass
+class Buffer:
+    """Channels ``channels = (b0, b1)`` of tensor ``tensor`` at ``height × width`` in ``format``."""
+    name: str
+    tensor: str
+    channels: Tuple[int, int]
+    height: int
+    width: int
+    format: Format
+    offset: Optional[int] = None
+
+    def __post_init__(self):
+        self.channels = (int(self.channels[0]), int(self.channels[1]))
+
+    @property
+    def num_channels(self) -> int:
+        return self.channels[1] - self.channels[0]
+
+    @property
+    def elements(self) -> int:
+        return self.num_channels * self.height * self.width
+
+    @property
+    def size_bytes(self) -> int:
+        return (self.elements * self.format.element_bits + 7) // 8
+
+
+@dataclass(frozen=True)
+class FloatToInt:
+    """Float → int code: ``clamp(rne(clamp(x, lo_r, hi_r)·inv_scale), lo, hi)``."""
+    lo_r: float
+    hi_r: float
+    inv_scale: float
+    lo: int
+    hi: int
+
+    def __post_init__(self):
+        for name in ("lo_r", "hi_r", "inv_scale"):
+            object.__setattr__(self, name, float32_value(getattr(self, name)))
+        object.__setattr__(self, "lo", int(self.lo))
+        object.__setattr__(self, "hi", int(self.hi))
+
+    def check(self, fmt: Format, where: str) -> None:
+        _require(fmt.is_int, f"{where}: to_int given for a {fmt.kind} buffer")
+        _require(math.isfinite(self.lo_r) and math.isfinite(self.hi_r) and self.lo_r <= self.hi_r,
+                 f"{where}: to_int needs finite lo_r <= hi_r, got {self.lo_r}, {self.hi_r}")
+        _require(math.isfinite(self.inv_scale) and self.inv_scale > 0,
+                 f"{where}: to_int inv_scale {self.inv_scale} must be finite and > 0")
+        _require(max(abs(self.lo_r), abs(self.hi_r)) * self.inv_scale < RNE_LIMIT - 1,
+                 f"{where}: to_int max(|lo_r|, |hi_r|)·inv_scale must stay below 2^24")
+        code_lo, code_hi = fmt.code_range
+        _require(code_lo <= self.lo <= self.hi <= code_hi,
+                 f"{where}: to_int codes [{self.lo}, {self.hi}] outside the format's [{code_lo}, {code_hi}]")
+
+
+# -- arrays --------------------------------------------------------------------------------------------
+def _checked_int_array(values: Any, dtype: Any, where: str) -> np.ndarray:
+    a = np.asarray(values)
+    if a.dtype.kind == "f":
+        _require(bool(np.all(np.isfinite(a))) and bool(np.all(a == np.round(a))), f"{where}: expected integers")
+        a = a.astype(np.int64)
+    _require(a.dtype.kind in "iub", f"{where}: expected an integer array, got {a.dtype}")
+    info = np.iinfo(dtype)
+    if a.size:
+        _require(int(a.min()) >= info.min and int(a.max()) <= info.max,
+                 f"{where}: values outside {np.dtype(dtype).name}")
+    return a.astype(dtype)
+
+
+def _float32_array(values: Any, where: str) -> np.ndarray:
+    a = np.asarray(values)
+    _require(a.dtype.kind in "fiu", f"{where}: expected a numeric array, got {a.dtype}")
+    return a.astype(np.float32)
+
+
+@dataclass
+class FixedPointEpilogue:
+    """Per-channel int constants; see the module docstring. ``requantizer`` builds one."""
+    multiplier: np.ndarray
+    shift: np.ndarray
+    bias: np.ndarray
+    lo: np.ndarray
+    hi: np.ndarray
+    residual_multiplier: Optional[np.ndarray] = None
+
+    def __post_init__(self):
+        self.multiplier = _checked_int_array(self.multiplier, np.int32, "FixedPointEpilogue.multiplier")
+        self.shift = _checked_int_array(self.shift, np.int32, "FixedPointEpilogue.shift")
+        self.bias = _checked_int_array(self.bias, np.int64, "FixedPointEpilogue.bias")
+        self.lo = _checked_int_array(self.lo, np.int32, "FixedPointEpilogue.lo")
+        self.hi = _checked_int_array(self.hi, np.int32, "FixedPointEpilogue.hi")
+        if self.residual_multiplier is not None:
+            self.residual_multiplier = _checked_int_array(self.residual_multiplier, np.int64,
+                                                          "FixedPointEpilogue.residual_multiplier")
+
+    kind = "fixed_point"
+
+
+@dataclass
+class FloatEpilogue:
+    """``z = acc_f·scale + offset`` (float32, per channel); ``to_int`` is required for int buffers."""
+    scale: np.ndarray
+    offset: np.ndarray
+    to_int: Optional[FloatToInt] = None
+
+    def __post_init__(self):
+        self.scale = _float32_array(self.scale, "FloatEpilogue.scale")
+        self.offset = _float32_array(self.offset, "FloatEpilogue.offset")
+
+    kind = "float"
+
+
+Epilogue = Union[FixedPointEpilogue, FloatEpilogue]
+
+
+@dataclass(frozen=True)
+class ChannelSlice:
+    """``channels`` channels of buffer ``buffer`` from its channel ``offset`` (0 = its first)."""
+    buffer: str
+    offset: int
+    channels: int
+
+
+@dataclass
+class PartOutput:
+    """The part's channels ``part_channels = (o0, o1)`` go to ``buffer`` from its ``channel_offset``."""
+    buffer: str
+    channel_offset: int
+    part_channels: Tuple[int, int]
+    epilogue: Epilogue
+
+    def __post_init__(self):
+        self.part_channels = (int(self.part_channels[0]), int(self.part_channels[1]))
+
+
+# -- operators --------------------------------------------------------------------------------------------
+@dataclass
+class QuantizeOutput:
+    buffer: str
+    to_int: Optional[FloatToInt] = None
+
+
+@dataclass
+class Quantize:
+    name: str
+    outputs: List[QuantizeOutput]
+
+    def reads(self) -> List[str]:
+        return []
+
+    def writes(self) -> List[str]:
+        return [o.buffer for o in self.outputs]
+
+
+@dataclass
+class ConvPart:
+    """One part of a conv / depthwise / pointwise / linear layer; see the module docstring."""
+    name: str
+    compute: str
+    input: ChannelSlice
+    weights: np.ndarray
+    outputs: List[PartOutput]
+    stride: Tuple[int, int] = (1, 1)
+    padding: Tuple[int, int] = (0, 0)
+    groups: int = 1
+    weight_bits: int = 0
+    weight_grid: str = ""
+    activation: Optional[Tuple[float, float]] = None
+    residual: List[ChannelSlice] = field(default_factory=list)
+    layer: str = ""
+    layer_channels: Optional[Tuple[int, int]] = None
+
+    def __post_init__(self):
+        w = np.asarray(self.weights)
+        if self.compute == "int":
+            w = _checked_int_array(w, np.int16, f"conv {self.name!r} weights")
+        elif self.compute == "fp16":
+            w = w if w.dtype == np.float16 else w.astype(np.float16)
+        elif self.compute == "fp32":
+            w = w.astype(np.float32)
+        self.weights = w
+        self.stride = (int(self.stride[0]), int(self.stride[1]))
+        self.padding = (int(self.padding[0]), int(self.padding[1]))
+        self.groups = int(self.groups)
+        if self.activation is not None:
+            self.activation = (float32_value(self.activation[0]), float32_value(self.activation[1]))
+        if not self.layer:
+            self.layer = self.name
+        if self.layer_channels is None:
+            self.layer_channels = (0, int(w.shape[0]) if w.ndim == 4 else 0)
+        self.layer_channels = (int(self.layer_channels[0]), int(self.layer_channels[1]))
+
+    @property
+    def out_channels(self) -> int:
+        return int(self.weights.shape[0])
+
+    @property
+    def in_channels(self) -> int:
+        return self.groups * int(self.weights.shape[1])
+
+    @property
+    def kernel(self) -> Tuple[int, int]:
+        return int(self.weights.shape[2]), int(self.weights.shape[3])
+
+    @property
+    def reduction_size(self) -> int:
+        """Inputs per output element: (in/groups)·kh·kw."""
+        return int(np.prod(self.weights.shape[1:]))
+
+    def output_size(self, height: int, width: int) -> Tuple[int, int]:
+        (kh, kw), (sh, sw), (ph, pw) = self.kernel, self.stride, self.padding
+        return (height + 2 * ph - kh) // sh + 1, (width + 2 * pw - kw) // sw + 1
+
+    def effective_weights(self) -> np.ndarray:
+        """Weights as the accumulator uses them: int64 (dorefa 2u − L_w) or float32."""
+        if self.compute != "int":
+            return self.weights.astype(np.float32)
+        w = self.weights.astype(np.int64)
+        return 2 * w - (2 ** self.weight_bits - 1) if self.weight_grid == "dorefa" else w
+
+    def reads(self) -> List[str]:
+        return [self.input.buffer] + [s.buffer for s in self.residual]
+
+    def writes(self) -> List[str]:
+        return [o.buffer for o in self.outputs]
+
+
+@dataclass
+class GlobalAvgPool:
+    name: str
+    input: str
+    output: str
+
+    def reads(self) -> List[str]:
+        return [self.input]
+
+    def writes(self) -> List[str]:
+        return [self.output]
+
+
+Op = Union[Quantize, ConvPart, GlobalAvgPool]
+
+
+def op_label(index: int, op: Op) -> str:
+    """How errors name an op: ``ops[3] (conv 'b1.dw.p0')``."""
+    kind = {Quantize: "quantize", ConvPart: "conv", GlobalAvgPool: "global_avg_pool"}.get(type(op), type(op).__name__)
+    return f"ops[{index}] ({kind} {getattr(op, 'name', '?')!r})"
+
+
+# -- the network ----------------------------------------------------------------------------------------------
+@dataclass
+class IntegerNetwork:
+    input_shape: Tuple[int, int, int]
+    buffers: List[Buffer]
+    ops: List[Op]
+    output: str
+    arena_bytes: Optional[int] = None
+    metadata: Dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self):
+        self.input_shape = tuple(int(v) for v in self.input_shape)
+
+    def buffer(self, name: str) -> Buffer:
+        for b in self.buffers:
+            if b.name == name:
+                return b
+        raise ValueError(f"network: no buffer named {name!r}")
+
+    @property
+    def buffer_map(self) -> Dict[str, Buffer]:
+        return {b.name: b for b in self.buffers}
+
+    @property
+    def num_outputs(self) -> int:
+        return self.buffer(self.output).elements
+
+    def validate(self) -> "IntegerNetwork":
+        """Raise ValueError, naming the op/buffer/field, on anything the executors cannot run exactly."""
+        _validate(self)
+        return self
+
+    def to_json(self) -> str:
+        try:
+            return json.dumps(_network_to_dict(self), indent=1, allow_nan=False) + "\n"
+        except TypeError as e:
+            raise ValueError(f"network.metadata: must hold plain JSON values ({e})") from None
+
+    @staticmethod
+    def from_json(text: str) -> "IntegerNetwork":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"integer network JSON: not valid JSON ({e})") from None
+        return _network_from_dict(data).validate()
+
+    def save(self, path: str) -> None:
+        """Write ``to_json()`` to ``path`` atomically (temporary file in the same folder, then rename)."""
+        text = self.to_json()
+        folder = os.path.dirname(os.path.abspath(path))
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".json")
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write(text)
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+
+    @staticmethod
+    def load(path: str) -> "IntegerNetwork":
+        with open(path) as f:
+            text = f.read()
+        try:
+            return IntegerNetwork.from_json(text)
+        except ValueError as e:
+            raise ValueError(f"{path}: {e}") from None
+
+
+# -- numeric helpers shared by the reference, the converter and the tests -------------------------------------
+def clamp(x: np.ndarray, lo: Any, hi: Any) -> np.ndarray:
+    """``lo if not x >= lo else (hi if x > hi else x)``: NaN → lo, as the C kernels do."""
+    return np.where(~(x >= lo), lo, np.where(x > hi, hi, x)).astype(np.result_type(x, lo, hi))
+
+
+def round_half_even(x: np.ndarray) -> np.ndarray:
+    """float32 → int64, ties to even, written as the C kernel computes it (truncate, then compare the
+    exact fraction); needs |x| < 2^24, which validation guarantees wherever the IR rounds."""
+    x = np.asarray(x, dtype=np.float32)
+    i = np.trunc(x).astype(np.int64)
+    frac = x - i.astype(np.float32)
+    odd = (i & 1) == 1
+    up = (frac > 0.5) | ((frac == 0.5) & odd)
+    down = (frac < -0.5) | ((frac == -0.5) & odd)
+    return i + up - down
+
+
+def float_to_half_bits(x: np.ndarray) -> np.ndarray:
+    """float32 → IEEE binary16 bits (uint16), round to nearest even, subnormals, overflow to ±inf, any
+    NaN → 0x7E00. Bit manipulation only, mirrored line by line in ``adaptq_float_to_half``."""
+    bits = np.asarray(x, dtype=np.float32).view(np.uint32).astype(np.int64)
+    sign = (bits >> 16) & 0x8000
+    mag = bits & 0x7FFFFFFF
+    out = np.zeros_like(bits)
+    normal = (mag >= 0x38800000) & (mag < 0x477FF000)
+    # Re-bias the exponent (127 → 15) and round the 13 dropped mantissa bits to nearest even; a carry
+    # into the exponent is the correct result.
+    m = mag - 0x38000000
+    out = np.where(normal, (m + 0xFFF + ((m >> 13) & 1)) >> 13, out)
+    # Half subnormals: the value in units of 2^-24 is mant·2^(e−126), a right shift by 126 − e.
+    sub = (mag >= 0x33000000) & (mag < 0x38800000)
+    e = np.where(sub, mag >> 23, 126)
+    mant = (mag & 0x7FFFFF) | 0x800000
+    shift = 126 - e
+    q = mant >> shift
+    rem = mant & ((np.int64(1) << shift) - 1)
+    half = np.where(shift > 0, np.int64(1) << np.maximum(shift - 1, 0), 0)
+    q = q + ((rem > half) | ((rem == half) & ((q & 1) == 1)))
+    out = np.where(sub, q, out)
+    out = np.where(mag >= 0x477FF000, 0x7C00, out)
+    out = out | sign
+    out = np.where(mag > 0x7F800000, CANONICAL_NAN_FP16, out)
+    return out.astype(np.uint16)
+
+
+def half_bits_to_float(h: np.ndarray) -> np.ndarray:
+    """IEEE binary16 bits → float32 (exact)."""
+    return np.asarray(h, dtype=np.uint16).view(np.float16).astype(np.float32)
+
+
+def round_to_half(x: np.ndarray) -> np.ndarray:
+    """float32 → the nearest half, as float32 (what an fp16 store keeps)."""
+    return half_bits_to_float(float_to_half_bits(x))
+
+
+def canonical_float32(x: np.ndarray) -> np.ndarray:
+    """float32 with every NaN replaced by 0x7FC00000 (what an fp32 store keeps)."""
+    x = np.asarray(x, dtype=np.float32)
+    return np.where(np.isnan(x), np.uint32(CANONICAL_NAN_FP32).view(np.float32), x)
+
+
+def float_to_codes(x: np.ndarray, to_int: FloatToInt) -> np.ndarray:
+    """float32 → int codes (int64) with a FloatToInt's constants."""
+    x = np.asarray(x, dtype=np.float32)
+    y = clamp(x, np.float32(to_int.lo_r), np.float32(to_int.hi_r)) * np.float32(to_int.inv_scale)
+    return clamp(round_half_even(y), to_int.lo, to_int.hi)
+
+
+# -- bit packing --------------------------------------------------------------------------------------------
+def pack_bits(codes: np.ndarray, bits: int, signed: bool) -> np.ndarray:
+    """Int codes → packed uint8, element i in bits ``(i·k) mod 8`` of byte ``floor(i·k/8)`` (LSB first);
+    signed codes in two's complement."""
+    _require(bits in (1, 2, 4, 8), f"pack_bits: bits {bits}, expected 1, 2, 4 or 8")
+    flat = np.asarray(codes).reshape(-1).astype(np.int64)
+    lo, hi = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2 ** bits - 1)
+    if flat.size:
+        _require(int(flat.min()) >= lo and int(flat.max()) <= hi,
+                 f"pack_bits: codes outside [{lo}, {hi}] for {'signed' if signed else 'unsigned'} {bits}-bit")
+    per_byte = 8 // bits
+    padded = np.zeros(-(-flat.size // per_byte) * per_byte, dtype=np.int64)
+    padded[:flat.size] = flat & (2 ** bits - 1)
+    lanes = padded.reshape(-1, per_byte) << (np.arange(per_byte, dtype=np.int64) * bits)
+    return lanes.sum(axis=1).astype(np.uint8)
+
+
+def unpack_bits(data: np.ndarray, bits: int, signed: bool, count: int) -> np.ndarray:
+    """Inverse of ``pack_bits``: the first ``count`` codes as int64."""
+    _require(bits in (1, 2, 4, 8), f"unpack_bits: bits {bits}, expected 1, 2, 4 or 8")
+    data = np.asarray(data, dtype=np.uint8)
+    per_byte = 8 // bits
+    _require(data.size * per_byte >= count, f"unpack_bits: {data.size} bytes hold fewer than {count} codes")
+    lanes = (data.astype(np.int64)[:, None] >> (np.arange(per_byte, dtype=np.int64) * bits)) & (2 ** bits - 1)
+    codes = lanes.reshape(-1)[:count]
+    if signed:
+        codes = np.where(codes >= 2 ** (bits - 1), codes - 2 ** bits, codes)
+    return codes
+
+
+# -- fixed-point helper -----------------------------------------------------------------------------------------
+def requantizer(A: Sequence[float], C: Sequence[float], R: Optional[Sequence[float]] = None, *,
+                lo: Any, hi: Any) -> FixedPointEpilogue:
+    """Real per-channel multipliers → the fixed-point epilogue that computes
+    ``clamp(round_half_up(A_c·acc + C_c + R_c·q_res), lo_c, hi_c)``.
+
+    Per channel: ``s_c = 31 − e`` where ``|A_c| = m·2^e`` with m in [0.5, 1), so ``M_c = rne(A_c·2^s_c)``
+    lies in [2^30, 2^31) (one step less if rounding reaches 2^31); ``B_c = rne(C_c·2^s_c)``,
+    ``R_c = rne(R_c·2^s_c)``. ``s_c`` is then lowered, where needed, so that |B_c| ≤ 2^59 and
+    |R_c|·255 ≤ 2^59, and clipped to 62 (an A_c of 0 gives M_c = 0 and starts from s_c = 62); this
+    keeps the int64 sum from overflowing for any |acc| < 2^31 and |q_res| ≤ 255. A channel that would
+    need s_c < 1 (|A_c| ≥ 2^30, |C_c| ≥ 2^58) raises ValueError.
+
+    Error bound: each of M, B, R is within 1/2 of its exact value, so
+    ``|v/2^s − y| ≤ δ = (|acc| + 1 + |q_res|) / 2^(s+1)`` with ``y = A·acc + C + R·q_res``, and the result
+    is ``clamp(floor(y + ε + 1/2), lo, hi)`` for some |ε| ≤ δ: it differs from ``clamp(y, lo, hi)`` by
+    at most 1/2 + δ, and equals the exactly rounded ``clamp(floor(y + 1/2), lo, hi)`` unless y lies
+    within δ of a half-integer. Where M_c is normalised, δ ≤ |A_c|·(|acc| + 1 + |q_res|)/2^31.
+    """
+    A = np.asarray(A, dtype=np.float64).reshape(-1)
+    n = A.size
+    C = np.broadcast_to(np.asarray(C, dtype=np.float64), (n,))
+    Rv = None if R is None else np.broadcast_to(np.asarray(R, dtype=np.float64), (n,))
+    _require(bool(np.all(np.isfinite(A)) and np.all(np.isfinite(C)) and (Rv is None or np.all(np.isfinite(Rv)))),
+             "requantizer: A, C and R must be finite")
+    shifts = np.zeros(n, dtype=np.int64)
+    for c in range(n):
+        s = 31 - math.frexp(abs(A[c]))[1] if A[c] != 0 else MAX_SHIFT
+        if C[c] != 0:
+            s = min(s, _REQUANT_TERM_LIMIT_LOG2 - math.frexp(abs(C[c]))[1])
+        if Rv is not None and Rv[c] != 0:
+            s = min(s, _REQUANT_TERM_LIMIT_LOG2 - _MAX_CODE_MAGNITUDE_LOG2 - math.frexp(abs(Rv[c]))[1])
+        s = min(s, MAX_SHIFT)
+        if abs(np.rint(math.ldexp(A[c], s))) >= 2 ** 31:
+            s -= 1
+        _require(s >= 1, f"requantizer: channel {c} needs a shift below 1 (A={A[c]}, C={C[c]}); the "
+                         f"multipliers are too large for the fixed-point epilogue")
+        shifts[c] = s
+    scale = np.ldexp(1.0, shifts)
+    multiplier = np.rint(A * scale)
+    bias = np.rint(C * scale)
+    residual = None if Rv is None else np.rint(Rv * scale)
+    lo = np.broadcast_to(np.asarray(lo), (n,))
+    hi = np.broadcast_to(np.asarray(hi), (n,))
+    return FixedPointEpilogue(multiplier.astype(np.int64), shifts, bias.astype(np.int64),
+                              lo, hi, None if residual is None else residual.astype(np.int64))
+
+
+# -- validation -----------------------------------------------------------------------------------------------
+def _validate(net: IntegerNetwork) -> None:
+    _require(len(net.input_shape) == 3 and all(v >= 1 for v in net.input_shape),
+             f"network.input_shape {net.input_shape}: expected (C, H, W), all >= 1")
+    buffers: Dict[str, Buffer] = {}
+    for i, b in enumerate(net.buffers):
+        where = f"buffers[{i}] ({b.name!r})"
+        _require(isinstance(b.name, str) and b.name != "", f"buffers[{i}]: name must be a non-empty string")
+        _require(b.name not in buffers, f"{where}: duplicate buffer name")
+        _require(0 <= b.channels[0] < b.channels[1], f"{where}: channels {b.channels}, expected 0 <= b0 < b1")
+        _require(b.height >= 1 and b.width >= 1, f"{where}: height and width must be >= 1")
+        b.format.check(where)
+        buffers[b.name] = b
+    _require(len(net.ops) >= 2, "network.ops: expected a Quantize op followed by at least one layer")
+    _require(isinstance(net.ops[0], Quantize), "network.ops[0]: the first op must be Quantize")
+    _require(net.output in buffers, f"network.output: no buffer named {net.output!r}")
+    _require(buffers[net.output].format == FP32, f"network.output {net.output!r}: must be an fp32 buffer")
+
+    written = {name: np.zeros(b.num_channels, dtype=bool) for name, b in buffers.items()}
+    read = set()
+
+    def buffer_of(name: str, where: str) -> Buffer:
+        _require(name in buffers, f"{where}: no buffer named {name!r}")
+        return buffers[name]
+
+    def mark_read(name: str, first: int, count: int, where: str) -> None:
+        b = buffers[name]
+        _require(0 <= first and first + count <= b.num_channels,
+                 f"{where}: reads channels [{first}, {first + count}) of buffer {name!r}, which has {b.num_channels}")
+        _require(bool(written[name][first:first + count].all()),
+                 f"{where}: reads channels of buffer {name!r} that no earlier op has written")
+        read.add(name)
+
+    def mark_written(name: str, first: int, count: int, where: str) -> None:
+        b = buffers[name]
+        _require(0 <= first and first + count <= b.num_channels,
+                 f"{where}: writes channels [{first}, {first + count}) of buffer {name!r}, which has {b.num_channels}")
+        _require(not written[name][first:first + count].any(),
+                 f"{where}: writes channels of buffer {name!r} that another output already wrote")
+        written[name][first:first + count] = True
+
+    for index, op in enumerate(net.ops):
+        where = op_label(index, op)
+        _require(index == 0 or not isinstance(op, Quantize), f"{where}: Quantize may only be the first op")
+        _require(not set(op.reads()) & set(op.writes()), f"{where}: reads and writes the same buffer")
+        if isinstance(op, Quantize):
+            _validate_quantize(op, net.input_shape, buffer_of, mark_written, where)
+        elif isinstance(op, ConvPart):
+            _validate_conv(op, buffer_of, mark_read, mark_written, where)
+        elif isinstance(op, GlobalAvgPool):
+            src, dst = buffer_of(op.input, where), buffer_of(op.output, where)
+            mark_read(op.input, 0, src.num_channels, where)
+            _require(dst.format == src.format,
+                     f"{where}: output format {dst.format} differs from input format {src.format}")
+            _require(dst.num_channels == src.num_channels and dst.height == 1 and dst.width == 1,
+                     f"{where}: output buffer must have the input's {src.num_channels} channels at 1x1")
+            _require(not src.format.is_int or src.height * src.width * src.format.levels < ACCUMULATOR_LIMIT,
+                     f"{where}: the int sum over {src.height}x{src.width} positions may overflow int32")
+            mark_written(op.output, 0, dst.num_channels, where)
+        else:
+            raise ValueError(f"network.ops[{index}]: unknown op type {type(op).__name__}")
+
+    for name, mask in written.items():
+        _require(bool(mask.all()), f"buffer {name!r}: channels {np.flatnonzero(~mask).tolist()[:8]} are never written")
+        _require(name in read or name == net.output, f"buffer {name!r}: written but never read")
+    _require(net.output not in read, f"network.output {net.output!r}: the output buffer may not be read by an op")
+    _validate_layers(net)
+    if net.arena_bytes is not None or any(b.offset is not None for b in net.buffers):
+        arena.check_plan(net)
+
+
+def _validate_quantize(op: Quantize, input_shape, buffer_of, mark_written, where: str) -> None:
+    _require(len(op.outputs) >= 1, f"{where}: no outputs")
+    c, h, w = input_shape
+    for j, out in enumerate(op.outputs):
+        at = f"{where}.outputs[{j}]"
+        b = buffer_of(out.buffer, at)
+        _require(b.height == h and b.width == w, f"{at}: buffer {b.name!r} is {b.height}x{b.width}, the input {h}x{w}")
+        _require(b.channels[1] <= c, f"{at}: buffer {b.name!r} holds input channels {b.channels}, the input has {c}")
+        _require((out.to_int is not None) == b.format.is_int,
+                 f"{at}: to_int is required for int buffers and only for them")
+        if out.to_int is not None:
+            out.to_int.check(b.format, at)
+        mark_written(out.buffer, 0, b.num_channels, at)
+
+
+def _weight_code_range(bits: int, grid: str) -> Tuple[int, int]:
+    return (0, 2 ** bits - 1) if grid == "dorefa" else (-(2 ** (bits - 1) - 1), 2 ** (bits - 1) - 1)
+
+
+def _validate_conv(op: ConvPart, buffer_of, mark_read, mark_written, where: str) -> None:
+    _require(op.compute in FORMAT_KINDS, f"{where}: compute {op.compute!r}, expected one of {FORMAT_KINDS}")
+    w = op.weights
+    _require(w.ndim == 4 and min(w.shape) >= 1, f"{where}: weights shape {w.shape}, expected (out, in/groups, kh, kw)")
+    _require(op.groups >= 1 and op.out_channels % op.groups == 0,
+             f"{where}: groups {op.groups} must divide the {op.out_channels} output channels")
+    _require(min(op.stride) >= 1 and min(op.padding) >= 0, f"{where}: stride must be >= 1 and padding >= 0")
+    _require(op.padding[0] < op.kernel[0] and op.padding[1] < op.kernel[1],
+             f"{where}: padding {op.padding} must be smaller than the kernel {op.kernel}")
+    src = buffer_of(op.input.buffer, f"{where}.input")
+    _require(op.input.channels == op.in_channels,
+             f"{where}.input: slice of {op.input.channels} channels, the weights need groups·in/groups = "
+             f"{op.in_channels}")
+    mark_read(op.input.buffer, op.input.offset, op.input.channels, f"{where}.input")
+    _require(src.format.kind == op.compute,
+             f"{where}: {op.compute} compute needs a {op.compute} input buffer, {src.name!r} is {src.format.kind}")
+    out_h, out_w = op.output_size(src.height, src.width)
+    _require(out_h >= 1 and out_w >= 1, f"{where}: a {src.height}x{src.width} input gives no output positions")
+
+    if op.compute == "int":
+        _require(op.weight_bits in INT_BITS, f"{where}: weight_bits {op.weight_bits}, expected one of {INT_BITS}")
+        _require(op.weight_grid in WEIGHT_GRIDS,
+                 f"{where}: weight_grid {op.weight_grid!r}, expected one of {WEIGHT_GRIDS}")
+        lo, hi = _weight_code_range(op.weight_bits, op.weight_grid)
+        _require(int(w.min()) >= lo and int(w.max()) <= hi,
+                 f"{where}: {op.weight_grid} {op.weight_bits}-bit weight codes must lie in [{lo}, {hi}]")
+        levels = src.format.levels
+        k = op.reduction_size
+        eff = np.abs(op.effective_weights()).reshape(op.out_channels, -1)
+        acc_bound = levels * eff.sum(axis=1)
+        _require(int(acc_bound.max()) < ACCUMULATOR_LIMIT,
+                 f"{where}: |acc| may reach 2^31 (fan-in {k}, input levels {levels})")
+        if op.weight_grid == "dorefa":
+            u_sum = w.astype(np.int64).reshape(op.out_channels, -1).sum(axis=1)
+            _require(int(2 * levels * u_sum.max()) < ACCUMULATOR_LIMIT
+                     and (2 ** op.weight_bits - 1) * k * levels < ACCUMULATOR_LIMIT,
+                     f"{where}: the dorefa sums 2·Σq·u and L_w·Σq may reach 2^31 (fan-in {k})")
+    else:
+        _require((op.weight_bits, op.weight_grid) == (0, ""),
+                 f"{where}: weight_bits/weight_grid are for int compute only")
+        _require(bool(np.all(np.isfinite(w.astype(np.float32)))), f"{where}: weights must be finite")
+        acc_bound = None
+
+    if op.activation is not None:
+        a_lo, a_hi = op.activation
+        _require(not (math.isnan(a_lo) or math.isnan(a_hi)) and a_lo <= a_hi,
+                 f"{where}: activation needs act_lo <= act_hi, got {op.activation}")
+
+    res_levels = np.zeros(op.out_channels, dtype=np.int64)
+    residual_all_int = True
+    covered = 0
+    for j, seg in enumerate(op.residual):
+        at = f"{where}.residual[{j}]"
+        rb = buffer_of(seg.buffer, at)
+        _require(seg.channels >= 1, f"{at}: channels must be >= 1")
+        _require((rb.height, rb.width) == (out_h, out_w),
+                 f"{at}: residual buffer {rb.name!r} is {rb.height}x{rb.width}, the output {out_h}x{out_w}")
+        mark_read(seg.buffer, seg.offset, seg.channels, at)
+        _require(covered + seg.channels <= op.out_channels,
+                 f"{at}: residual segments exceed the {op.out_channels} output channels")
+        res_levels[covered:covered + seg.channels] = rb.format.levels
+        residual_all_int &= rb.format.is_int
+        covered += seg.channels
+    _require(not op.residual or covered == op.out_channels,
+             f"{where}: residual segments cover {covered} of the {op.out_channels} output channels")
+
+    _require(len(op.outputs) >= 1, f"{where}: no outputs")
+    part_covered = np.zeros(op.out_channels, dtype=bool)
+    for j, out in enumerate(op.outputs):
+        at = f"{where}.outputs[{j}]"
+        ob = buffer_of(out.buffer, at)
+        o0, o1 = out.part_channels
+        _require(0 <= o0 < o1 <= op.out_channels,
+                 f"{at}: part_channels {out.part_channels} outside [0, {op.out_channels})")
+        _require((ob.height, ob.width) == (out_h, out_w),
+                 f"{at}: buffer {ob.name!r} is {ob.height}x{ob.width}, the part computes {out_h}x{out_w}")
+        part_covered[o0:o1] = True
+        mark_written(out.buffer, out.channel_offset, o1 - o0, at)
+        fixed = op.compute == "int" and ob.format.is_int and residual_all_int
+        ep = out.epilogue
+        n = o1 - o0
+        if fixed:
+            _require(isinstance(ep, FixedPointEpilogue),
+                     f"{at}: int compute into int buffer {ob.name!r} needs a FixedPointEpilogue")
+            _validate_fixed_point(op, ep, n, ob.format, acc_bound[o0:o1], res_levels[o0:o1], at)
+        else:
+            _require(isinstance(ep, FloatEpilogue),
+                     f"{at}: {op.compute} compute into {ob.format.kind} buffer {ob.name!r} needs a FloatEpilogue")
+            _require(ep.scale.shape == (n,) and ep.offset.shape == (n,), f"{at}: scale and offset need {n} values")
+            _require(bool(np.all(np.isfinite(ep.scale)) and np.all(np.isfinite(ep.offset))),
+                     f"{at}: scale and offset must be finite")
+            _require((ep.to_int is not None) == ob.format.is_int,
+                     f"{at}: to_int is required for int buffers and only for them")
+            if ep.to_int is not None:
+                ep.to_int.check(ob.format, at)
+    _require(bool(part_covered.all()),
+             f"{where}: output channels {np.flatnonzero(~part_covered).tolist()[:8]} go to no buffer")
+
+
+def _validate_fixed_point(op: ConvPart, ep: FixedPointEpilogue, n: int, fmt: Format, acc_bound: np.ndarray,
+                          res_levels: np.ndarray, at: str) -> None:
+    arrays = [ep.multiplier, ep.shift, ep.bias, ep.lo, ep.hi]
+    _require(all(a.shape == (n,) for a in arrays), f"{at}: fixed-point constants need {n} values each")
+    _require((ep.residual_multiplier is not None) == bool(op.residual),
+             f"{at}: residual_multiplier is required with a residual and only then")
+    _require(not (op.residual and op.activation is not None),
+             f"{at}: an activation before the residual add cannot be folded into a fixed-point clamp")
+    if ep.residual_multiplier is not None:
+        _require(ep.residual_multiplier.shape == (n,), f"{at}: residual_multiplier needs {n} values")
+    _require(bool(np.all((ep.shift >= 1) & (ep.shift <= MAX_SHIFT))), f"{at}: shifts must lie in 1..{MAX_SHIFT}")
+    code_lo, code_hi = fmt.code_range
+    _require(bool(np.all((code_lo <= ep.lo) & (ep.lo <= ep.hi) & (ep.hi <= code_hi))),
+             f"{at}: clamp codes must satisfy {code_lo} <= lo <= hi <= {code_hi}")
+    for c in range(n):
+        total = int(acc_bound[c]) * abs(int(ep.multiplier[c])) + abs(int(ep.bias[c])) + 2 ** (int(ep.shift[c]) - 1)
+        if ep.residual_multiplier is not None:
+            total += int(res_levels[c]) * abs(int(ep.residual_multiplier[c]))
+        _require(total < INT64_LIMIT, f"{at}: channel {c}: acc·M + B + q_res·R + 2^(s-1) may overflow int64")
+
+
+def _validate_layers(net: IntegerNetwork) -> None:
+    """Parts of one layer must share its geometry and partition its output channels."""
+    layers: Dict[str, List[ConvPart]] = {}
+    for op in net.ops:
+        if isinstance(op, ConvPart):
+            layers.setdefault(op.layer, []).append(op)
+    for name, parts in layers.items():
+        ranges = sorted(p.layer_channels for p in parts)
+        for p in parts:
+            _require(p.layer_channels[1] - p.layer_channels[0] == p.out_channels,
+                     f"layer {name!r}: part {p.name!r} has layer_channels {p.layer_channels} but "
+                     f"{p.out_channels} output channels")
+            _require((p.kernel, p.stride, p.padding) == (parts[0].kernel, parts[0].stride, parts[0].padding),
+                     f"layer {name!r}: parts {parts[0].name!r} and {p.name!r} differ in kernel, stride or padding")
+        _require(ranges[0][0] == 0 and all(a[1] == b[0] for a, b in zip(ranges, ranges[1:])),
+                 f"layer {name!r}: part channel ranges {ranges} do not partition [0, C_out)")
+
+
+# -- JSON -------------------------------------------------------------------------------------------------------
+_ARRAY_DTYPES = ("uint8", "int8", "int16", "int32", "int64", "uint16", "float16", "float32")
+
+
+def _encode_array(a: np.ndarray, packed_bits: Optional[int] = None, signed: bool = False) -> Dict[str, Any]:
+    a = np.asarray(a)
+    if packed_bits is not None:
+        raw = pack_bits(a, packed_bits, signed)
+        return {"dtype": a.dtype.name, "shape": list(a.shape), "packed_bits": packed_bits, "signed": signed,
+                "data": base64.b64encode(raw.tobytes()).decode("ascii")}
+    _require(a.dtype.name in _ARRAY_DTYPES, f"JSON: cannot store arrays of {a.dtype}")
+    raw = a.astype(a.dtype.newbyteorder("<")).tobytes()
+    return {"dtype": a.dtype.name, "shape": list(a.shape), "data": base64.b64encode(raw).decode("ascii")}
+
+
+def _decode_array(d: Any, where: str) -> np.ndarray:
+    _require(isinstance(d, dict) and {"dtype", "shape", "data"} <= set(d), f"{where}: expected an array object")
+    _require(d["dtype"] in _ARRAY_DTYPES, f"{where}: dtype {d['dtype']!r}, expected one of {_ARRAY_DTYPES}")
+    shape = tuple(int(v) for v in d["shape"])
+    count = int(np.prod(shape)) if shape else 1
+    try:
+        raw = base64.b64decode(d["data"], validate=True)
+    except (ValueError, TypeError):
+        raise ValueError(f"{where}: data is not base64") from None
+    if "packed_bits" in d:
+        bits = int(d["packed_bits"])
+        _require(bits in (1, 2, 4, 8), f"{where}: packed_bits {bits}, expected 1, 2, 4 or 8")
+        _require(len(raw) == -(-count * bits // 8), f"{where}: {len(raw)} bytes do not hold {count} {bits}-bit codes")
+        codes = unpack_bits(np.frombuffer(raw, dtype=np.uint8), bits, bool(d["signed"]), count)
+        return codes.astype(d["dtype"]).reshape(shape)
+    dtype = np.dtype(d["dtype"]).newbyteorder("<")
+    _require(len(raw) == count * dtype.itemsize, f"{where}: {len(raw)} bytes do not hold {count} {d['dtype']} values")
+    return np.frombuffer(raw, dtype=dtype).astype(d["dtype"]).reshape(shape)
+
+
+def _encode_scalar(x: float) -> Union[float, str]:
+    return x if math.isfinite(x) else ("inf" if x > 0 else "-inf")
+
+
+def _decode_scalar(x: Any, where: str) -> float:
+    if x in ("inf", "-inf"):
+        return float(x)
+    _require(isinstance(x, (int, float)) and not isinstance(x, bool), f"{where}: expected a number")
+    return float(x)
+
+
+def _format_to_dict(f: Format) -> Dict[str, Any]:
+    if not f.is_int:
+        return {"kind": f.kind}
+    return {"kind": "int", "bits": f.bits, "signed": f.signed, "levels": f.levels, "scale": f.scale}
+
+
+def _to_int_to_dict(t: Optional[FloatToInt]) -> Optional[Dict[str, Any]]:
+    if t is None:
+        return None
+    return {"lo_r": t.lo_r, "hi_r": t.hi_r, "inv_scale": t.inv_scale, "lo": t.lo, "hi": t.hi}
+
+
+def _slice_to_dict(s: ChannelSlice) -> Dict[str, Any]:
+    return {"buffer": s.buffer, "offset": s.offset, "channels": s.channels}
+
+
+def _epilogue_to_dict(e: Epilogue) -> Dict[str, Any]:
+    if isinstance(e, FixedPointEpilogue):
+        d = {"kind": e.kind, "multiplier": _encode_array(e.multiplier), "shift": _encode_array(e.shift),
+             "bias": _encode_array(e.bias), "lo": _encode_array(e.lo), "hi": _encode_array(e.hi)}
+        if e.residual_multiplier is not None:
+            d["residual_multiplier"] = _encode_array(e.residual_multiplier)
+        return d
+    return {"kind": e.kind, "scale": _encode_array(e.scale), "offset": _encode_array(e.offset),
+            "to_int": _to_int_to_dict(e.to_int)}
+
+
+def _op_to_dict(op: Op) -> Dict[str, Any]:
+    if isinstance(op, Quantize):
+        return {"op": "quantize", "name": op.name,
+                "outputs": [{"buffer": o.buffer, "to_int": _to_int_to_dict(o.to_int)} for o in op.outputs]}
+    if isinstance(op, GlobalAvgPool):
+        return {"op": "global_avg_pool", "name": op.name, "input": op.input, "output": op.output}
+    packed = op.weight_bits if op.compute == "int" else None
+    return {
+        "op": "conv", "name": op.name, "layer": op.layer, "layer_channels": list(op.layer_channels),
+        "compute": op.compute, "input": _slice_to_dict(op.input),
+        "weights": _encode_array(op.weights, packed, op.weight_grid == "symmetric"),
+        "weight_bits": op.weight_bits, "weight_grid": op.weight_grid,
+        "stride": list(op.stride), "padding": list(op.padding), "groups": op.groups,
+        "activation": None if op.activation is None else [_encode_scalar(v) for v in op.activation],
+        "residual": [_slice_to_dict(s) for s in op.residual],
+        "outputs": [{"buffer": o.buffer, "channel_offset": o.channel_offset, "part_channels": list(o.part_channels),
+                     "epilogue": _epilogue_to_dict(o.epilogue)} for o in op.outputs],
+    }
+
+
+def _network_to_dict(net: IntegerNetwork) -> Dict[str, Any]:
+    return {
+        "schema": SCHEMA,
+        "input_shape": list(net.input_shape),
+        "output": net.output,
+        "arena_bytes": net.arena_bytes,
+        "metadata": net.metadata,
+        "buffers": [{"name": b.name, "tensor": b.tensor, "channels": list(b.channels), "height": b.height,
+                     "width": b.width, "format": _format_to_dict(b.format), "offset": b.offset} for b in net.buffers],
+        "ops": [_op_to_dict(op) for op in net.ops],
+    }
+
+
+def _get(d: Any, key: str, where: str) -> Any:
+    _require(isinstance(d, dict), f"{where}: expected an object")
+    _require(key in d, f"{where}: missing field {key!r}")
+    return d[key]
+
+
+def _format_from_dict(d: Any, where: str) -> Format:
+    kind = _get(d, "kind", where)
+    if kind != "int":
+        return Format(kind)
+    return Format("int", int(_get(d, "bits", where)), bool(_get(d, "signed", where)), int(_get(d, "levels", where)),
+                  _decode_scalar(_get(d, "scale", where), f"{where}.scale"))
+
+
+def _to_int_from_dict(d: Any, where: str) -> Optional[FloatToInt]:
+    if d is None:
+        return None
+    return FloatToInt(*(_decode_scalar(_get(d, k, where), f"{where}.{k}") for k in ("lo_r", "hi_r", "inv_scale")),
+                      int(_get(d, "lo", where)), int(_get(d, "hi", where)))
+
+
+def _slice_from_dict(d: Any, where: str) -> ChannelSlice:
+    return ChannelSlice(str(_get(d, "buffer", where)), int(_get(d, "offset", where)), int(_get(d, "channels", where)))
+
+
+def _epilogue_from_dict(d: Any, where: str) -> Epilogue:
+    kind = _get(d, "kind", where)
+    arr = lambda key: _decode_array(_get(d, key, where), f"{where}.{key}")  # noqa: E731
+    if kind == "fixed_point":
+        res = arr("residual_multiplier") if "residual_multiplier" in d else None
+        return FixedPointEpilogue(arr("multiplier"), arr("shift"), arr("bias"), arr("lo"), arr("hi"), res)
+    _require(kind == "float", f"{where}.kind: {kind!r}, expected 'fixed_point' or 'float'")
+    return FloatEpilogue(arr("scale"), arr("offset"), _to_int_from_dict(_get(d, "to_int", where), f"{where}.to_int"))
+
+
+def _op_from_dict(d: Any, where: str) -> Op:
+    kind = _get(d, "op", where)
+    name = str(_get(d, "name", where))
+    if kind == "quantize":
+        outs = _get(d, "outputs", where)
+        return Quantize(name, [QuantizeOutput(str(_get(o, "buffer", f"{where}.outputs[{j}]")),
+                                              _to_int_from_dict(_get(o, "to_int", f"{where}.outputs[{j}]"),
+                                                                f"{where}.outputs[{j}].to_int"))
+                               for j, o in enumerate(outs)])
+    if kind == "global_avg_pool":
+        return GlobalAvgPool(name, str(_get(d, "input", where)), str(_get(d, "output", where)))
+    _require(kind == "conv", f"{where}.op: {kind!r}, expected 'quantize', 'conv' or 'global_avg_pool'")
+    act = _get(d, "activation", where)
+    outputs = []
+    for j, o in enumerate(_get(d, "outputs", where)):
+        at = f"{where}.outputs[{j}]"
+        outputs.append(PartOutput(str(_get(o, "buffer", at)), int(_get(o, "channel_offset", at)),
+                                  tuple(_get(o, "part_channels", at)),
+                                  _epilogue_from_dict(_get(o, "epilogue", at), f"{at}.epilogue")))
+    return ConvPart(
+        name=name, compute=str(_get(d, "compute", where)),
+        input=_slice_from_dict(_get(d, "input", where), f"{where}.input"),
+        weights=_decode_array(_get(d, "weights", where), f"{where}.weights"),
+        outputs=outputs, stride=tuple(_get(d, "stride", where)), padding=tuple(_get(d, "padding", where)),
+        groups=int(_get(d, "groups", where)), weight_bits=int(_get(d, "weight_bits", where)),
+        weight_grid=str(_get(d, "weight_grid", where)),
+        activation=None if act is None else tuple(_decode_scalar(v, f"{where}.activation") for v in act),
+        residual=[_slice_from_dict(s, f"{where}.residual[{j}]") for j, s in enumerate(_get(d, "residual", where))],
+        layer=str(_get(d, "layer", where)), layer_channels=tuple(_get(d, "layer_channels", where)))
+
+
+def _network_from_dict(d: Any) -> IntegerNetwork:
+    where = "integer network JSON"
+    schema = _get(d, "schema", where)
+    _require(schema == SCHEMA, f"{where}: schema {schema!r}, expected {SCHEMA!r}")
+    buffers = []
+    for i, b in enumerate(_get(d, "buffers", where)):
+        at = f"{where}.buffers[{i}]"
+        offset = _get(b, "offset", at)
+        buffers.append(Buffer(str(_get(b, "name", at)), str(_get(b, "tensor", at)), tuple(_get(b, "channels", at)),
+                              int(_get(b, "height", at)), int(_get(b, "width", at)),
+                              _format_from_dict(_get(b, "format", at), f"{at}.format"),
+                              None if offset is None else int(offset)))
+    ops = [_op_from_dict(o, f"{where}.ops[{i}]") for i, o in enumerate(_get(d, "ops", where))]
+    arena_bytes = _get(d, "arena_bytes", where)
+    metadata = _get(d, "metadata", where)
+    _require(isinstance(metadata, dict), f"{where}.metadata: expected an object")
+    return IntegerNetwork(tuple(_get(d, "input_shape", where)), buffers, ops, str(_get(d, "output", where)),
+                          None if arena_bytes is None else int(arena_bytes), metadata)
