@@ -16,8 +16,9 @@ sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..")
 import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
 
+from data.loader import DeviceLoader  # noqa: E402
 from Search_CIFAR10.pretrain.trainer import build_fp32_model, build_parser  # noqa: E402
-from Search_CIFAR10.training.data import DeviceLoader, build_loaders  # noqa: E402
+from Search_CIFAR10.training.data import build_loaders  # noqa: E402
 from Search_CIFAR10.training.loop import build_optimizer, param_groups, train_one_epoch  # noqa: E402
 from Search_CIFAR10.training.runtime import add_runtime_args, setup_runtime  # noqa: E402
 from tensor_analysis.cli import DefaultsHelpFormatter, Parser, positive_int, run_cli  # noqa: E402

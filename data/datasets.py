@@ -1,7 +1,7 @@
 """Readers that turn each supported dataset into uint8 image tensors (N x 3 x H x W) and int64 labels.
 
 Every reader returns the dataset's *official* train and test parts; splitting the test part into
-validation and test is done once, for all datasets, in ``Search_CIFAR10/dnas/utils/data_utils.py``.
+validation and test is done once, for all datasets, in ``data/splits.py``.
 
 On-disk formats are the ones torchvision's own downloaders produce, so a folder prepared with
 ``torchvision.datasets.CIFAR10(root, download=True)`` works here and vice versa:

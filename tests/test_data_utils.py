@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from data.datasets import HOLDOUT_FRACTION, DatasetError
-from Search_CIFAR10.training.data import (DATASETS, DataSplits, DeviceLoader, add_data_args, build_loaders, load_splits,
-                                          save_split_info)
+from data.loader import DeviceLoader
+from data.splits import DATASETS, DataSplits, load_splits, save_split_info
+from Search_CIFAR10.training.data import add_data_args, build_loaders
 
 
 def write_cifar(root, n_train_per_batch=4, n_test=20, cifar100=False, seed=0):

@@ -8,10 +8,10 @@ import subprocess
 
 import numpy as np
 import pytest
+from test_deploy_ir import GRAPH_SEEDS, half_test_values, handmade_network
 
 from deploy import c_export, reference, synthetic
 from deploy.ir import float_to_half_bits, half_bits_to_float, round_half_even
-from test_deploy_ir import GRAPH_SEEDS, half_test_values, handmade_network
 
 IMAGES = 12
 

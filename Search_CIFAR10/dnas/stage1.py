@@ -435,7 +435,9 @@ def prepare_model(args, analysis: Mapping, num_classes: int, runtime) -> Tuple[n
 
 
 def run_stage1(args) -> dict:
-    from Search_CIFAR10.training.data import DeviceLoader, build_loaders, save_split_info
+    from data.loader import DeviceLoader
+    from data.splits import save_split_info
+    from Search_CIFAR10.training.data import build_loaders
     from Search_CIFAR10.training.runtime import setup_runtime
     from tensor_analysis.analysis_file import load_analysis_json
     from tensor_analysis.graph import as_analysis

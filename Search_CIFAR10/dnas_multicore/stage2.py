@@ -510,8 +510,10 @@ def default_output_dir(args, profile) -> str:
 
 
 def run_stage2(args) -> dict:
+    from data.loader import DeviceLoader
+    from data.splits import save_split_info, split_info
     from models.network import calibrate_activation_clips
-    from Search_CIFAR10.training.data import DeviceLoader, build_loaders, save_split_info, split_info
+    from Search_CIFAR10.training.data import build_loaders
     from Search_CIFAR10.training.runtime import setup_runtime
     from tensor_analysis.graph import as_analysis
     from tensor_analysis.prediction import predict_network

@@ -38,13 +38,14 @@ from typing import Any, Callable, Dict, Optional, Sequence
 import torch
 import torch.nn as nn
 
+from data.splits import derive_seed, save_split_info, split_info
 from models import PretrainedUnavailable, build_model, formats, list_models, load_imagenet_pretrained
 from models.files import CheckpointError, load_checkpoint, save_checkpoint, write_json_atomic
 from models.network import mixed_layers
 from models.registry import check_same_model
 from Search_CIFAR10 import REPO_ROOT
 from Search_CIFAR10.reporting.figures import plot_training_curves
-from Search_CIFAR10.training.data import add_data_args, build_loaders, derive_seed, save_split_info, split_info
+from Search_CIFAR10.training.data import add_data_args, build_loaders
 from Search_CIFAR10.training.log import EpochLogger, format_epoch
 from Search_CIFAR10.training.loop import (OPTIMIZERS, build_optimizer, build_scheduler, evaluate, param_groups,
                                           train_one_epoch)
