@@ -9,6 +9,8 @@ a bare ``{layer: precision}`` object (the seed artifact's format) is read too.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
@@ -179,6 +181,25 @@ def read_mapping(doc: Any, where: str, layer_names: Optional[Sequence[str]] = No
 def load_mapping(path: str) -> Tuple[Optional[Dict[str, Any]], Dict[str, Any]]:
     """read_mapping of the file at ``path``."""
     return read_mapping(read_json(path, "precision mapping file"), path)
+
+
+def mapping_digest(layers: Mapping[str, Any]) -> str:
+    """SHA-256 of a mapping's canonical JSON: what a checkpoint records of the mapping it was trained
+    with, so a mapping.json edited afterwards is recognised as not belonging to the weights."""
+    text = json.dumps({str(k): layers[k] for k in layers}, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def check_final_matches(checkpoint: Mapping[str, Any], layers: Mapping[str, Any], where: str) -> None:
+    """ValueError naming ``where`` (a mapping.json) when the weights in ``checkpoint`` (a run's final.pt)
+    were trained with another mapping: final.pt records the mapping's digest (older runs: the mapping)."""
+    recorded = checkpoint.get("mapping_sha256")
+    if recorded is not None:
+        if recorded != mapping_digest(layers):
+            raise ValueError(f"{where}: does not belong to final.pt's network (the layer precisions differ from "
+                             f"those it was trained with; was mapping.json edited after the run?)")
+    elif "mapping" in checkpoint and dict(checkpoint["mapping"]) != dict(layers):
+        raise ValueError(f"{where}: does not belong to final.pt's network (layer precisions differ)")
 
 
 def precision_histogram(mapping: Mapping[str, Any]) -> Dict[str, int]:

@@ -135,7 +135,7 @@ def test_stage2_dual_core_search_on_efficientnet_b0(runs):
     mapping = json.loads((folder / "mapping.json").read_text())
     stage1 = json.loads((runs["dirs"]["efficientnet_b0"] / "mapping.json").read_text())
     assert list(mapping["layers"]) == list(stage1["layers"])
-    dual = load_analysis_json(str(folder / "analysis_dual.json"))
+    dual = load_analysis_json(str(folder / "analysis.json"))
     opened = {entry["name"]: entry for entry in dual["layers"] if entry["name"] in STAGE2_LAYERS.split(",")}
     assert len(opened) == 3 and all(entry["allowed_dual_options"] for entry in opened.values())
     summary = json.loads((folder / "summary.json").read_text())

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from Search_CIFAR10.reporting.figures.training_curves import plot_training_curves, plotted_columns
-from Search_CIFAR10.training.log import EpochLogger, format_epoch, progress
+from Search_CIFAR10.training.log import format_epoch, progress, write_log_csv
 from Search_CIFAR10.training.loop import WarmupCosine, param_groups
 from Search_CIFAR10.training.runtime import (add_runtime_args, all_reduce_mean, all_reduce_sum, resolve_device,
                                              setup_runtime, unwrap)
@@ -30,18 +30,22 @@ def test_runtime_on_cpu_and_flags():
     assert unwrap(m) is m
 
 
-def test_epoch_logger_rewrites_and_truncates_on_resume(tmp_path):
+def test_log_csv_keeps_every_column_and_a_resumed_run_rewrites_it(tmp_path):
     path = tmp_path / "log.csv"
-    log = EpochLogger(str(path))
+    rows = []
     for e in range(1, 4):
-        log.log({"epoch": e, "train_loss": 1.0 / e, "val_acc": 50.0 + e})
-    log.log({"epoch": 4, "train_loss": 0.2, "val_acc": 55.0, "temperature": 0.5})  # a new column
-    rows = list(csv.DictReader(path.open()))
-    assert [r["epoch"] for r in rows] == ["1", "2", "3", "4"] and rows[3]["temperature"] == "0.5"
-    assert rows[0]["temperature"] == ""
-    resumed = EpochLogger(str(path), resume_after_epoch=2)  # the checkpoint covers epochs 1-2
+        rows.append({"epoch": e, "train_loss": 1.0 / e, "val_acc": 50.0 + e})
+        write_log_csv(str(path), rows)
+    rows.append({"epoch": 4, "train_loss": 0.2, "val_acc": 55.0, "temperature": 0.5})  # a new column
+    write_log_csv(str(path), rows)
+    read = list(csv.DictReader(path.open()))
+    assert [r["epoch"] for r in read] == ["1", "2", "3", "4"] and read[3]["temperature"] == "0.5"
+    assert read[0]["temperature"] == ""
+    resumed = rows[:2]  # the checkpoint covers epochs 1-2
+    write_log_csv(str(path), resumed)
     assert [r["epoch"] for r in csv.DictReader(path.open())] == ["1", "2"]
-    resumed.log({"epoch": 3, "train_loss": 0.3, "val_acc": 53.0})
+    resumed.append({"epoch": 3, "train_loss": 0.3, "val_acc": 53.0})
+    write_log_csv(str(path), resumed)
     assert len(path.read_text().strip().splitlines()) == 4
     line = format_epoch({"epoch": 3, "lr": 0.05, "val_acc": 97.123456}, total_epochs=10)
     assert line == "epoch 3/10 | lr 0.05 | val_acc 97.12"

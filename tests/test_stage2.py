@@ -268,7 +268,7 @@ def run_script(args, timeout=240, env=None):
 
 
 RUN_FILES = ["args.json", "log.csv", "alphas.json", "mapping.json", "summary.json", "split.json", "lut.json",
-             "analysis_dual.json", "supernet.pt", "final.pt", "checkpoint_last.pt", "training_curves.png",
+             "analysis.json", "supernet.pt", "final.pt", "checkpoint_last.pt", "training_curves.png",
              "alpha_evolution.png", "precision_map.png", "dual_timeline.png"]
 
 

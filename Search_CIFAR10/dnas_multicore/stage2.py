@@ -2,8 +2,8 @@
 fine-tune → summary, plots.
 
 The script ``dnas_cifar10_search_multicore_mbv2.py`` only parses arguments and calls ``run_stage2``.
-Everything the search, checkpointing and fine-tuning do is stage 1's code (Search_CIFAR10/dnas/utils/
-stage1.py, search.py); what is new here is which layers are opened, their options, and their costs:
+Searching, checkpointing and fine-tuning are the run driver's (Search_CIFAR10/dnas/driver.py), as in
+stage 1; what is new here is which layers are opened, their options, and their costs:
 
 * a layer *opened* for stage 2 gets one α logit per option: the whole layer on the primary unit at any
   precision it may use (the stage-1 choices), the whole layer on the secondary unit, and every split
@@ -13,15 +13,14 @@ stage1.py, search.py); what is new here is which layers are opened, their option
   contention and synchronisation included) and its live bytes from the dual-core analysis;
 * the other layers stay at their stage-1 precision on the primary unit.
 
-Run directory: stage 1's files (args.json, log.csv, alphas.json, mapping.json, split.json,
-supernet.pt, final.pt, checkpoint_last.pt, lut.json, summary.json, training_curves.png,
-alpha_evolution.png, precision_map.png) plus analysis_dual.json (the options used) and
-dual_timeline.png (per-layer timeline of both units). mapping.json stores split layers as the
-analysis module's dual-core objects ({"split", "units": {unit: {"precision", "channels"}}}).
+Run directory: stage 1's files (driver.py), with analysis.json holding the dual-core analysis (the
+options used), plus dual_timeline.png (per-layer timeline of both units). mapping.json stores split
+layers as dual-core objects ({"split", "units": {unit: {"precision", "channels"}}}).
 """
 from __future__ import annotations
 
 import argparse
+import copy
 import math
 import os
 from typing import Dict, List, Mapping, Optional, Sequence
@@ -29,31 +28,38 @@ from typing import Dict, List, Mapping, Optional, Sequence
 import torch
 import torch.nn as nn
 
+from data.splits import save_split_info, split_info
 from models import build_from_spec, formats
 from models.dual import (DUAL_LAYER_TYPES, build_dual_network, derive_dual_network, dual_layers, label_entries,
                          open_dual_layers, option_parts)
 from models.files import CheckpointError, load_checkpoint, read_json
-from models.mapping import check_layer_names_match, option_label, read_mapping
-from models.network import derive_mapping, mixed_layers
+from models.mapping import check_final_matches, check_layer_names_match, load_mapping, option_label
+from models.network import calibrate_activation_clips, mixed_layers, restrict_precisions
 from models.precisions import PRECISION_ORDER, PRECISIONS, canonical_precisions
-from models.registry import check_same_model
+from models.registry import check_same_model, spec_differences
 from Search_CIFAR10 import REPO_ROOT
-from Search_CIFAR10.dnas.derive import enforce_budgets
+from Search_CIFAR10.dnas.arguments import add_search_args, apply_constraints, parse_protect
+from Search_CIFAR10.dnas.driver import SearchStage, alpha_loader, resolve_resume, run_search, search_settings
 from Search_CIFAR10.dnas.hardware_cost import REFERENCE_PRECISION, HardwareCost
-from Search_CIFAR10.dnas.search import SearchSettings
-from Search_CIFAR10.dnas.stage1 import (SPEC_MATCH_KEYS, add_search_args, apply_constraints, build_summary,
-                                        finetune_and_finish, parse_protect, resolve_resume, search_loop)
-from Search_CIFAR10.training.loop import evaluate
-from Search_CIFAR10.training.run_dir import RunFiles
+from Search_CIFAR10.dnas.stage1 import build_summary
+from Search_CIFAR10.reporting.figures import plot_dual_core_timeline, plot_precision_map, plot_run_dir
+from Search_CIFAR10.training.data import add_data_args, build_loaders
+from Search_CIFAR10.training.run_dir import RunDir
+from Search_CIFAR10.training.runtime import add_runtime_args, setup_runtime
+from tensor_analysis.analysis_file import load_analysis_json
 from tensor_analysis.cli import non_negative_float, positive_int
-from tensor_analysis.lut import lut_entry_ms, lut_latency_ms
+from tensor_analysis.dual import DEFAULT_SPLITS, dual_analysis_json, parse_splits
+from tensor_analysis.graph import as_analysis
+from tensor_analysis.lut import build_lut, load_lut_json, lut_entry_ms, lut_latency_ms
+from tensor_analysis.prediction import dual_speedup, predict_network
+from tensor_analysis.profiles import load_profile
 
 STAGE1_FILES = ("args.json", "mapping.json", "summary.json", "final.pt", "supernet.pt")
 SELECT_MODES = ("latency", "entropy")
 DATA_KEYS = ("dataset", "data_dir", "split_seed", "limit_train", "limit_eval")
 # stage 2 starts from a fine-tuned network: no weight-only warm-up, gentler weight updates and a shorter
 # schedule than stage 1; α moves faster (there are ~100 options per layer, not 5); a heavier hardware
-# term, since a split at one precision changes latency and nothing else
+# term, since a split at one precision changes latency and nothing else (docs/experiments.md §3)
 STAGE2_DEFAULTS = dict(epochs=6, warmup_epochs=0, lr_weights=0.002, finetune_epochs=3, finetune_lr=0.002,
                        lr_alpha=0.05, hardware_weight=2.0)
 
@@ -62,8 +68,6 @@ STAGE2_DEFAULTS = dict(epochs=6, warmup_epochs=0, lr_weights=0.002, finetune_epo
 # Arguments
 # ----------------------------------------------------------------------------------------------------
 def add_stage2_args(parser: argparse.ArgumentParser) -> None:
-    from Search_CIFAR10.training.data import add_data_args
-    from Search_CIFAR10.training.runtime import add_runtime_args
     g = parser.add_argument_group("inputs")
     g.add_argument("--stage1_dir", default=None,
                    help="run directory of a finished stage-1 search (args.json, mapping.json, summary.json, "
@@ -132,21 +136,18 @@ class Stage1Run:
         final = load_checkpoint(self.path("final.pt"))
         supernet = load_checkpoint(self.path("supernet.pt"))
         for name, ckpt in (("final.pt", final), ("supernet.pt", supernet)):
-            if not all(k in ckpt for k in ("spec", "model", "mapping")):
-                raise CheckpointError(f"{self.path(name)}: not a stage-1 checkpoint (needs spec, model, mapping)")
+            if not all(k in ckpt for k in ("spec", "model")):
+                raise CheckpointError(f"{self.path(name)}: not a stage-1 checkpoint (needs spec, model)")
         if isinstance(self.summary, dict) and self.summary.get("stage", 1) != 1:
             raise ValueError(f"--stage1_dir {run_dir}: this is a stage-{self.summary.get('stage')} run, "
                              f"expected a stage-1 run")
         self.spec = dict(final["spec"])
         check_same_model(self.spec, supernet["spec"], f"{self.path('supernet.pt')}", keys=None, error=CheckpointError)
-        self.mapping: Dict[str, str] = dict(final["mapping"])
-        doc = read_json(self.path("mapping.json"), "stage-1 mapping")
-        _, layers = read_mapping(doc, self.path("mapping.json"))
-        model_doc = doc.get("model", {}) if isinstance(doc, dict) else {}
-        diffs = [k for k in SPEC_MATCH_KEYS if k in model_doc and model_doc[k] != self.spec.get(k)]
-        if diffs or layers != self.mapping:
-            raise ValueError(f"{self.path('mapping.json')}: does not belong to final.pt's network "
-                             f"({'model ' + ', '.join(diffs) + ' differ' if diffs else 'layer precisions differ'})")
+        spec, self.mapping = load_mapping(self.path("mapping.json"))
+        check_final_matches(final, self.mapping, self.path("mapping.json"))
+        if spec is not None and spec_differences(self.spec, spec):
+            raise ValueError(f"{self.path('mapping.json')}: does not belong to final.pt's network (model "
+                             f"{'; '.join(spec_differences(self.spec, spec))})")
         self.final, self.supernet = final, supernet
         self.allowed: Dict[str, List[str]] = {n: list(v) for n, v in supernet.get("allowed", {}).items()} or \
             {n: [p] for n, p in self.mapping.items()}
@@ -183,7 +184,6 @@ class Stage1Run:
         if self.start_from == "final":
             model.load_state_dict(self.final["model"])
         else:
-            from models.network import restrict_precisions
             supernet = build_from_spec(self.spec, precisions=self.supernet["allowed"])
             supernet.load_state_dict(self.supernet["model"])
             restrict_precisions(supernet, {n: [p] for n, p in self.mapping.items()}, where=self.path("supernet.pt"))
@@ -210,7 +210,6 @@ class Stage1Run:
 # ----------------------------------------------------------------------------------------------------
 def resolve_hardware(args, run: Stage1Run):
     """(profile, clock) with two units; a one-unit profile is refused here, before anything runs."""
-    from tensor_analysis.profiles import load_profile
     name = args.hardware or run.args.get("hardware") or "stm32h747"
     profile = load_profile(name)
     profile.dual_units  # one-unit profiles fail with the list of dual-core ones
@@ -219,20 +218,20 @@ def resolve_hardware(args, run: Stage1Run):
 
 
 def stage1_analysis(run: Stage1Run) -> dict:
-    from tensor_analysis.analysis_file import load_analysis_json
-    recorded = run.args.get("tensor_analysis_json")
-    path = run.find_input(recorded)
-    if path is None:
-        raise ValueError(f"stage 1's analysis file {recorded!r} (from {run.path('args.json')}) is not found; "
-                         f"give --dual_analysis_json (tensor_memory_filter_dualcore.py)")
+    """The analysis stage 1 searched with: its copy in the run directory (runs of older versions: the
+    path args.json records)."""
+    path = run.path("analysis.json")
+    if not os.path.isfile(path):
+        recorded = run.args.get("tensor_analysis_json")
+        path = run.find_input(recorded)
+        if path is None:
+            raise ValueError(f"stage 1's analysis file {recorded!r} (from {run.path('args.json')}) is not found; "
+                             f"give --dual_analysis_json (tensor_memory_filter_dualcore.py)")
     return load_analysis_json(path)
 
 
 def resolve_dual_analysis(args, run: Stage1Run, profile, clock) -> dict:
     """The dual-core analysis: read (--dual_analysis_json) or computed at stage 1's memory threshold."""
-    from tensor_analysis.analysis_file import load_analysis_json
-    from tensor_analysis.dual import DEFAULT_SPLITS, dual_analysis_json, parse_splits
-    from tensor_analysis.graph import as_analysis
     if args.dual_analysis_json:
         d = load_analysis_json(args.dual_analysis_json)
         where = args.dual_analysis_json
@@ -245,8 +244,7 @@ def resolve_dual_analysis(args, run: Stage1Run, profile, clock) -> dict:
         d = dual_analysis_json(as_analysis(base), profile, base["memory_threshold_kb"], base["precisions"], splits,
                                base.get("memory_model") == "inplace_depthwise", clock)
         where = "the computed dual-core analysis"
-    diffs = [f"{k} {d['model'].get(k)!r} (stage 1: {run.spec.get(k)!r})" for k in SPEC_MATCH_KEYS
-             if k in d["model"] and d["model"].get(k) != run.spec.get(k)]
+    diffs = spec_differences(run.spec, d["model"])
     if diffs:
         raise ValueError(f"{where}: made for another model than the stage-1 run: {'; '.join(diffs)}")
     units = list(d["dual"].get("units", []))
@@ -257,7 +255,6 @@ def resolve_dual_analysis(args, run: Stage1Run, profile, clock) -> dict:
 
 
 def resolve_lut(args, net_analysis, dual_analysis: Mapping, profile, clock) -> dict:
-    from tensor_analysis.lut import build_lut, load_lut_json
     if args.latency_lut:
         lut = load_lut_json(args.latency_lut, net_analysis)
         if "dual" not in lut:
@@ -427,7 +424,6 @@ def dual_timeline_layers(net_analysis, mapping: Mapping, prediction: Mapping) ->
 
 def build_stage2_summary(args, run: Stage1Run, spec, mapping, labels, opened, net_analysis, lut, profile, clock,
                          accuracy, times) -> dict:
-    from tensor_analysis.prediction import dual_speedup, predict_network
     fp32_acc = {k: v for k, v in run.summary.get("accuracy", {}).items() if k.startswith("fp32")}
     ns = argparse.Namespace(**{**vars(args), "clock_mhz": clock})
     summary = build_summary(ns, spec, mapping, net_analysis, lut, profile, fp32_acc, accuracy, times)
@@ -476,15 +472,12 @@ def stage2_summary_text(summary: Mapping) -> str:
             f"{len(d['opened_layers'])} opened  peak RAM {hwd['peak_ram_kb']:.1f} KB")
 
 
-def write_stage2_plots(files: RunFiles, summary: Mapping, prediction_layers, args) -> None:
-    from Search_CIFAR10.reporting.figures.dual_timeline import plot_dual_core_timeline
-    from Search_CIFAR10.reporting.figures.precision_map import plot_precision_map
-    from Search_CIFAR10.reporting.figures.run_figures import plot_run_dir
-    plot_run_dir(files.dir)
+def write_stage2_plots(run: RunDir, summary: Mapping, prediction_layers, args) -> None:
+    plot_run_dir(run.dir)
     title = f"stage 2: {summary['model']['type']} on {summary['hardware']['profile']}"
-    plot_precision_map(summary["layers"], files.path("precision_map.png"), memory_budget_kb=args.memory_budget_kb,
+    plot_precision_map(summary["layers"], run.path("precision_map.png"), memory_budget_kb=args.memory_budget_kb,
                        latency_target_ms=args.latency_target_ms, title=title)
-    plot_dual_core_timeline(prediction_layers, summary["dual"]["units"], files.path("dual_timeline.png"))
+    plot_dual_core_timeline(prediction_layers, summary["dual"]["units"], run.path("dual_timeline.png"))
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -510,14 +503,6 @@ def default_output_dir(args, profile) -> str:
 
 
 def run_stage2(args) -> dict:
-    from data.loader import DeviceLoader
-    from data.splits import save_split_info, split_info
-    from models.network import calibrate_activation_clips
-    from Search_CIFAR10.training.data import build_loaders
-    from Search_CIFAR10.training.runtime import setup_runtime
-    from tensor_analysis.graph import as_analysis
-    from tensor_analysis.prediction import predict_network
-
     args, resume = resolve_resume(args)
     # every input is read and checked before the first training step
     run = Stage1Run(args.stage1_dir, args.start_from)
@@ -553,85 +538,65 @@ def run_stage2(args) -> dict:
         if any(theirs.get(k) != mine.get(k) for k in ("dataset", "split_seed", "val_indices", "test_indices")):
             raise ValueError(f"{s1_split}: the data split differs from stage 1's (dataset, seed or --limit_eval); "
                              f"stage 2 must evaluate on the same validation/test images")
-    files = RunFiles(args.output_dir or default_output_dir(args, profile), runtime.is_main)
-    args.output_dir = files.dir
+    out = RunDir(args.output_dir or default_output_dir(args, profile), runtime.is_main)
+    args.output_dir = out.dir
     if resume is None:
-        files.json("args.json", vars(args))
-        files.json("lut.json", lut)
-        files.json("analysis_dual.json", dual_analysis)
+        out.json("args.json", vars(args))
+        out.json("analysis.json", dual_analysis, compact=True)
+        out.json("lut.json", lut)
         if runtime.is_main:
-            save_split_info(splits, files.path("split.json"))
+            save_split_info(splits, out.path("split.json"))
     model = runtime.prepare_model(model)
     hw.to(runtime.device)
     if resume is None:
         guessed = {n: l.guessed_clips for n, l in dual_layers(model) if l.guessed_clips}
         if guessed:  # precisions no stage-1 clip exists for: measure the inputs once
-            import copy
             seen = calibrate_activation_clips(copy.deepcopy(model), next(iter(train_loader))[0])
             for n, l in dual_layers(model):
                 for p in guessed.get(n, []):
                     l.act_clip.data[[q for q in l.precisions if not PRECISIONS[q].is_float].index(p)] = max(seen[n], 1e-3)
-    alpha_loader = DeviceLoader(splits.val_x, splits.val_y, args.batch_size, run.spec["input_size"],
-                                splits.mean, splits.std, shuffle=True, augment=False, flip=splits.flip,
-                                seed=args.seed + 1, rank=runtime.rank,
-                                drop_last=len(splits.val_y) // runtime.world_size >= args.batch_size,
-                                world_size=runtime.world_size, rotate_deg=splits.rotate_deg,
-                                channels_last=runtime.channels_last)
-    settings = SearchSettings(
-        epochs=args.epochs, warmup_epochs=args.warmup_epochs, temp_schedule=args.temp_schedule,
-        temp_start=args.temp_start, temp_end=args.temp_end, hardware_weight=args.hardware_weight,
-        latency_target_ms=args.latency_target_ms, memory_budget_kb=args.memory_budget_kb,
-        grad_clip=args.grad_clip, progressive_epochs=0)
+    alpha_batches = alpha_loader(splits, args, runtime, run.spec["input_size"])
     fp32_acc = {k: v for k, v in run.summary.get("accuracy", {}).items() if k.startswith("fp32")}
-    extra = {"args": vars(args), "spec": run.spec, "stage": 2, "dual_options": opened, "fp32_acc": fp32_acc}
-    if resume is None or resume["phase"] == "search":
-        if resume is None:
-            model.train()
-        rows = search_loop(model, args, settings, (train_loader, alpha_loader, val_loader), hw, runtime, files,
-                           resume, extra, alphas_doc=stage2_alphas_document)
-        searched = derive_mapping(model)   # option labels: a precision, or a dual-core option key
-        chosen, repairs = enforce_budgets(searched, hw, args.memory_budget_kb, args.latency_target_ms)
-        if repairs and runtime.is_main:
-            print(f"budget repair: {len(repairs)} layer change(s) so the derived network meets "
-                  f"--memory_budget_kb / --latency_target_ms: "
-                  + ", ".join(f"{c['layer']} {c['from']}→{c['to']}" for c in repairs), flush=True)
-        labels = {n: chosen[n] for n in opened}
-        mapping = label_entries(model, chosen)
-        supernet_val = rows[-1]["val_acc"]
-        files.checkpoint("supernet.pt", {**extra, "model": model.state_dict(), "mapping": mapping})
-        net = derive_dual_network(model, mapping)
-        derived_val = evaluate(net, val_loader, runtime, show_progress=False)["acc"]
-        resume = None
-    else:
-        mapping, labels, chosen = dict(resume["mapping"]), dict(resume["labels"]), dict(resume["chosen"])
-        searched, repairs = dict(resume["searched"]), list(resume["repairs"])
-        supernet_val, derived_val = resume["supernet_val"], resume["derived_val"]
-        net = runtime.prepare_model(build_dual_network(run.spec, mapping))
-        rows = list(resume["log_rows"])
-    from models.mapping import mapping_document
-    files.json("mapping.json", mapping_document(run.spec, mapping, {"hardware": profile.name, "stage": 2,
-                                                                    "units": list(profile.dual_units)}))
-    ft_extra = {**extra, "mapping": mapping, "labels": labels, "chosen": chosen, "searched": searched,
-                "repairs": repairs, "supernet_val": supernet_val, "derived_val": derived_val}
-    final_extra = {"spec": run.spec, "stage": 2, "mapping": mapping}
-    summary = finetune_and_finish(
-        net, args, (train_loader, val_loader, test_loader), runtime, files, resume, rows, hw, chosen, repairs,
-        ft_extra, final_extra,
-        lambda accuracy, times: build_stage2_summary(args, run, run.spec, mapping, labels, opened, net_analysis,
-                                                     lut, profile, clock, accuracy, times))
-    if runtime.is_main:
+    if resume is None:
+        model.train()
+
+    def labels_of(mapping: Mapping[str, object]) -> Dict[str, str]:
+        supernet_layers = dict(mixed_layers(model))
+        return {n: option_label(option_parts(supernet_layers[n], e, "mapping", n)) for n, e in mapping.items()}
+
+    def summarize(mapping, accuracy, times):
+        return build_stage2_summary(args, run, run.spec, mapping, labels_of(mapping), opened, net_analysis, lut,
+                                    profile, clock, accuracy, times)
+
+    def write_plots(run_dir: RunDir, summary: Mapping) -> None:
+        mapping = {row["name"]: row["precision"] for row in summary["layers"]}
         prediction = predict_network(net_analysis, mapping, profile, clock_mhz=clock)
-        write_stage2_plots(files, summary, dual_timeline_layers(net_analysis, mapping, prediction), args)
-        print(stage2_summary_text(summary), flush=True)
+        write_stage2_plots(run_dir, summary, dual_timeline_layers(net_analysis, mapping, prediction), args)
+
+    stage = SearchStage(
+        model=model, spec=dict(run.spec), hw=hw, settings=search_settings(args),
+        to_entries=lambda chosen: label_entries(model, chosen), to_labels=labels_of,
+        derive=derive_dual_network, rebuild=lambda mapping: build_dual_network(run.spec, mapping),
+        summarize=summarize, summary_text=stage2_summary_text, write_plots=write_plots,
+        alphas_document=stage2_alphas_document,
+        mapping_extra={"hardware": profile.name, "stage": 2, "units": list(profile.dual_units)},
+        checkpoint_extra={"args": vars(args), "spec": run.spec, "stage": 2, "dual_options": opened,
+                          "fp32_acc": fp32_acc},
+        final_extra={"stage": 2})
+    summary = run_search(stage, args, (train_loader, alpha_batches, val_loader, test_loader), runtime, out, resume)
     runtime.cleanup()
     return summary
 
 
 def load_stage2_network(path: str) -> nn.Module:
-    """The fine-tuned stage-2 network from its final.pt (dual-core layers rebuilt from the mapping)."""
+    """The fine-tuned stage-2 network from its final.pt and the mapping.json beside it (dual-core
+    layers rebuilt from the mapping)."""
     ckpt = load_checkpoint(path)
-    if not all(k in ckpt for k in ("spec", "mapping", "model")):
-        raise CheckpointError(f"{path}: not a stage-2 checkpoint (needs spec, mapping, model)")
-    net = build_dual_network(ckpt["spec"], ckpt["mapping"])
+    if not all(k in ckpt for k in ("spec", "model")):
+        raise CheckpointError(f"{path}: not a stage-2 checkpoint (needs spec, model)")
+    mapping_path = os.path.join(os.path.dirname(path), "mapping.json")
+    _, mapping = load_mapping(mapping_path)
+    check_final_matches(ckpt, mapping, mapping_path)
+    net = build_dual_network(ckpt["spec"], mapping)
     net.load_state_dict(ckpt["model"])
     return net

@@ -40,16 +40,17 @@ import torch.nn as nn
 
 from data.splits import derive_seed, save_split_info, split_info
 from models import PretrainedUnavailable, build_model, formats, list_models, load_imagenet_pretrained
-from models.files import CheckpointError, load_checkpoint, save_checkpoint, write_json_atomic
+from models.files import CheckpointError, load_checkpoint
 from models.network import mixed_layers
 from models.registry import check_same_model
 from Search_CIFAR10 import REPO_ROOT
 from Search_CIFAR10.reporting.figures import plot_training_curves
 from Search_CIFAR10.training.data import add_data_args, build_loaders
-from Search_CIFAR10.training.log import EpochLogger, format_epoch
+from Search_CIFAR10.training.log import format_epoch
 from Search_CIFAR10.training.loop import (OPTIMIZERS, build_optimizer, build_scheduler, evaluate, param_groups,
                                           train_one_epoch)
-from Search_CIFAR10.training.run_dir import rng_state, set_rng_state
+from Search_CIFAR10.training.run_dir import (BEST_VAL, EPOCH, LAST, LOG_ROWS, OPTIMIZER, RNG, SCHEDULER, RunDir, rng_state,
+                                             set_rng_state)
 from Search_CIFAR10.training.runtime import Runtime, add_runtime_args, barrier, broadcast_buffers, setup_runtime, unwrap
 from tensor_analysis.cli import (DefaultsHelpFormatter, Parser, non_negative_float, non_negative_int, positive_float,
                                  positive_int)
@@ -58,7 +59,7 @@ from tensor_analysis.cli import (DefaultsHelpFormatter, Parser, non_negative_flo
 # with these, while lr 0.1 diverged in its first epochs (few steps per epoch on a small set).
 DEFAULT_LR = {"sgd": 0.05, "adamw": 2e-3}
 DEFAULT_WEIGHT_DECAY = {"sgd": 5e-4, "adamw": 0.05}
-LAST, BEST = "checkpoint_last.pt", "best.pt"
+BEST = "best.pt"
 # Flags that shape the data order, the schedule or the network: a resumed run must use the same ones,
 # or it would not continue the run it claims to continue.
 RESUME_MUST_MATCH = ("dataset", "split_seed", "limit_train", "limit_eval", "epochs", "batch_size",
@@ -163,9 +164,42 @@ def _check_resume(ckpt: Dict[str, Any], path: str, model: nn.Module, args: argpa
                               f"settings or choose another --output_dir")
 
 
-def _save(path: str, payload: Dict[str, Any], runtime: Runtime) -> None:
-    if runtime.is_main:
-        save_checkpoint(payload, path)
+def _start(args, rt: Runtime, run: RunDir, model: nn.Module) -> Optional[Dict[str, Any]]:
+    """The checkpoint to continue from (--resume with one present), else None: a new run, from
+    ImageNet weights with --pretrained imagenet."""
+    last_path = run.path(LAST)
+    if args.resume and os.path.isfile(last_path):
+        ckpt = load_checkpoint(last_path)
+        _check_resume(ckpt, last_path, model, args)
+        return ckpt
+    if args.resume and rt.is_main:
+        print(f"note: no {LAST} in {run.dir}; starting a new run", flush=True)
+    if args.pretrained == "imagenet" and rt.is_main:
+        try:
+            skipped = load_imagenet_pretrained(model)
+        except PretrainedUnavailable as exc:
+            raise ValueError(f"--pretrained imagenet: {exc}") from None
+        print(f"loaded ImageNet weights (trained from scratch: {', '.join(skipped) or 'nothing'})", flush=True)
+    return None
+
+
+def _test_best(model: nn.Module, run: RunDir, test_loader, rt: Runtime, splits, args, train_seconds: float
+               ) -> Dict[str, Any]:
+    """Test accuracy: once, on the network chosen by validation accuracy (best.pt)."""
+    barrier()
+    best = load_checkpoint(run.path(BEST), map_location=rt.device)
+    model.load_state_dict(best["model"])
+    test = evaluate(model, test_loader, rt, desc="test")
+    summary = {"schema": formats.PRETRAIN_SUMMARY, "spec": model.spec, "dataset": splits.name,
+               "best_epoch": int(best["epoch"]), "best_val_acc": float(best["val_acc"]),
+               "test_acc": test["acc"], "test_loss": test["loss"], "test_images": int(test["images"]),
+               "epochs": args.epochs, "train_seconds_this_session": round(train_seconds, 2),
+               "device": rt.describe(), "checkpoint": run.path(BEST), "split": run.path("split.json")}
+    run.json("summary.json", summary)
+    if rt.is_main:
+        print(f"test accuracy {test['acc']:.2f}% ({int(test['images'])} images) with {BEST} from epoch "
+              f"{summary['best_epoch']} (val {summary['best_val_acc']:.2f}%)", flush=True)
+    return summary
 
 
 def run_pretrain(args: argparse.Namespace, on_step: Optional[Callable[[int, int, nn.Module], None]] = None,
@@ -178,8 +212,7 @@ def run_pretrain(args: argparse.Namespace, on_step: Optional[Callable[[int, int,
     args = resolve_args(args)
     rt = runtime or setup_runtime(args)
     out = args.output_dir
-    last_path, best_path = os.path.join(out, LAST), os.path.join(out, BEST)
-    if os.path.isfile(last_path) and not (args.resume or args.overwrite):
+    if os.path.isfile(os.path.join(out, LAST)) and not (args.resume or args.overwrite):
         raise ValueError(f"--output_dir {out} already holds a run ({LAST}); pass --resume to continue it, "
                          f"--overwrite to start over, or another --output_dir")
     if rt.distributed and args.limit_train is not None and args.limit_train < rt.world_size:
@@ -193,18 +226,8 @@ def run_pretrain(args: argparse.Namespace, on_step: Optional[Callable[[int, int,
 
     torch.manual_seed(args.seed)  # same initial weights on every rank (DDP also broadcasts rank 0's)
     model = build_fp32_model(args, splits.num_classes)
-    ckpt = None
-    if args.resume and os.path.isfile(last_path):
-        ckpt = load_checkpoint(last_path)
-        _check_resume(ckpt, last_path, model, args)
-    elif args.resume and rt.is_main:
-        print(f"note: no {LAST} in {out}; starting a new run", flush=True)
-    if ckpt is None and args.pretrained == "imagenet" and rt.is_main:
-        try:
-            skipped = load_imagenet_pretrained(model)
-        except PretrainedUnavailable as exc:
-            raise ValueError(f"--pretrained imagenet: {exc}") from None
-        print(f"loaded ImageNet weights (trained from scratch: {', '.join(skipped) or 'nothing'})", flush=True)
+    run = RunDir(out, rt.is_main)
+    ckpt = _start(args, rt, run, model)
 
     model = rt.prepare_model(model)
     optimizer = build_optimizer(args.optimizer, param_groups(model.named_parameters(), args.weight_decay),
@@ -215,25 +238,24 @@ def run_pretrain(args: argparse.Namespace, on_step: Optional[Callable[[int, int,
     scaler = rt.grad_scaler()
     criterion = nn.CrossEntropyLoss(label_smoothing=args.label_smoothing)
 
-    start_epoch, best_val, best_epoch = 0, -1.0, 0
+    start_epoch, best_val, best_epoch, rows = 0, -1.0, 0, []
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
+        optimizer.load_state_dict(ckpt[OPTIMIZER])
+        scheduler.load_state_dict(ckpt[SCHEDULER])
         if ckpt.get("scaler"):
             scaler.load_state_dict(ckpt["scaler"])
-        set_rng_state(ckpt["rng"])
-        start_epoch, best_val, best_epoch = int(ckpt["epoch"]), float(ckpt["best_val_acc"]), int(ckpt["best_epoch"])
+        set_rng_state(ckpt[RNG])
+        start_epoch, best_val, best_epoch = int(ckpt[EPOCH]), float(ckpt[BEST_VAL]), int(ckpt["best_epoch"])
+        rows = list(ckpt.get(LOG_ROWS, []))
 
     ddp_model = rt.wrap(model)
-    meta = {"schema": formats.PRETRAIN_CHECKPOINT, "spec": model.spec, "precision": "fp32", "split": split_info(splits),
-            "args": _jsonable_args(args)}
-    logger = None
+    meta = {"schema": formats.PRETRAIN_CHECKPOINT, "spec": model.spec, "precision": "fp32",
+            "split": split_info(splits), "args": _jsonable_args(args)}
+    run.json("args.json", _jsonable_args(args))
     if rt.is_main:
-        os.makedirs(out, exist_ok=True)
-        write_json_atomic(_jsonable_args(args), os.path.join(out, "args.json"))
-        save_split_info(splits, os.path.join(out, "split.json"))
-        logger = EpochLogger(os.path.join(out, "log.csv"), resume_after_epoch=start_epoch if ckpt else None)
+        save_split_info(splits, run.path("split.json"))
+        run.log(rows)
         print(f"pretrain {args.model} w{args.width_mult:g} s{args.input_size} on {splits.name}: "
               f"{len(splits.train_y)} train / {len(splits.val_y)} val / {len(splits.test_y)} test images, "
               f"{rt.describe()}, epochs {start_epoch + 1}..{args.epochs} -> {out}", flush=True)
@@ -254,35 +276,22 @@ def run_pretrain(args: argparse.Namespace, on_step: Optional[Callable[[int, int,
         improved = val["acc"] > best_val
         if improved:
             best_val, best_epoch = val["acc"], epoch + 1
-        state = {**meta, "model": model.state_dict(), "epoch": epoch + 1, "val_acc": val["acc"],
-                 "best_val_acc": best_val, "best_epoch": best_epoch}
+        rows.append({"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"],
+                     "train_loss": stats["loss"], "train_acc": stats["acc"],
+                     "val_loss": val["loss"], "val_acc": val["acc"], "best_val_acc": best_val,
+                     "time_s": stats["seconds"], "train_images_per_s": stats["images_per_s"]})
+        state = {**meta, "model": model.state_dict(), EPOCH: epoch + 1, "val_acc": val["acc"],
+                 BEST_VAL: best_val, "best_epoch": best_epoch}
         if improved:
-            _save(best_path, state, rt)
-        _save(last_path, {**state, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                          "scaler": scaler.state_dict(), "rng": rng_state()}, rt)
+            run.checkpoint(BEST, state)
+        run.checkpoint(LAST, {**state, OPTIMIZER: optimizer.state_dict(), SCHEDULER: scheduler.state_dict(),
+                              "scaler": scaler.state_dict(), RNG: rng_state(), LOG_ROWS: rows})
         if rt.is_main:
-            row = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"],
-                   "train_loss": stats["loss"], "train_acc": stats["acc"],
-                   "val_loss": val["loss"], "val_acc": val["acc"], "best_val_acc": best_val,
-                   "time_s": stats["seconds"], "train_images_per_s": stats["images_per_s"]}
-            logger.log(row)
-            print(format_epoch(row, args.epochs), flush=True)
-            plot_training_curves(logger.rows, os.path.join(out, "curves.png"))
+            run.log(rows)
+            print(format_epoch(rows[-1], args.epochs), flush=True)
+            plot_training_curves(rows, run.path("curves.png"))
 
-    # Test accuracy: once, on the network chosen by validation accuracy.
-    barrier()
-    best = load_checkpoint(best_path, map_location=rt.device)
-    model.load_state_dict(best["model"])
-    test = evaluate(model, test_loader, rt, desc="test")
-    summary = {"schema": formats.PRETRAIN_SUMMARY, "spec": model.spec, "dataset": splits.name,
-               "best_epoch": int(best["epoch"]), "best_val_acc": float(best["val_acc"]),
-               "test_acc": test["acc"], "test_loss": test["loss"], "test_images": int(test["images"]),
-               "epochs": args.epochs, "train_seconds_this_session": round(train_seconds, 2),
-               "device": rt.describe(), "checkpoint": best_path, "split": os.path.join(out, "split.json")}
-    if rt.is_main:
-        write_json_atomic(summary, os.path.join(out, "summary.json"))
-        print(f"test accuracy {test['acc']:.2f}% ({int(test['images'])} images) with {BEST} from epoch "
-              f"{summary['best_epoch']} (val {summary['best_val_acc']:.2f}%)", flush=True)
+    summary = _test_best(model, run, test_loader, rt, splits, args, train_seconds)
     return {**summary, "model": unwrap(model)}
 
 

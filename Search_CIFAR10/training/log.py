@@ -1,8 +1,7 @@
 """Per-epoch logs and progress bars that behave both at a terminal and under ``nohup``.
 
-* :class:`EpochLogger` keeps ``log.csv``: one row per epoch, the whole file rewritten atomically on each
-  append (a few hundred rows at most), so a run killed mid-write leaves the previous file, and a
-  resumed run drops rows from epochs it is about to redo.
+* :func:`write_log_csv` writes ``log.csv``, one row per epoch, for pretraining and both search stages;
+  the rows live in the run's checkpoint, so a resumed run continues them exactly.
 * :func:`format_epoch` makes the one readable line per epoch printed to stdout.
 * :func:`progress` is tqdm at a terminal and silent otherwise (under nohup a bar would fill the log
   with carriage-return updates; the per-epoch line is the progress there).
@@ -12,9 +11,8 @@ from __future__ import annotations
 import csv
 import io
 import math
-import os
 import sys
-from typing import Any, Dict, Iterable, List, Optional
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence
 
 from tqdm import tqdm
 
@@ -50,49 +48,34 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
-def format_epoch(row: Dict[str, Any], total_epochs: Optional[int] = None) -> str:
-    """'epoch 3/30 | lr 0.05 | train_loss 0.41 | ...' from a log row (keys in the row's order)."""
-    parts = []
-    for k, v in row.items():
-        if k == "epoch":
-            parts.insert(0, f"epoch {v}" + (f"/{total_epochs}" if total_epochs else ""))
-        else:
-            parts.append(f"{k} {_fmt(v)}")
+def format_epoch(row: Dict[str, Any], total_epochs: Optional[int] = None,
+                 keys: Optional[Iterable[str]] = None) -> str:
+    """'[search] epoch 3/30 | lr 0.05 | train_loss 0.41 | ...' from a log row (``keys``: which columns,
+    default all, in the row's order; missing and empty values are left out)."""
+    wanted = list(row) if keys is None else list(keys)
+    head = (f"[{row['phase']}] " if row.get("phase") else "") + f"epoch {row.get('epoch')}" + (
+        f"/{total_epochs}" if total_epochs else "")
+    parts = [head] + [f"{k} {_fmt(row[k])}" for k in wanted
+                      if k not in ("epoch", "phase") and row.get(k) not in (None, "")]
     return " | ".join(parts)
 
 
-class EpochLogger:
-    """log.csv with one row per epoch. Columns are the union of every row's keys, in first-seen order."""
+def log_csv_text(rows: Sequence[Mapping[str, Any]]) -> str:
+    """log.csv: one row per epoch; the columns are the union of every row's keys in first-seen order,
+    floats to 6 significant digits, missing values empty."""
+    names: List[str] = []
+    for row in rows:
+        names.extend(k for k in row if k not in names)
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=names, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: f"{v:.6g}" if isinstance(v, float) else v for k, v in row.items()})
+    return buf.getvalue()
 
-    def __init__(self, path: str, resume_after_epoch: Optional[int] = None):
-        """With ``resume_after_epoch``, keep the existing rows up to that epoch (the ones the resumed
-        checkpoint covers) and drop later ones; without it, start a new file."""
-        self.path = path
-        self.rows: List[Dict[str, Any]] = []
-        if resume_after_epoch is not None and os.path.isfile(path):
-            with open(path, newline="") as f:
-                for row in csv.DictReader(f):
-                    try:
-                        if int(row.get("epoch", "")) <= resume_after_epoch:
-                            self.rows.append(row)
-                    except ValueError:
-                        continue  # a foreign or damaged line: not ours to keep
-        self._write()
 
-    def fieldnames(self) -> List[str]:
-        names: List[str] = []
-        for row in self.rows:
-            names.extend(k for k in row if k not in names)
-        return names
-
-    def _write(self) -> None:
-        buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=self.fieldnames(), lineterminator="\n")
-        writer.writeheader()
-        for row in self.rows:
-            writer.writerow({k: f"{v:.6g}" if isinstance(v, float) else v for k, v in row.items()})
-        write_text_atomic(buf.getvalue(), self.path)
-
-    def log(self, row: Dict[str, Any]) -> None:
-        self.rows.append(dict(row))
-        self._write()
+def write_log_csv(path: str, rows: Sequence[Mapping[str, Any]]) -> None:
+    """Rewrite the whole file atomically (a few hundred rows at most): a run killed mid-write leaves
+    the previous file, and a resumed run, which passes the rows its checkpoint holds, drops the rows
+    of the epochs it is about to redo."""
+    write_text_atomic(log_csv_text(rows), path)

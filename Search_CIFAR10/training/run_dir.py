@@ -14,46 +14,41 @@ from typing import Any, Dict, Mapping, Sequence
 import numpy as np
 import torch
 
-from models.files import save_checkpoint, write_json_atomic, write_text_atomic
+from models.files import save_checkpoint, write_json_atomic
 
-LOG_COLUMNS = ["epoch", "phase", "temperature", "train_loss", "train_acc", "val_loss", "val_acc", "hw_loss",
-               "exp_latency_ms", "exp_peak_ram_kb", "argmax_latency_ms", "argmax_peak_ram_kb", "alpha_entropy",
-               "lr_weights", "lr_alpha", "time_s"]
+from .log import write_log_csv
+
+# Checkpoint keys every training script writes (pretraining and both search stages), so one resume
+# routine and one reader serve them all.
+LAST = "checkpoint_last.pt"        # every epoch; what --resume continues
+EPOCH, OPTIMIZER, SCHEDULER, RNG, LOG_ROWS, BEST_VAL = ("epoch", "optimizer", "scheduler", "rng", "log_rows",
+                                                       "best_val_acc")
 
 
-class RunFiles:
-    """Paths of one run directory, and its atomic writers (rank 0 only)."""
+class RunDir:
+    """One run's folder and its atomic writers; only rank 0 writes (the others' calls do nothing)."""
 
-    def __init__(self, out_dir: str, is_main: bool = True):
-        self.dir = out_dir
+    def __init__(self, path: str, is_main: bool = True):
+        self.dir = path
         self.is_main = is_main
         if is_main:
-            os.makedirs(out_dir, exist_ok=True)
+            os.makedirs(path, exist_ok=True)
 
     def path(self, name: str) -> str:
         return os.path.join(self.dir, name)
 
-    def json(self, name: str, obj) -> None:
+    def json(self, name: str, obj, compact: bool = False) -> None:
         if self.is_main:
-            write_json_atomic(obj, self.path(name))
+            write_json_atomic(obj, self.path(name), compact=compact)
 
     def checkpoint(self, name: str, obj) -> None:
         if self.is_main:
             save_checkpoint(obj, self.path(name))
 
-    def log_csv(self, rows: Sequence[Mapping]) -> None:
-        if not self.is_main:
-            return
-        lines = [",".join(LOG_COLUMNS)]
-        for row in rows:
-            lines.append(",".join(_csv_cell(row.get(c, "")) for c in LOG_COLUMNS))
-        write_text_atomic("\n".join(lines) + "\n", self.path("log.csv"))
-
-
-def _csv_cell(value) -> str:
-    if isinstance(value, float):
-        return f"{value:.6g}"
-    return str(value)
+    def log(self, rows: Sequence[Mapping]) -> None:
+        """log.csv from every epoch's row so far (the rows a checkpoint carries)."""
+        if self.is_main:
+            write_log_csv(self.path("log.csv"), rows)
 
 
 def rng_state() -> Dict[str, Any]:
