@@ -35,7 +35,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence
 
+from models.files import read_json
 from Search_CIFAR10 import REPO_ROOT
+from Search_CIFAR10.reporting.report import memory_filter_effect
+from tensor_analysis.lut import lut_latency_ms
 
 PRETRAIN = "Search_CIFAR10/pretrain/pretrain_cifar10_mobilenetv2.py"
 MEMORY_FILTER = "tensor_analysis/tensor_memory_filter.py"
@@ -137,8 +140,6 @@ def _run_flags(cfg: DemoConfig) -> List[str]:
 
 def all_int8_latency_ms(lut_path: str) -> float:
     """The all-INT8 network's latency by the table: the reference the latency target scales."""
-    from models.files import read_json
-    from tensor_analysis.lut import lut_latency_ms
     lut = read_json(lut_path, "latency table")
     return lut_latency_ms(lut, {name: "int8" for name in lut["layers"]})
 
@@ -231,7 +232,6 @@ def plan(cfg: DemoConfig) -> List[Step]:
 # What the demo says between steps
 # ----------------------------------------------------------------------------------------------------
 def print_filter_effect(cfg: DemoConfig) -> None:
-    from Search_CIFAR10.reporting.report import memory_filter_effect
     effect = memory_filter_effect(cfg.analysis_file)
     peaks = effect["uniform_peak_kb"]
     print(f"  budget {cfg.memory_budget_kb:g} KB: all-FP32 peak {peaks.get('fp32', float('nan')):.1f} KB, "

@@ -7,7 +7,7 @@
 
 Each --runs entry is a run directory (its summary.json) or a folder searched for runs below it. The
 roles (stage 1, stage 2, uniform references, λ sweep) are read from the runs' own files; see
-Search_CIFAR10/report.py. Pieces no given run provides are left out with a note.
+Search_CIFAR10/reporting/report.py. Pieces no given run provides are left out with a note.
 """
 import argparse
 import os
@@ -15,16 +15,17 @@ import sys
 
 sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..")))
 
+from Search_CIFAR10.reporting.report import build_report  # noqa: E402
 from tensor_analysis.cli import Parser, run_cli  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(description=__doc__.split("\n\n")[0],
-                                     epilog="Writes OUTPUT (Markdown), its figures in <OUTPUT stem>_files/, and "
-                                            "the HTML file with every figure embedded.")
+                    epilog="Writes OUTPUT (Markdown), its figures in <OUTPUT stem>_files/, and the HTML file "
+                           "with every figure embedded.")
     parser.add_argument("--runs", nargs="+", required=True, metavar="DIR",
                         help="run directories and/or folders holding runs (searched recursively for summary.json)")
-    parser.add_argument("--output", required=True, metavar="FILE",
+    parser.add_argument("--output", "--output_file", dest="output", required=True, metavar="FILE",
                         help="the Markdown report to write, e.g. runs/demo/report.md")
     parser.add_argument("--html", default=None, metavar="FILE",
                         help="the HTML report (default: OUTPUT with .html instead of its extension)")
@@ -36,7 +37,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    from Search_CIFAR10.reporting.report import build_report
     report = build_report(args.runs, args.output, main=args.main, output_html=args.html)
     html_path = args.html or os.path.splitext(args.output)[0] + ".html"
     print(f"main run: {report.main.dir}")

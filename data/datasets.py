@@ -19,6 +19,7 @@ was expected, so command-line tools print it without a traceback.
 """
 from __future__ import annotations
 
+import importlib.util
 import os
 import pickle
 from dataclasses import dataclass, field
@@ -75,7 +76,6 @@ def _digits_arrays() -> Tuple[np.ndarray, np.ndarray]:
     The CSV that ``sklearn.datasets.load_digits`` parses is read directly when it is where scikit-learn
     keeps it: importing scikit-learn (and SciPy with it) costs seconds per process, more than
     everything else in a small run. The API is the fallback, and a test checks both agree."""
-    import importlib.util
     spec = importlib.util.find_spec("sklearn")
     if spec is not None and spec.origin:
         path = os.path.join(os.path.dirname(spec.origin), "datasets", "data", "digits.csv.gz")

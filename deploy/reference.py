@@ -17,9 +17,8 @@ from typing import Dict, Mapping, Optional, Tuple, Union
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from deploy.ir import (ACCUMULATOR_LIMIT, Buffer, ConvPart, FixedPointEpilogue, Format, GlobalAvgPool,
-                       IntegerNetwork, Quantize, canonical_float32, clamp, float_to_codes, float_to_half_bits,
-                       half_bits_to_float)
+from deploy.ir import (ACCUMULATOR_LIMIT, Buffer, ConvPart, FixedPointEpilogue, Format, GlobalAvgPool, IntegerNetwork,
+                       Quantize, canonical_float32, clamp, float_to_codes, float_to_half_bits, half_bits_to_float)
 
 
 def store(fmt: Format, z: np.ndarray, to_int=None) -> np.ndarray:

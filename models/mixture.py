@@ -4,7 +4,9 @@ deciding whether it runs through torch.compile.
 from __future__ import annotations
 
 import os
+import shutil
 import sys
+import warnings
 from typing import Dict, Optional, Sequence, Tuple
 
 import torch
@@ -182,7 +184,6 @@ def _compiler_present(device: torch.device) -> bool:
     if device.type == "cpu":
         if sys.platform == "win32":
             return False  # inductor's CPU backend wants MSVC set up by hand there
-        import shutil
         return shutil.which(os.environ.get("CXX") or "g++") is not None  # inductor's default compiler
     if device.type == "cuda":
         try:
@@ -246,7 +247,6 @@ def _run_math(name: str, fn, x: torch.Tensor, probs, qparams, neg, *rest):
             if get_compile() == "on":
                 raise
             _compile_broken = f"{exc.__class__.__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-            import warnings
             warnings.warn(f"torch.compile of the activation quantizers failed ({_compile_broken}); "
                           f"using the eager path (ADAPTQNET_COMPILE=off skips the attempt)")
     # eager: every scalar of the layer crosses to the host in one transfer

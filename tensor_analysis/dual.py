@@ -1,5 +1,5 @@
 """Dual-core analysis (analysis_dual.json): per layer, the ways to split it over two processing units
-and the memory each needs (DESIGN.md §5).
+and the memory each needs (docs/file_formats.md).
 
 An option splits a layer's output channels between the profile's two units (``dual.units``: the
 primary first), each at its own precision, or runs the whole layer on the secondary unit. Options are

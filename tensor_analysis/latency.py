@@ -15,7 +15,7 @@ construction: the epilogue is amortised over C_in/groups·k² MACs, the staging 
 vector length that is not a multiple of the SIMD width wastes lanes (the vector is the im2col column
 C_in/groups·k_h·k_w, or the input channels for engines that vectorise over channels (``simd_over``),
 or the channels of a depthwise conv). That is the per-layer
-efficiency the published figures show (REFERENCES.md: narrow layers run at worse cycles/MAC), without
+efficiency the published figures show (docs/hardware.md §5: narrow layers run at worse cycles/MAC), without
 one global constant.
 
 Element-wise activations fused into an operator (hard-swish, hard-sigmoid, sigmoid, SiLU:

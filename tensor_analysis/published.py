@@ -1,4 +1,4 @@
-"""Published measurements the hardware profiles are checked against (REFERENCES.md and its sources).
+"""Published measurements the hardware profiles are checked against (docs/hardware.md §5 and its sources).
 
 ``calibration`` sets were used to choose profile numbers; ``held_out`` ones were not, so they show how
 well the model generalises.
@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any, Dict, List
 
 # STM32H747I-DISCO, Cortex-M7 @400 MHz, X-CUBE-AI 10, INT8 (STMicroelectronics/stm32ai-modelzoo,
-# image_classification/mobilenetv1 README; REFERENCES.md 'Per-kernel, INT8'). The 0.25-96 model is the
+# image_classification/mobilenetv1 README; docs/hardware.md §5.2). The 0.25-96 model is the
 # 5-class Flowers one (7.5 M MACs); the others are the 1000-class ImageNet models.
 STM32H747_MOBILENETV1: List[Dict[str, Any]] = [
     {"name": "MobileNetV1 1.0-224", "spec": {"type": "mobilenetv1", "width_mult": 1.0, "input_size": 224,
@@ -23,7 +23,7 @@ STM32H747_MOBILENETV1: List[Dict[str, Any]] = [
 STM32H747_CLOCK_MHZ = 400
 
 # Same board and tool (stm32ai-modelzoo image_classification/mobilenetv2 README, 'Reference MCU
-# inference time'; not in REFERENCES.md): held out, not used to set any number.
+# inference time'): held out, not used to set any number.
 STM32H747_MOBILENETV2_HELD_OUT: List[Dict[str, Any]] = [
     {"name": "MobileNetV2 0.35-128 (ImageNet)", "spec": {"type": "mobilenetv2", "width_mult": 0.35,
                                                          "input_size": 128, "num_classes": 1000}, "ms": 116.13},
@@ -39,7 +39,7 @@ STM32H747_MOBILENETV2_HELD_OUT: List[Dict[str, Any]] = [
                                                         "input_size": 224, "num_classes": 5}, "ms": 290.75},
 ]
 
-# ESP32-S3 @240 MHz, ESP-NN INT8 kernels, cycles per MAC (espressif/esp-nn README; REFERENCES.md
+# ESP32-S3 @240 MHz, ESP-NN INT8 kernels, cycles per MAC (espressif/esp-nn README; docs/hardware.md §5
 # 'Per-kernel, INT8'). Shapes: (op, Cin, Cout, H=W input, kernel, stride); the FC's shape is not
 # published beyond its 795 MACs (taken as 53 inputs x 15 outputs).
 ESP32S3_KERNELS: List[Dict[str, Any]] = [
@@ -52,10 +52,10 @@ ESP32S3_KERNELS: List[Dict[str, Any]] = [
      "cyc_per_mac": 4439 / 795},
 ]
 
-# Measured speed-up of one CNN split over the two cores of one chip (REFERENCES.md 'Dual-core').
+# Measured speed-up of one CNN split over the two cores of one chip (docs/hardware.md §5.4).
 ESP32S3_DUAL_SPEEDUP = {"spec": {"type": "mobilenetv2", "width_mult": 1.0, "input_size": 224, "num_classes": 1000},
                         "single_ms": 1309.5, "dual_ms": 867.0, "speedup": 1309.5 / 867.0,
-                        "source": "ESP-DL, MobileNetV2-1.0-224 INT8 (REFERENCES.md 'Dual-core')"}
-# STM32H747: no published split; REFERENCES.md estimates a balanced M7+M4 split gains <= 1.31x
+                        "source": "ESP-DL, MobileNetV2-1.0-224 INT8 (docs/hardware.md §5.4)"}
+# STM32H747: no published split; docs/hardware.md §5 estimates a balanced M7+M4 split gains <= 1.31x
 # before synchronisation costs.
 STM32H747_DUAL_MAX_SPEEDUP = 1.31

@@ -1,6 +1,6 @@
 """Check the hardware profiles against published measurements: prints predicted vs published.
 
-* STM32H747 M7 @400 MHz, uniform INT8: the four MobileNetV1 X-CUBE-AI figures in REFERENCES.md
+* STM32H747 M7 @400 MHz, uniform INT8: the four MobileNetV1 X-CUBE-AI figures in docs/hardware.md §5
   (calibration) and six MobileNetV2 figures from the same model zoo (held out);
 * ESP32-S3: the ESP-NN per-kernel cycles/MAC, and the two-core speed-up vs ESP-DL's;
 * STM32H747: the balanced M7+M4 split vs the <= 1.31x estimate;
@@ -82,7 +82,7 @@ def main(argv=None):
     Parser(description=__doc__).parse_args(argv)
     fmt = lambda rows: [[n, f"{m:.1f}", f"{p:.2f}", f"{q:.2f}", f"{100 * e:+.1f}%"] for n, m, p, q, e in rows]  # noqa: E731
     head = ["network", "MMAC", "published ms", "predicted ms", "error"]
-    print("STM32H747 M7 @400 MHz, uniform INT8, X-CUBE-AI measurements (calibration, REFERENCES.md):")
+    print("STM32H747 M7 @400 MHz, uniform INT8, X-CUBE-AI measurements (calibration, docs/hardware.md §5):")
     print(table(fmt(published_vs_predicted(published.STM32H747_MOBILENETV1)), head))
     print("\nSame board, MobileNetV2 (held out: stm32ai-modelzoo mobilenetv2 README):")
     print(table(fmt(published_vs_predicted(published.STM32H747_MOBILENETV2_HELD_OUT)), head))
@@ -95,7 +95,7 @@ def main(argv=None):
           f"(published {d['speedup']:.2f}x, {d['source']})")
     s, du, x = dual_speedup("stm32h747", published.ESP32S3_DUAL_SPEEDUP["spec"])
     print(f"STM32H747 M7+M4, balanced split, MobileNetV2-1.0-224: {s:.1f} -> {du:.1f} ms = {x:.2f}x "
-          f"(REFERENCES.md estimate: <= {published.STM32H747_DUAL_MAX_SPEEDUP}x before synchronisation)")
+          f"(docs/hardware.md §5 estimate: <= {published.STM32H747_DUAL_MAX_SPEEDUP}x before synchronisation)")
     print("\nMobileNetV2-1.0-224 (1000 classes), uniform precision, ms at each profile's default clock:")
     print(table(precision_sweep(published.ESP32S3_DUAL_SPEEDUP["spec"]), ["profile"] + list(PRECISION_ORDER)))
     return 0

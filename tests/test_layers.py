@@ -1,4 +1,4 @@
-"""Mixed-precision layers and the whole-network helpers (DESIGN.md §3): composite = exact = fixed when
+"""Mixed-precision layers and the whole-network helpers (docs/design.md §3): composite = exact = fixed when
 π is one-hot, every search parameter gets a gradient, state_dict round trips, and bad input names the
 layer and what is allowed."""
 import re

@@ -1,4 +1,4 @@
-"""The quantizers (DESIGN.md §2): values on the grid, round-to-nearest, straight-through gradients,
+"""The quantizers (docs/design.md §2): values on the grid, round-to-nearest, straight-through gradients,
 PACT's clip gradient and signed form, IEEE half, and the fused mixture agreeing with its parts on
 both the eager and the compiled path."""
 import warnings

@@ -75,7 +75,7 @@ def test_macs_match_pytorch_flop_counter_and_params_match_model(size):
 def test_mobilenetv2_224_macs_and_published_peak_ram(mbv2_224):
     assert round(mbv2_224.macs / 1e6, 1) == 300.8
     int8 = uniform(mbv2_224, "int8")
-    # REFERENCES.md 'Peak RAM': 1470 KiB layer-wise (features.2 depthwise: 112·112·96 + 56·56·96 bytes)
+    # docs/hardware.md §5.5: 1470 KiB layer-wise (features.2 depthwise: 112·112·96 + 56·56·96 bytes)
     assert peak_ram_bytes(mbv2_224, int8) == 112 * 112 * 96 + 56 * 56 * 96 == 1470 * 1024
     # 1372 KiB with in-place depthwise (features.2 expansion: 112·112·16 + 112·112·96 bytes)
     assert peak_ram_bytes(mbv2_224, int8, inplace_depthwise=True) == 112 * 112 * (16 + 96) == 1372 * 1024
@@ -312,7 +312,7 @@ def test_whole_network_on_the_second_unit(mbv2_32):
     r = predict_network(mbv2_32, uniform(mbv2_32, "int8"), prof, unit="m4")["totals"]
     assert r["units"]["m7"]["busy_ms"] == 0 and r["units"]["m4"]["busy_ms"] == pytest.approx(r["latency_ms"])
     m7 = predict_network(mbv2_32, uniform(mbv2_32, "int8"), prof)["totals"]["latency_ms"]
-    # the M4 delivers about a third of the M7's MAC rate (REFERENCES.md 'Dual-core')
+    # the M4 delivers about a third of the M7's MAC rate (docs/hardware.md §5.4)
     assert 2.5 < r["latency_ms"] / m7 < 4.0
 
 

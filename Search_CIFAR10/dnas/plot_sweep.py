@@ -14,6 +14,7 @@ import sys
 
 sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..")))
 
+from Search_CIFAR10.reporting.sweep import write_sweep  # noqa: E402
 from tensor_analysis.cli import Parser, run_cli  # noqa: E402
 
 
@@ -31,7 +32,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    from Search_CIFAR10.reporting.sweep import write_sweep
     result = write_sweep(args.runs, args.hardware, args.output_dir)
     for note in result["notes"]:
         print(f"warning: {note}", file=sys.stderr)

@@ -49,8 +49,8 @@ from Search_CIFAR10.training.data import add_data_args, build_loaders
 from Search_CIFAR10.training.log import format_epoch
 from Search_CIFAR10.training.loop import (OPTIMIZERS, build_optimizer, build_scheduler, evaluate, param_groups,
                                           train_one_epoch)
-from Search_CIFAR10.training.run_dir import (BEST_VAL, EPOCH, LAST, LOG_ROWS, OPTIMIZER, RNG, SCHEDULER, RunDir, rng_state,
-                                             set_rng_state)
+from Search_CIFAR10.training.run_dir import (BEST_VAL, EPOCH, LAST, LOG_ROWS, OPTIMIZER, RNG, SCHEDULER, RunDir,
+                                             rng_state, set_rng_state)
 from Search_CIFAR10.training.runtime import Runtime, add_runtime_args, barrier, broadcast_buffers, setup_runtime, unwrap
 from tensor_analysis.cli import (DefaultsHelpFormatter, Parser, non_negative_float, non_negative_int, positive_float,
                                  positive_int)

@@ -28,7 +28,9 @@ from typing import Optional, Sequence, Union
 import torch
 import torch.distributed as dist
 import torch.nn as nn
+from torch.nn.parallel import DistributedDataParallel as DDP
 
+from models.mixture import set_compile
 from tensor_analysis.cli import non_negative_int
 
 AMP_CHOICES = ("bf16", "fp16")
@@ -108,7 +110,6 @@ class Runtime:
         """DistributedDataParallel around ``model`` when distributed; ``model`` itself otherwise."""
         if not self.distributed:
             return model
-        from torch.nn.parallel import DistributedDataParallel as DDP
         ids = [self.device.index] if self.is_cuda else None
         return DDP(model, device_ids=ids, output_device=ids[0] if ids else None, **ddp_kwargs)
 
@@ -159,7 +160,6 @@ def setup_runtime(args: Optional[argparse.Namespace] = None, device: str = None,
         torch.set_num_threads(int(threads))
     compile_mode = getattr(args, "compile", None) if args is not None else None
     if compile_mode is not None:  # --compile given: it overrides $ADAPTQNET_COMPILE
-        from models.mixture import set_compile
         set_compile(compile_mode)
     _, world, local = dist_env()
     dev = resolve_device(device or "auto", local if world > 1 else 0)
