@@ -137,8 +137,10 @@ def _rel(path: str, start: str) -> str:
 
 def budget_of(main: Run) -> Tuple[Optional[float], Optional[Dict[str, Any]], Optional[str]]:
     """(RAM budget in KB, the memory filter's effect, the analysis path): the search's
-    --memory_budget_kb, else the analysis file's threshold."""
-    effect, path = None, main.args.get("tensor_analysis_json")
+    --memory_budget_kb, else the analysis file's threshold. The analysis is the run's own copy (runs of
+    older versions: the path args.json records)."""
+    path = main.file("analysis.json")
+    effect, path = None, path if os.path.isfile(path) else main.args.get("tensor_analysis_json")
     if isinstance(path, str) and os.path.isfile(path):
         try:
             effect = memory_filter_effect(path)
@@ -261,19 +263,30 @@ def pareto_points(main: Run, sweep: Sequence[Run], uniform: Mapping[str, Run], s
     return points
 
 
-def build_report(paths: Sequence[str], output_md: str, main: Optional[str] = None,
-                 output_html: Optional[str] = None) -> Report:
-    """Read the runs under ``paths``, write ``output_md``, its figures folder and ``output_html``
-    (default: ``output_md`` with .html). Returns what was written, for callers and tests."""
-    if not output_md:
-        raise ValueError("--output: expected a file name for the Markdown report")
-    if os.path.isdir(output_md):
-        raise IsADirectoryError(f"--output {output_md}: is a folder; expected a file name such as report.md")
-    stem = os.path.splitext(output_md)[0]
-    output_html = output_html or stem + ".html"
-    assets_name = os.path.basename(stem) + "_files"
-    out_dir = os.path.dirname(os.path.abspath(output_md))
+@dataclass
+class Context:
+    """What the report's sections read: the runs in their roles and the figures derived from them."""
+    found: Any
+    main: Run
+    stage2: Optional[Run]
+    uniform: Dict[str, Run]
+    sweep: List[Run]
+    foreign: List[Run]
+    fp32_acc: Optional[float]
+    budget: Optional[float]
+    effect: Optional[Dict[str, Any]]
+    analysis_path: Optional[str]
+    rows: List[Dict[str, Any]]
+    points: List[Dict[str, Any]]
+    out_dir: str
 
+    @property
+    def network(self) -> str:
+        return f"{self.main.model.get('type', '?')} on {self.main.hardware.get('profile', '?')}"
+
+
+def gather(paths: Sequence[str], main: Optional[str], out_dir: str) -> Context:
+    """The runs under ``paths`` in their roles (module docstring)."""
     found = collect(paths)
     the_main = choose_main(found.runs, main)
     if the_main is None:
@@ -290,7 +303,6 @@ def build_report(paths: Sequence[str], output_md: str, main: Optional[str] = Non
         if r.kind == "uniform" and r.uniform_precision not in uniform:
             uniform[r.uniform_precision] = r
     sweep = [the_main] + [r for r in same if r.kind == "stage1"]
-
     fp32_acc = number(the_main.accuracy.get("fp32_test"))
     if fp32_acc is None:
         for pre in found.pretrain:
@@ -298,26 +310,35 @@ def build_report(paths: Sequence[str], output_md: str, main: Optional[str] = Non
                 fp32_acc = number(pre.summary.get("test_acc"))
                 break
     budget, effect, analysis_path = budget_of(the_main)
-    rows = result_rows(the_main, stage2, uniform, fp32_acc, budget)
-    points = pareto_points(the_main, sweep, uniform, stage2, fp32_acc)
+    return Context(found, the_main, stage2, uniform, sweep, foreign, fp32_acc, budget, effect, analysis_path,
+                   result_rows(the_main, stage2, uniform, fp32_acc, budget),
+                   pareto_points(the_main, sweep, uniform, stage2, fp32_acc), out_dir)
 
-    m, hw = the_main.model, the_main.hardware
+
+def add_figure(doc: Document, name: str, data: Optional[bytes], caption: str, missing: str) -> None:
+    if data is None:
+        doc.note(missing)
+    else:
+        doc.figure(Figure(name, data, caption))
+
+
+def overview_section(doc: Document, c: Context) -> None:
+    m, hw = c.main.model, c.main.hardware
     model_text = (f"{m.get('type', '?')} (width {m.get('width_mult', '?')}, {m.get('input_size', '?')} px, "
                   f"{m.get('num_classes', '?')} classes)")
-    dataset = the_main.args.get("dataset", "?")
     profile = hw.get("label") or hw.get("profile", "?")
-    title = f"AdaptQNet report: {m.get('type', '?')} on {hw.get('profile', '?')}"
-    doc = Document()
-    doc.heading(1, title)
-    doc.text(f"**Network** {model_text}, trained on **{dataset}**. **Hardware** {profile}."
-             + (f" **Activation-RAM budget** {budget:g} KB." if budget is not None else "")
-             + (f" **Latency target** {the_main.latency_target_ms:g} ms." if the_main.latency_target_ms else ""))
+    doc.text(f"**Network** {model_text}, trained on **{c.main.args.get('dataset', '?')}**. **Hardware** {profile}."
+             + (f" **Activation-RAM budget** {c.budget:g} KB." if c.budget is not None else "")
+             + (f" **Latency target** {c.main.latency_target_ms:g} ms." if c.main.latency_target_ms else ""))
     doc.text("Latency, peak RAM and Flash are the hardware model's predictions (tensor_analysis), not "
              "measurements on a board. Accuracies are on each run's held-out test split, measured once per "
              "run after every choice was made on the validation split.")
 
-    # -- headline table ----------------------------------------------------------------------------------
+
+def result_section(doc: Document, c: Context) -> None:
+    """The headline table (FP32, all-INT8, stage 1, stage 2) and what to read into it."""
     doc.heading(2, "Result")
+    rows, budget = c.rows, c.budget
     fp32_row = next((r for r in rows if r["key"] == "fp32"), None)
     table = []
     for r in rows:
@@ -336,27 +357,27 @@ def build_report(paths: Sequence[str], output_md: str, main: Optional[str] = Non
     notes = []
     s1 = next(r for r in rows if r["key"] == "stage1")
     int8 = next((r for r in rows if r["key"] == "int8"), None)
-    target = the_main.latency_target_ms
+    target = c.main.latency_target_ms
     if target is not None and s1["latency_ms"] is not None:
         notes.append(f"Stage 1 {'meets' if s1['latency_ms'] <= target + 1e-9 else 'misses'} its latency target: "
                      f"{s1['latency_ms']:.2f} ms vs {target:g} ms"
                      + (f" ({target / int8['latency_ms']:.2f} × the all-INT8 {int8['latency_ms']:.2f} ms)"
                         if int8 and int8["latency_ms"] else "") + ".")
-    if stage2 is not None:
-        sp = number(stage2.summary.get("speedup_vs_stage1"))
+    if c.stage2 is not None:
+        sp = number(c.stage2.summary.get("speedup_vs_stage1"))
         s2row = next(r for r in rows if r["key"] == "stage2")
-        notes.append(f"Stage 2 splits {len(section(section(stage2.summary, 'dual'), 'split_layers'))} of "
-                     f"{len(section(stage2.summary, 'dual').get('opened_layers', []))} opened layers over "
-                     f"{' + '.join(section(stage2.summary, 'dual').get('units', []))}: "
-                     f"{fmt(s2row['latency_ms'])} ms" + (f", {sp:.3f}× stage 1" if sp else "") + ".")
+        dual = section(c.stage2.summary, "dual")
+        notes.append(f"Stage 2 splits {len(section(dual, 'split_layers'))} of {len(dual.get('opened_layers', []))} "
+                     f"opened layers over {' + '.join(dual.get('units', []))}: {fmt(s2row['latency_ms'])} ms"
+                     + (f", {sp:.3f}× stage 1" if sp else "") + ".")
     if fp32_row is not None and fp32_row["test"] is None:
         notes.append("FP32 accuracy: not measured (the stage-1 run had no --pretrained checkpoint).")
-    repairs = the_main.summary.get("budget_repairs")
+    repairs = c.main.summary.get("budget_repairs")
     if isinstance(repairs, list) and repairs:
-        changes = ", ".join(f"`{c.get('layer')}` {c.get('from')}→{c.get('to')}" for c in repairs if isinstance(c, Mapping))
+        changes = ", ".join(f"`{r.get('layer')}` {r.get('from')}→{r.get('to')}" for r in repairs if isinstance(r, Mapping))
         notes.append(f"Stage 1's argmax network missed a budget; {len(repairs)} layer(s) were changed before "
                      f"fine-tuning so that it meets it: {changes}.")
-    n_test = test_split_size(the_main)
+    n_test = test_split_size(c.main)
     if n_test:
         notes.append(f"The test split has {n_test} images: one image is {100.0 / n_test:.2f} percentage points, "
                      f"so differences of a few points between these networks are a handful of images.")
@@ -365,143 +386,162 @@ def build_report(paths: Sequence[str], output_md: str, main: Optional[str] = Non
         doc.note("All-INT8 accuracy is not measured: no uniform INT8 run was given. Its hardware figures are "
                  "predictions. To measure it, run the search script with `--int_only --protect '*=int8'` "
                  "(every layer's only option is int8: plain QAT) and pass that run too.")
-    if stage2 is None:
+    if c.stage2 is None:
         doc.note("No stage-2 run was given, so the dual-core rows and timeline are left out. Run "
                  "`Search_CIFAR10/dnas_multicore/dnas_cifar10_search_multicore_mbv2.py --stage1_dir "
-                 f"{_rel(the_main.dir, out_dir)}` and pass its folder to --runs.")
+                 f"{_rel(c.main.dir, c.out_dir)}` and pass its folder to --runs.")
 
-    # -- memory filter ---------------------------------------------------------------------------------
+
+def memory_filter_section(doc: Document, c: Context) -> None:
     doc.heading(2, "Memory filter")
+    effect = c.effect
     if effect is None:
-        doc.note("The stage-1 run's analysis file (args.tensor_analysis_json) is not readable here, so the "
-                 "options the memory filter removed are not shown.")
-    else:
-        peaks = effect["uniform_peak_kb"]
-        peak_text = ", ".join(f"all-{p} {peaks[p]:.1f} KB" for p in PRECISION_ORDER if p in peaks)
-        doc.text(f"Threshold {fmt(effect['threshold_kb'], 0)} KB (`{_rel(analysis_path, out_dir)}`). Peak "
-                 f"activation RAM of uniform networks: {peak_text}. "
-                 + (f"The filter removed options from {len(effect['restricted'])} of "
-                    f"the layers; a removed precision is absent from that layer's α."
-                    if effect["restricted"] else "The filter removed no option at this threshold."))
-        if effect["restricted"]:
-            doc.table(["layer", "op", "live KB at fp32", "removed", "allowed"],
-                      [[f"`{r['name']}`", r["op"] or "", fmt(r["live_kb"].get("fp32"), 1),
-                        ", ".join(r["removed"]), ", ".join(r["allowed"])] for r in effect["restricted"]],
-                      numeric=[False, False, True, False, False])
+        doc.note("The stage-1 run's analysis file is not readable here, so the options the memory filter "
+                 "removed are not shown.")
+        return
+    peaks = effect["uniform_peak_kb"]
+    peak_text = ", ".join(f"all-{p} {peaks[p]:.1f} KB" for p in PRECISION_ORDER if p in peaks)
+    doc.text(f"Threshold {fmt(effect['threshold_kb'], 0)} KB (`{_rel(c.analysis_path, c.out_dir)}`). Peak "
+             f"activation RAM of uniform networks: {peak_text}. "
+             + (f"The filter removed options from {len(effect['restricted'])} of "
+                f"the layers; a removed precision is absent from that layer's α."
+                if effect["restricted"] else "The filter removed no option at this threshold."))
+    if effect["restricted"]:
+        doc.table(["layer", "op", "live KB at fp32", "removed", "allowed"],
+                  [[f"`{r['name']}`", r["op"] or "", fmt(r["live_kb"].get("fp32"), 1),
+                    ", ".join(r["removed"]), ", ".join(r["allowed"])] for r in effect["restricted"]],
+                  numeric=[False, False, True, False, False])
 
-    # -- figures -----------------------------------------------------------------------------------------
-    def add_figure(name: str, data: Optional[bytes], caption: str, missing: str) -> None:
-        if data is None:
-            doc.note(missing)
-        else:
-            doc.figure(Figure(name, data, caption))
 
+def precision_section(doc: Document, c: Context) -> None:
     doc.heading(2, "Precision per layer")
-    for run, tag, label in ((the_main, "stage1", "Stage 1"), (stage2, "stage2", "Stage 2")):
+    for run, tag, label in ((c.main, "stage1", "Stage 1"), (c.stage2, "stage2", "Stage 2")):
         if run is None:
             continue
         layers = run.summary.get("layers")
         data = None
         if isinstance(layers, list) and layers:
-            data = _plot_to_bytes(plot_precision_map, layers, memory_budget_kb=budget,
-                                  latency_target_ms=run.latency_target_ms,
-                                  title=f"{label}: {m.get('type', '?')} on {hw.get('profile', '?')}")
-        add_figure(f"precision_map_{tag}.png", data,
+            data = _plot_to_bytes(plot_precision_map, layers, memory_budget_kb=c.budget,
+                                  latency_target_ms=run.latency_target_ms, title=f"{label}: {c.network}")
+        add_figure(doc, f"precision_map_{tag}.png", data,
                    f"{label}: precision of every layer (top), the RAM alive while it runs against the "
-                   f"{'budget' if budget is not None else 'threshold'} (middle), its predicted latency (bottom).",
+                   f"{'budget' if c.budget is not None else 'threshold'} (middle), its predicted latency (bottom).",
                    f"{label}: summary.json has no per-layer rows; no precision chart.")
 
+
+def pareto_section(doc: Document, c: Context) -> None:
     doc.heading(2, "Accuracy vs predicted latency")
-    if len(points) >= 2:
-        data = _plot_to_bytes(plot_pareto, [{k: p[k] for k in ("label", "kind", "accuracy", "latency_ms")}
-                                            for p in points],
-                              title=f"{m.get('type', '?')} on {hw.get('profile', '?')}: test accuracy vs latency")
-        add_figure("pareto.png", data, "Each run's test accuracy against its predicted latency; squares are "
-                   "uniform-precision networks, circles stage-1 searches (λ = weight of the hardware term), the "
-                   "triangle stage 2; the dashed line is the Pareto front.", "")
-        front = {(p["label"], p["latency_ms"], p["accuracy"]) for p in pareto_front(
-            [{k: p[k] for k in ("label", "kind", "accuracy", "latency_ms")} for p in points])}
-        doc.table(["point", "λ", "target (ms)", "test acc (%)", "latency (ms)", "peak RAM (KB)", "on the front",
-                   "run"],
-                  [[p["label"], "–" if p["lambda"] is None else f"{p['lambda']:g}",
-                    "–" if p["target"] is None else f"{p['target']:g}", fmt(p["accuracy"]), fmt(p["latency_ms"]),
-                    fmt(p.get("peak_ram_kb"), 1), "yes" if (p["label"], p["latency_ms"], p["accuracy"]) in front else "",
-                    f"`{_rel(p['run'].dir, out_dir)}`" if p["run"] is not None else "pretrained checkpoint"]
-                   for p in sorted(points, key=lambda q: q["latency_ms"])],
-                  numeric=[False, True, True, True, True, True, False, False])
-    else:
+    if len(c.points) < 2:
         doc.note("Fewer than two comparable runs with accuracy and latency: no accuracy/latency plot. A λ "
                  "sweep (several stage-1 runs with different --hardware_weight) fills it.")
+        return
+    plain = [{k: p[k] for k in ("label", "kind", "accuracy", "latency_ms")} for p in c.points]
+    data = _plot_to_bytes(plot_pareto, plain, title=f"{c.network}: test accuracy vs latency")
+    add_figure(doc, "pareto.png", data, "Each run's test accuracy against its predicted latency; squares are "
+               "uniform-precision networks, circles stage-1 searches (λ = weight of the hardware term), the "
+               "triangle stage 2; the dashed line is the Pareto front.", "")
+    front = {(p["label"], p["latency_ms"], p["accuracy"]) for p in pareto_front(plain)}
+    doc.table(["point", "λ", "target (ms)", "test acc (%)", "latency (ms)", "peak RAM (KB)", "on the front", "run"],
+              [[p["label"], "–" if p["lambda"] is None else f"{p['lambda']:g}",
+                "–" if p["target"] is None else f"{p['target']:g}", fmt(p["accuracy"]), fmt(p["latency_ms"]),
+                fmt(p.get("peak_ram_kb"), 1), "yes" if (p["label"], p["latency_ms"], p["accuracy"]) in front else "",
+                f"`{_rel(p['run'].dir, c.out_dir)}`" if p["run"] is not None else "pretrained checkpoint"]
+               for p in sorted(c.points, key=lambda q: q["latency_ms"])],
+              numeric=[False, True, True, True, True, True, False, False])
 
+
+def dynamics_section(doc: Document, c: Context) -> None:
     doc.heading(2, "Search dynamics (stage 1)")
-    data = _png(the_main.file("alpha_evolution.png"))
-    if data is None and the_main.alphas and the_main.alphas.get("history"):
-        data = _plot_to_bytes(plot_alpha_evolution, the_main.alphas)
-    add_figure("alpha_evolution.png", data, "π = softmax(α/T) of every layer over the search epochs, in "
+    data = _png(c.main.file("alpha_evolution.png"))
+    if data is None and c.main.alphas and c.main.alphas.get("history"):
+        data = _plot_to_bytes(plot_alpha_evolution, c.main.alphas)
+    add_figure(doc, "alpha_evolution.png", data, "π = softmax(α/T) of every layer over the search epochs, in "
                "execution order; the title of each panel is the precision it ended with.",
                "The stage-1 run has no alphas.json history: no α evolution.")
-    data = _png(the_main.file("training_curves.png"))
-    if data is None and os.path.isfile(the_main.file("log.csv")):
-        log_rows = read_log_csv(the_main.file("log.csv"))
+    data = _png(c.main.file("training_curves.png"))
+    if data is None and os.path.isfile(c.main.file("log.csv")):
+        log_rows = read_log_csv(c.main.file("log.csv"))
         data = _plot_to_bytes(plot_training_curves, log_rows) if log_rows else None
-    add_figure("training_curves.png", data, "Stage 1 per epoch: losses, accuracies, temperature, expected "
+    add_figure(doc, "training_curves.png", data, "Stage 1 per epoch: losses, accuracies, temperature, expected "
                "and argmax latency / RAM (the fine-tuning epochs follow the search, shaded).",
                "The stage-1 run has no log.csv: no training curves.")
 
-    doc.heading(2, "Dual-core timeline (stage 2)")
-    if stage2 is None:
-        doc.note("No stage-2 run was given: no dual-core timeline.")
-    else:
-        units = section(stage2.hardware, "units")
-        if units:
-            doc.table(["unit", "busy (ms)", "idle (ms)", "utilisation"],
-                      [[u, fmt(number(v.get("busy_ms"))), fmt(number(v.get("idle_ms"))),
-                        fmt(100 * (number(v.get("utilization")) or 0.0), 0, "%")]
-                       for u, v in units.items() if isinstance(v, Mapping)], numeric=[False, True, True, True])
-        split = section(section(stage2.summary, "dual"), "split_layers")
-        if split:
-            rows_split = []
-            for name, entry in split.items():
-                parts = section(entry, "units")
-                rows_split.append([f"`{name}`", ", ".join(
-                    f"{u}: {section(parts, u).get('precision')} channels {section(parts, u).get('channels')}"
-                    for u in parts)])
-            doc.table(["layer", "split"], rows_split)
-        add_figure("dual_timeline.png", _png(stage2.file("dual_timeline.png")),
-                   "Stage 2: what each processing unit does over one inference (coloured by precision; "
-                   "grey = idle; numbers are layer indices).",
-                   "The stage-2 run has no dual_timeline.png.")
 
-    # -- runs ------------------------------------------------------------------------------------------
+def dual_section(doc: Document, c: Context) -> None:
+    doc.heading(2, "Dual-core timeline (stage 2)")
+    if c.stage2 is None:
+        doc.note("No stage-2 run was given: no dual-core timeline.")
+        return
+    units = section(c.stage2.hardware, "units")
+    if units:
+        doc.table(["unit", "busy (ms)", "idle (ms)", "utilisation"],
+                  [[u, fmt(number(v.get("busy_ms"))), fmt(number(v.get("idle_ms"))),
+                    fmt(100 * (number(v.get("utilization")) or 0.0), 0, "%")]
+                   for u, v in units.items() if isinstance(v, Mapping)], numeric=[False, True, True, True])
+    split = section(section(c.stage2.summary, "dual"), "split_layers")
+    if split:
+        rows = []
+        for name, entry in split.items():
+            parts = section(entry, "units")
+            rows.append([f"`{name}`", ", ".join(f"{u}: {section(parts, u).get('precision')} channels "
+                                                f"{section(parts, u).get('channels')}" for u in parts)])
+        doc.table(["layer", "split"], rows)
+    add_figure(doc, "dual_timeline.png", _png(c.stage2.file("dual_timeline.png")),
+               "Stage 2: what each processing unit does over one inference (coloured by precision; "
+               "grey = idle; numbers are layer indices).", "The stage-2 run has no dual_timeline.png.")
+
+
+def runs_section(doc: Document, c: Context) -> None:
     doc.heading(2, "Runs")
     keys = ("hardware_weight", "int_only", "test_acc", "val_acc", "latency_ms", "peak_ram_kb", "flash_kb",
             "compression", "search_time_s", "finetune_time_s")
-    run_rows = []
-    role = {id(the_main): "stage 1 (main)"}
-    if stage2 is not None:
-        role[id(stage2)] = "stage 2"
-    for r in uniform.values():
+    role = {id(c.main): "stage 1 (main)"}
+    if c.stage2 is not None:
+        role[id(c.stage2)] = "stage 2"
+    for r in c.uniform.values():
         role[id(r)] = f"uniform {r.uniform_precision}"
-    for r in found.runs:
-        row = summary_row(r.summary, _rel(r.dir, out_dir), r.args)
-        kind = role.get(id(r), "λ sweep" if r in sweep else ("not compared" if r in foreign else r.kind))
-        run_rows.append([f"`{row['run']}`", kind] + [format_value(k, row.get(k)) for k in keys])
+    rows = []
+    for r in c.found.runs:
+        row = summary_row(r.summary, _rel(r.dir, c.out_dir), r.args)
+        kind = role.get(id(r), "λ sweep" if r in c.sweep else ("not compared" if r in c.foreign else r.kind))
+        rows.append([f"`{row['run']}`", kind] + [format_value(k, row.get(k)) for k in keys])
     doc.table(["run", "role", "λ", "int_only", "test acc", "val acc", "latency ms", "peak RAM KB", "Flash KB",
-               "compression", "search time", "finetune time"], run_rows,
-              numeric=[False, False] + [True] * len(keys))
-    if foreign:
+               "compression", "search time", "finetune time"], rows, numeric=[False, False] + [True] * len(keys))
+    if c.foreign:
         doc.note("Not compared (another model, dataset or hardware profile than the main run): "
-                 + ", ".join(f"`{_rel(r.dir, out_dir)}`" for r in foreign) + ".")
-    if found.problems:
-        doc.note("Skipped: " + "; ".join(f"`{_rel(p, out_dir)}` ({why})" for p, why in found.problems) + ".")
-    pretrained = the_main.args.get("pretrained")
+                 + ", ".join(f"`{_rel(r.dir, c.out_dir)}`" for r in c.foreign) + ".")
+    if c.found.problems:
+        doc.note("Skipped: " + "; ".join(f"`{_rel(p, c.out_dir)}` ({why})" for p, why in c.found.problems) + ".")
+    pretrained = c.main.args.get("pretrained")
     doc.text("Reproduce: each run's exact arguments are in its `args.json`"
-             + (f"; FP32 checkpoint `{_rel(pretrained, out_dir)}`" if isinstance(pretrained, str) else "") + ".")
+             + (f"; FP32 checkpoint `{_rel(pretrained, c.out_dir)}`" if isinstance(pretrained, str) else "") + ".")
 
-    # -- write -------------------------------------------------------------------------------------------
+
+SECTIONS = (overview_section, result_section, memory_filter_section, precision_section, pareto_section,
+            dynamics_section, dual_section, runs_section)
+
+
+def build_report(paths: Sequence[str], output_md: str, main: Optional[str] = None,
+                 output_html: Optional[str] = None) -> Report:
+    """Read the runs under ``paths``, write ``output_md``, its figures folder and ``output_html``
+    (default: ``output_md`` with .html). Returns what was written, for callers and tests."""
+    if not output_md:
+        raise ValueError("--output: expected a file name for the Markdown report")
+    if os.path.isdir(output_md):
+        raise IsADirectoryError(f"--output {output_md}: is a folder; expected a file name such as report.md")
+    stem = os.path.splitext(output_md)[0]
+    output_html = output_html or stem + ".html"
+    assets_name = os.path.basename(stem) + "_files"
+    out_dir = os.path.dirname(os.path.abspath(output_md))
+    c = gather(paths, main, out_dir)
+    title = f"AdaptQNet report: {c.network}"
+    doc = Document()
+    doc.heading(1, title)
+    for add_section in SECTIONS:
+        add_section(doc, c)
     assets = os.path.join(out_dir, assets_name)
     for fig in doc.figures:
         atomic_write(os.path.join(assets, fig.file), lambda f, d=fig.data: f.write(d))
     write_text_atomic(doc.markdown(assets_name), output_md)
     write_text_atomic(doc.html(title), output_html)
-    return Report(doc, title, the_main, stage2, uniform, sweep, points, rows)
+    return Report(doc, title, c.main, c.stage2, c.uniform, c.sweep, c.points, c.rows)
