@@ -17,6 +17,10 @@ $(STAMP): requirements.txt requirements-dev.txt
 test: $(STAMP)
 	PYTHONPATH=$(CURDIR) $(PY) -m pytest -q -n 2 --dist loadfile tests
 
+# the unit tests only: no test that starts an interpreter or another process (see tests/conftest.py)
+test-fast: $(STAMP)
+	PYTHONPATH=$(CURDIR) $(PY) -m pytest -q -n 2 --dist loadfile -m "not integration" tests
+
 demo: $(STAMP)
 	PYTHONPATH=$(CURDIR) $(PY) Search_CIFAR10/run_demo.py $(if $(FRESH),--fresh,)
 

@@ -1,4 +1,4 @@
-"""Test-session set-up shared by every test file.
+"""Test-session set-up and the helpers test files share.
 
 * One CPU thread: tests run tiny tensors, where threads buy nothing, and on a shared, loaded machine
   OpenMP's spin-waiting between threads makes each op up to ~100x slower (a width-0.1 MobileNetV2
@@ -7,12 +7,79 @@
   unless ADAPTQNET_COMPILE is set or a test turns compilation on itself (tests/test_quantizers.py
   does, to check that the fused path computes the same numbers).
 Subprocesses started by tests inherit both settings through the environment.
+
+Tests that start interpreters or other processes (the command-line tools as a user runs them) get them
+from the ``run_process`` / ``spawn_process`` fixtures (``run_python`` / ``spawn_python`` for Python) and
+are marked ``integration`` by that alone, so ``make test-fast`` (``-m "not integration"``) leaves them
+out.
 """
 import os
+import subprocess
+import sys
 
 os.environ.setdefault("ADAPTQNET_COMPILE", "off")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-import torch
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PROCESS_FIXTURES = {"run_process", "spawn_process"}
+
+
+def _env(env=None, pythonpath=True):
+    """The test session's environment (one thread, eager quantizers), the repository on PYTHONPATH
+    unless ``pythonpath`` is False (a script must also run without it), plus ``env``."""
+    base = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    return {**base, **({"PYTHONPATH": REPO} if pythonpath else {}), **(env or {})}
+
+
+@pytest.fixture(scope="session")
+def run_process():
+    """``run(cmd, cwd=REPO, env=None, timeout=300, pythonpath=True)``: a finished process (text output)."""
+    def run(cmd, cwd=REPO, env=None, timeout=300, pythonpath=True):
+        return subprocess.run([str(c) for c in cmd], cwd=cwd, env=_env(env, pythonpath), capture_output=True,
+                              text=True, timeout=timeout)
+    return run
+
+
+@pytest.fixture(scope="session")
+def spawn_process():
+    """``spawn(cmd, cwd=REPO, env=None, pythonpath=True, **popen)``: a running process (a test that
+    interrupts it, or runs several at once)."""
+    def spawn(cmd, cwd=REPO, env=None, pythonpath=True, **popen):
+        popen.setdefault("stdout", subprocess.PIPE)
+        popen.setdefault("stderr", subprocess.PIPE)
+        return subprocess.Popen([str(c) for c in cmd], cwd=cwd, env=_env(env, pythonpath), text=True, **popen)
+    return spawn
+
+
+@pytest.fixture(scope="session")
+def run_python(run_process):
+    """``run_process`` of ``python argv...``: a project script or ``-c`` code in a fresh interpreter."""
+    return lambda argv, **kw: run_process([sys.executable, *argv], **kw)
+
+
+@pytest.fixture(scope="session")
+def spawn_python(spawn_process):
+    return lambda argv, **kw: spawn_process([sys.executable, *argv], **kw)
+
+
+@pytest.fixture(scope="session")
+def error_line():
+    """The one line a command-line tool prints for bad input (failing the test when it prints more, a
+    traceback, or exits 0)."""
+    def one(result):
+        assert result.returncode != 0, f"exit 0 for bad input:\n{result.stdout[-2000:]}"
+        lines = [line for line in result.stderr.strip().splitlines() if line.strip()]
+        assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
+        return lines[0]
+    return one
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if PROCESS_FIXTURES & set(item.fixturenames):
+            item.add_marker(pytest.mark.integration)

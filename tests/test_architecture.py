@@ -5,8 +5,6 @@ table below, so an upward import fails here with the file and line that adds it.
 """
 import ast
 import os
-import subprocess
-import sys
 
 import pytest
 
@@ -77,12 +75,11 @@ def test_imports_point_down():
 
 
 @pytest.mark.parametrize("package", ["models", "tensor_analysis", "data", "deploy"])
-def test_lower_layers_load_without_the_training_scripts(package):
+def test_lower_layers_load_without_the_training_scripts(run_python, package):
     code = (f"import sys, pkgutil, importlib, {package}\n"
             f"for m in pkgutil.walk_packages({package}.__path__, '{package}.'):\n"
             f"    importlib.import_module(m.name)\n"
             f"bad = sorted(m for m in sys.modules if m.split('.')[0] in ('Search_CIFAR10', 'benchmarks'))\n"
             f"assert not bad, bad\n")
-    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
-                            env={**os.environ, "PYTHONPATH": REPO})
+    result = run_python(["-c", code])
     assert result.returncode == 0, result.stderr[-2000:]

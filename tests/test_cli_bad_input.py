@@ -8,8 +8,6 @@ importing torch, and the catalogue would otherwise take minutes.
 import json
 import os
 import re
-import subprocess
-import sys
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -92,16 +90,14 @@ def make_inputs(root) -> dict:
             "bad_runs": str(root / "bad_runs")}
 
 
-def run_case(case, paths):
+def run_case(run_python, case, paths):
     name, script, argv, _, _ = case
-    argv = [a.format(**paths) for a in argv]
-    env = dict(os.environ, PYTHONPATH=REPO, ADAPTQNET_COMPILE="off", OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
-    return subprocess.run([sys.executable, os.path.join(REPO, script)] + argv, cwd=paths["out"], env=env,
-                          capture_output=True, text=True, timeout=120)
+    return run_python([os.path.join(REPO, script)] + [a.format(**paths) for a in argv], cwd=paths["out"],
+                      env={"PYTHONWARNINGS": "ignore"}, timeout=120)
 
 
 @pytest.fixture(scope="module")
-def results(tmp_path_factory):
+def results(tmp_path_factory, run_python):
     """Every case started at once on a small pool; each test waits for its own."""
     futures = {}
     inputs = make_inputs(tmp_path_factory.mktemp("inputs"))
@@ -113,7 +109,7 @@ def results(tmp_path_factory):
         for key in ("kept", "kept2"):
             with open(paths[key], "w") as f:
                 f.write(SENTINEL)
-        futures[case[0]] = (pool.submit(run_case, case, paths), paths)
+        futures[case[0]] = (pool.submit(run_case, run_python, case, paths), paths)
     yield futures
     pool.shutdown(wait=True)
 

@@ -13,6 +13,8 @@ from test_deploy_ir import GRAPH_SEEDS, half_test_values, handmade_network
 from deploy import c_export, reference, synthetic
 from deploy.ir import float_to_half_bits, half_bits_to_float, round_half_even
 
+# every test here compiles C and runs the program (gcc, make, QEMU)
+pytestmark = pytest.mark.integration
 IMAGES = 12
 
 

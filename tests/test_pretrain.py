@@ -2,8 +2,6 @@
 import json
 import os
 import socket
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -144,13 +142,11 @@ def test_cli_bad_input_one_line(reference, tmp_path, capsys):
     assert not (tmp_path / "c").exists() and not (tmp_path / "u").exists()
 
 
-def test_script_runs_from_its_folder_and_fails_in_one_line(tmp_path):
+def test_script_runs_from_its_folder_and_fails_in_one_line(run_python, tmp_path):
     """The real script in a fresh interpreter, started from its own folder without PYTHONPATH."""
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     (tmp_path / "empty_class_a").mkdir()
-    proc = subprocess.run([sys.executable, SCRIPT, "--dataset", "imagefolder", "--data_dir", str(tmp_path),
-                           "--output_dir", str(tmp_path / "out")], capture_output=True, text=True, env=env,
-                          cwd=os.path.dirname(SCRIPT), timeout=180)
+    proc = run_python([SCRIPT, "--dataset", "imagefolder", "--data_dir", str(tmp_path), "--output_dir",
+                       str(tmp_path / "out")], cwd=os.path.dirname(SCRIPT), timeout=180, pythonpath=False)
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 2 and len(lines) == 1, proc.stderr
     assert lines[0].startswith("error: ") and "hold no images" in lines[0]
@@ -183,6 +179,7 @@ def _free_port():
         return s.getsockname()[1]
 
 
+@pytest.mark.integration  # two interpreters, one per rank
 def test_ddp_two_gloo_ranks_end_identical(tmp_path):
     import torch.multiprocessing as mp
     out = tmp_path / "run"

@@ -6,8 +6,6 @@ import json
 import os
 import re
 import struct
-import subprocess
-import sys
 import zlib
 from html.parser import HTMLParser
 
@@ -194,14 +192,13 @@ def test_report_without_stage2(runs):
         assert f"](report_files/{name})" in md
 
 
-def test_report_with_stage2_and_cli(runs):
+def test_report_with_stage2_and_cli(run_python, runs):
     tmp_path, dirs = runs
     s2 = stage2_run(tmp_path, dirs["stage1"])
     out = tmp_path / "rep" / "demo.md"
     # the int8 run is left out: its accuracy is then "not measured", with a note
-    proc = subprocess.run([sys.executable, os.path.join(REPO, "Search_CIFAR10", "make_report.py"), "--runs",
-                           dirs["lam5"], s2, dirs["stage1"], "--output", str(out)],
-                          capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=REPO), timeout=120)
+    proc = run_python([os.path.join(REPO, "Search_CIFAR10", "make_report.py"), "--runs", dirs["lam5"], s2,
+                       dirs["stage1"], "--output", str(out)], timeout=120)
     assert proc.returncode == 0, proc.stderr
     md = out.read_text()
     s2row = table_row(md, "stage 2: mixed precision, dual-core")

@@ -3,8 +3,6 @@ import csv
 import io
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -178,11 +176,11 @@ def test_temperature_schedules_and_progressive_unlocking():
 # ----------------------------------------------------------------------------------------------------
 # The real script
 # ----------------------------------------------------------------------------------------------------
-def run_script(args, env_extra=None, timeout=240):
-    env = dict(os.environ, PYTHONPATH=REPO, ADAPTQNET_COMPILE="off", OMP_NUM_THREADS="1")
-    env.update(env_extra or {})
-    return subprocess.run([sys.executable, SCRIPT, *args], capture_output=True, text=True, env=env,
-                          timeout=timeout, cwd=os.path.dirname(SCRIPT))
+@pytest.fixture(scope="session")
+def run_script(run_python):
+    """The stage-1 script from its own folder, as a user runs it."""
+    return lambda args, env=None, timeout=240: run_python([SCRIPT, *args], cwd=os.path.dirname(SCRIPT), env=env,
+                                                          timeout=timeout)
 
 
 def tiny_args(files, out, *extra):
@@ -197,7 +195,7 @@ RUN_FILES = ["args.json", "log.csv", "alphas.json", "mapping.json", "summary.jso
              "precision_map.png"]
 
 
-def test_two_epoch_run_writes_every_file_and_resume_after_kill_matches(analysis_files, tmp_path):
+def test_two_epoch_run_writes_every_file_and_resume_after_kill_matches(run_script, analysis_files, tmp_path):
     full = tmp_path / "full"
     r = run_script(tiny_args(analysis_files, full))
     assert r.returncode == 0, r.stderr[-3000:]
@@ -238,7 +236,7 @@ def _error_line(result):
     return lines[-1] if lines else ""
 
 
-def test_analysis_for_another_model_is_rejected_before_training(analysis_files, tmp_path):
+def test_analysis_for_another_model_is_rejected_before_training(run_script, analysis_files, tmp_path):
     doc = dict(analysis_files["doc"])
     doc["model"] = dict(doc["model"], input_size=32)
     bad = tmp_path / "other.json"
@@ -253,7 +251,7 @@ def test_analysis_for_another_model_is_rejected_before_training(analysis_files, 
     assert not (tmp_path / "out" / "checkpoint_last.pt").exists()
 
 
-def test_lut_missing_layers_is_rejected(analysis_files, tmp_path):
+def test_lut_missing_layers_is_rejected(run_script, analysis_files, tmp_path):
     lut = json.loads(json.dumps(analysis_files["lut_doc"]))
     del lut["layers"]["features.3.conv.1.0"]
     bad = tmp_path / "lut.json"
@@ -263,7 +261,7 @@ def test_lut_missing_layers_is_rejected(analysis_files, tmp_path):
     assert "features.3.conv.1.0" in _error_line(r)
 
 
-def test_mismatched_pretrained_checkpoint_is_rejected(analysis_files, tmp_path):
+def test_mismatched_pretrained_checkpoint_is_rejected(run_script, analysis_files, tmp_path):
     other = build_model("mobilenetv2", num_classes=10, width_mult=0.25, input_size=16)
     ckpt = tmp_path / "other.pt"
     save_checkpoint({"spec": other.spec, "model": other.state_dict()}, str(ckpt))
@@ -273,7 +271,7 @@ def test_mismatched_pretrained_checkpoint_is_rejected(analysis_files, tmp_path):
     assert "--pretrained" in line and "width_mult" in line
 
 
-def test_nan_loss_stops_with_epoch_and_keeps_last_good_checkpoint(analysis_files, tmp_path):
+def test_nan_loss_stops_with_epoch_and_keeps_last_good_checkpoint(run_script, analysis_files, tmp_path):
     out = tmp_path / "nan"
     r = run_script(tiny_args(analysis_files, out), {"ADAPTQNET_FAULT": "nan@search:1:1"})
     assert r.returncode == 2 and "Traceback" not in r.stderr
@@ -313,7 +311,12 @@ def test_budget_repair_brings_a_derived_mapping_inside_both_budgets(analysis_fil
     budget_kb = hw.mapping_peak_ram_bytes(int8) / 1024 * 0.8      # below the all-INT8 peak
     target = hw.mapping_latency_ms(int8) * 1.10
     repaired, changes = enforce_budgets(start, hw, budget_kb, target)
-    assert changes and all(c["from"] == start[c["layer"]] or True for c in changes)
+    # every change starts from the layer's precision at that moment (a layer may change twice)
+    current = dict(start)
+    for c in changes:
+        assert c["from"] == current[c["layer"]] and c["to"] != c["from"]
+        current[c["layer"]] = c["to"]
+    assert changes and current == repaired
     assert hw.mapping_peak_ram_bytes(repaired) <= budget_kb * 1024
     assert hw.mapping_latency_ms(repaired) <= target
     # a mapping already inside both is left alone

@@ -7,8 +7,6 @@ import json
 import math
 import os
 import shutil
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -261,10 +259,11 @@ def stage1_dir(tmp_path_factory):
     return folder / "run"
 
 
-def run_script(args, timeout=240, env=None):
-    env = dict(os.environ, PYTHONPATH=REPO, ADAPTQNET_COMPILE="off", OMP_NUM_THREADS="1", **(env or {}))
-    return subprocess.run([sys.executable, SCRIPT, *args], capture_output=True, text=True, env=env,
-                          timeout=timeout, cwd=os.path.dirname(SCRIPT))
+@pytest.fixture(scope="session")
+def run_script(run_python):
+    """The stage-2 script from its own folder, as a user runs it."""
+    return lambda args, env=None, timeout=240: run_python([SCRIPT, *args], cwd=os.path.dirname(SCRIPT), env=env,
+                                                          timeout=timeout)
 
 
 RUN_FILES = ["args.json", "log.csv", "alphas.json", "mapping.json", "summary.json", "split.json", "lut.json",
@@ -277,7 +276,7 @@ def stage2_args(stage1_dir, out):
             "--batch_size", "16", "--topk", "3", "--output_dir", str(out), "--device", "cpu"]
 
 
-def test_two_epoch_run_writes_every_output(stage1_dir, tmp_path):
+def test_two_epoch_run_writes_every_output(run_script, stage1_dir, tmp_path):
     out = tmp_path / "s2"
     r = run_script(stage2_args(stage1_dir, out))
     assert r.returncode == 0, r.stderr[-3000:]
@@ -367,7 +366,7 @@ def test_bad_inputs_give_one_clear_line(stage1_dir, tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
-def test_one_unit_profile_exits_non_zero_from_the_shell(stage1_dir, tmp_path):
+def test_one_unit_profile_exits_non_zero_from_the_shell(run_script, stage1_dir, tmp_path):
     r = run_script(["--stage1_dir", str(stage1_dir), "--hardware", "cortex_m4f", "--output_dir", str(tmp_path / "o")])
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert r.stderr.strip().splitlines()[-1].startswith("error: hardware cortex_m4f has one processing unit")

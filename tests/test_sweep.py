@@ -3,8 +3,6 @@ predicted on every profile with the table the search itself builds; hardware-bli
 every profile's plot, a network searched for one profile only on its own."""
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 
@@ -94,13 +92,11 @@ def test_a_network_searched_for_another_profile_stays_off_its_plot(sweep_runs, t
     assert artifact_row.count("(") == 1   # its stm32h747 latency is shown, in parentheses
 
 
-def test_cli_writes_files_and_rejects_a_broken_mapping(sweep_runs, tmp_path):
+def test_cli_writes_files_and_rejects_a_broken_mapping(run_python, sweep_runs, tmp_path):
     runs, root = sweep_runs
     out = str(tmp_path / "cli")
     script = os.path.join(REPO, "Search_CIFAR10", "dnas", "plot_sweep.py")
-    env = {**os.environ, "PYTHONPATH": REPO}
-    done = subprocess.run([sys.executable, script, "--runs", root, "--hardware", *PROFILES, "--output_dir", out],
-                          capture_output=True, text=True, env=env, timeout=300)
+    done = run_python([script, "--runs", root, "--hardware", *PROFILES, "--output_dir", out], timeout=300)
     assert done.returncode == 0, done.stderr
     assert sorted(os.listdir(out)) == ["sweep.json", "sweep.md", "sweep_artifact.png", "sweep_stm32h747.png"]
     with open(os.path.join(runs["h747"], "mapping.json")) as f:
@@ -109,8 +105,7 @@ def test_cli_writes_files_and_rejects_a_broken_mapping(sweep_runs, tmp_path):
     with open(os.path.join(runs["h747"], "mapping.json"), "w") as f:
         json.dump(doc, f)
     before = open(os.path.join(out, "sweep.md")).read()
-    done = subprocess.run([sys.executable, script, "--runs", root, "--output_dir", out],
-                          capture_output=True, text=True, env=env, timeout=300)
+    done = run_python([script, "--runs", root, "--output_dir", out], timeout=300)
     assert done.returncode != 0
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and "classifier.1" in lines[0] and "h747_lam1" in lines[0], done.stderr

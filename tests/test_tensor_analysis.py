@@ -2,7 +2,6 @@
 import json
 import os
 import subprocess
-import sys
 
 import pytest
 import torch
@@ -390,20 +389,6 @@ def test_example_mapping_file_loads_and_matches_its_model():
     assert any(isinstance(v, dict) for v in layers.values())  # shows the dual-core form too
 
 
-# ----------------------------------------------------------------------------------------------------
-# MobileNetV1 and the model-name mapping
-# ----------------------------------------------------------------------------------------------------
-def test_mobilenetv1_layout_signs_and_small_input_strides():
-    model = build_model("mobilenetv1", width_mult=0.25, input_size=32, num_classes=10)
-    layers = dict(mixed_layers(model))
-    assert len(layers) == 28 and list(layers)[:3] == ["features.0.0", "features.1.conv.0.0", "features.1.conv.1.0"]
-    assert [n for n, m in layers.items() if m.signed_input] == ["features.0.0"]  # only the image is signed
-    assert model.spec["strides"] == [1, 1, 1, 2, 2, 2]
-    with torch.device("meta"):
-        assert build_model("mobilenetv1", input_size=224).spec["strides"] == [2, 1, 2, 2, 2, 2]
-    # shapes only (the quantizers have their own tests): one FP32 forward
-    fp32 = build_model("mobilenetv1", width_mult=0.25, input_size=32, num_classes=10, precisions=["fp32"])
-    assert fp32(torch.randn(2, 3, 32, 32)).shape == (2, 10)
 
 
 def test_seed_model_flags_map_to_registry_names(monkeypatch):
@@ -423,7 +408,7 @@ SMALL = ["--model_type", "mobilenetv2", "--width_mult", "0.35", "--input_size", 
 
 
 @pytest.fixture(scope="module")
-def cli_errors(tmp_path_factory):
+def cli_errors(tmp_path_factory, spawn_python):
     """The bad-input cases, each run as its own process (exit code, stderr, no traceback); started
     together because interpreter start-up dominates."""
     tmp = tmp_path_factory.mktemp("cli")
@@ -439,10 +424,8 @@ def cli_errors(tmp_path_factory):
         "infeasible": ("tensor_memory_filter.py", SMALL + ["--memory_threshold", "8", "--output_file",
                                                            str(tmp / "inf.json")]),
     }
-    env = dict(os.environ, PYTHONPATH=ROOT)
     # one run from the tools' own folder: scripts must work from there too
-    procs = {k: subprocess.Popen([sys.executable, os.path.join(TOOLS, script), *args], stdout=subprocess.PIPE,
-                                 stderr=subprocess.PIPE, text=True, env=env, cwd=TOOLS if k == "hardware" else ROOT)
+    procs = {k: spawn_python([os.path.join(TOOLS, script), *args], cwd=TOOLS if k == "hardware" else ROOT)
              for k, (script, args) in cases.items()}
     results = {}
     for k, p in procs.items():

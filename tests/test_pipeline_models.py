@@ -3,8 +3,6 @@ against PyTorch's FlopCounterMode), the tensor-analysis tools with the seed's mo
 stage-1 search script and the stage-2 (dual-core) script, with no model-specific code anywhere."""
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -63,22 +61,13 @@ def test_seed_model_flags_name_the_registry_models():
         model_name("mobilenetv3")
 
 
-def _env():
-    return dict(os.environ, PYTHONPATH=REPO, ADAPTQNET_COMPILE="off", OMP_NUM_THREADS="1")
-
-
-def _start(script, args):
-    return subprocess.Popen([sys.executable, script, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=_env(), cwd=os.path.dirname(script))
-
-
 def _finish(proc, timeout=300):
     out, err = proc.communicate(timeout=timeout)
     return proc.returncode, out, err
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
+def runs(tmp_path_factory, spawn_python):
     """For each model: analysis.json from the memory filter (seed flags), then a 1-epoch stage-1 search
     with the real script; all four run at once, and stage 2 starts on EfficientNet-B0's result as soon
     as it is there."""
@@ -92,18 +81,18 @@ def runs(tmp_path_factory):
                                    "--output_file", str(analysis), "--quiet"])
         extra = ["--model", name] if name == "efficientnet_b0" else []
         dirs[name] = folder / "run"
-        procs[name] = _start(STAGE1, ["--tensor_analysis_json", str(analysis), "--hardware", "stm32h747", *extra,
-                                      "--epochs", "1", "--warmup_epochs", "0", "--finetune_epochs", "0",
-                                      "--batch_size", "16", "--limit_train", "32", "--limit_eval", "32",
-                                      "--output_dir", str(dirs[name]), "--device", "cpu"])
+        procs[name] = spawn_python([STAGE1, "--tensor_analysis_json", str(analysis), "--hardware", "stm32h747",
+                                    *extra, "--epochs", "1", "--warmup_epochs", "0", "--finetune_epochs", "0",
+                                    "--batch_size", "16", "--limit_train", "32", "--limit_eval", "32",
+                                    "--output_dir", str(dirs[name]), "--device", "cpu"], cwd=os.path.dirname(STAGE1))
     results = {"stage1": {}, "dirs": dirs, "root": root}
     results["stage1"]["efficientnet_b0"] = _finish(procs.pop("efficientnet_b0"))
     stage2_dir = root / "stage2"
     stage2 = None
     if results["stage1"]["efficientnet_b0"][0] == 0:
-        stage2 = _start(STAGE2, ["--stage1_dir", str(dirs["efficientnet_b0"]), "--layers", STAGE2_LAYERS,
-                                 "--epochs", "1", "--warmup_epochs", "0", "--finetune_epochs", "0",
-                                 "--batch_size", "16", "--output_dir", str(stage2_dir), "--device", "cpu"])
+        stage2 = spawn_python([STAGE2, "--stage1_dir", str(dirs["efficientnet_b0"]), "--layers", STAGE2_LAYERS,
+                               "--epochs", "1", "--warmup_epochs", "0", "--finetune_epochs", "0", "--batch_size", "16",
+                               "--output_dir", str(stage2_dir), "--device", "cpu"], cwd=os.path.dirname(STAGE2))
     for name, proc in procs.items():
         results["stage1"][name] = _finish(proc)
     results["stage2"] = _finish(stage2) if stage2 else None

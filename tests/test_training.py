@@ -19,8 +19,8 @@ def test_runtime_on_cpu_and_flags():
     assert rt.device.type == "cpu" and rt.amp_dtype is None and not rt.channels_last
     assert rt.is_main and not rt.distributed and rt.wrap(torch.nn.Linear(2, 2)).__class__ is torch.nn.Linear
     assert not rt.grad_scaler().is_enabled()
-    with rt.autocast():
-        assert torch.ones(2).dtype == torch.float32
+    with rt.autocast():  # --amp is ignored on CPU: a matmul stays float32 (CPU autocast would give bfloat16)
+        assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.float32
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="--device cuda: no CUDA device"):
             resolve_device("cuda")

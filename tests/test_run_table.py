@@ -3,7 +3,6 @@ import csv
 import json
 import os
 import signal
-import subprocess
 import sys
 import textwrap
 import time
@@ -108,11 +107,11 @@ def test_malformed_summaries_are_reported_and_skipped(runs):
     assert len(rows) == 4
 
 
-def test_cli_prints_the_table_and_writes_csv_and_markdown(runs, tmp_path):
+def test_cli_prints_the_table_and_writes_csv_and_markdown(run_python, runs, tmp_path):
     write_run(runs, "broken", "{")
     out_csv, out_md = tmp_path / "t" / "table.csv", tmp_path / "table.md"
-    result = subprocess.run([sys.executable, SUMMARIZE, str(runs), "--csv", str(out_csv), "--markdown", str(out_md)],
-                            cwd=DNAS, capture_output=True, text=True, timeout=60)
+    result = run_python([SUMMARIZE, str(runs), "--csv", str(out_csv), "--markdown", str(out_md)], cwd=DNAS,
+                        timeout=60, pythonpath=False)
     assert result.returncode == 0, result.stderr
     assert "mixed_32px_lam0.5" in result.stdout and "3 run(s), 1 skipped" in result.stdout
     assert f"warning: {runs / 'broken' / 'summary.json'}: not valid JSON" in result.stderr
@@ -126,14 +125,13 @@ def test_cli_prints_the_table_and_writes_csv_and_markdown(runs, tmp_path):
     assert markdown[0].startswith("| run | dataset |") and len(markdown) == 2 + 3
 
 
-def test_cli_fails_only_when_no_summary_is_readable(tmp_path):
+def test_cli_fails_only_when_no_summary_is_readable(run_python, tmp_path):
     write_run(tmp_path, "broken", "{")
-    result = subprocess.run([sys.executable, SUMMARIZE, str(tmp_path)], capture_output=True, text=True, timeout=60)
+    result = run_python([SUMMARIZE, str(tmp_path)], timeout=60, pythonpath=False)
     assert result.returncode == 2
     assert "none of the 1 summary.json files could be read" in result.stderr
     assert "Traceback" not in result.stderr
-    result = subprocess.run([sys.executable, SUMMARIZE, str(tmp_path / "absent")], capture_output=True, text=True,
-                            timeout=60)
+    result = run_python([SUMMARIZE, str(tmp_path / "absent")], timeout=60, pythonpath=False)
     assert result.returncode == 2 and "folder not found" in result.stderr
 
 
@@ -147,16 +145,18 @@ def analysis_files(folder, sizes=(32, 112, 144), width="0.35"):
     return str(folder / "mobilenetv2_w{width}_s{size}_{threshold}kb.json")
 
 
-def launcher(args, env=None, cwd=None, timeout=60):
-    return subprocess.run(["bash", LAUNCHER] + args, capture_output=True, text=True, timeout=timeout,
-                          cwd=cwd, env={**os.environ, **(env or {})})
+@pytest.fixture(scope="session")
+def launcher(run_process):
+    """run_all_dnas.sh with ``args`` (the user's environment: PYTHONPATH as the caller has it)."""
+    return lambda args, env=None, cwd=None, timeout=60: run_process(["bash", LAUNCHER] + args, cwd=cwd, env=env,
+                                                                   timeout=timeout, pythonpath="PYTHONPATH" in os.environ)
 
 
 def commands(stdout):
     return [line for line in stdout.splitlines() if line.startswith("nohup ")]
 
 
-def test_dry_run_prints_the_batch(tmp_path):
+def test_dry_run_prints_the_batch(launcher, tmp_path):
     pattern = analysis_files(tmp_path / "analysis")
     result = launcher(["--dry_run", "--width_mult", "0.35", "--analysis_pattern", pattern,
                        "--output_root", str(tmp_path / "out"), "--lambdas", "0 0.5 2", "--epochs", "3",
@@ -184,7 +184,7 @@ def test_dry_run_prints_the_batch(tmp_path):
     assert not (tmp_path / "out").exists()  # a dry run creates nothing
 
 
-def test_dry_run_relative_paths_are_the_callers_and_done_runs_are_skipped(tmp_path):
+def test_dry_run_relative_paths_are_the_callers_and_done_runs_are_skipped(launcher, tmp_path):
     analysis_files(tmp_path / "analysis", sizes=(32,))
     (tmp_path / "ck.pt").write_bytes(b"x")
     done = tmp_path / "out" / "mbv2_w0.35_mixed_32px_lam1"
@@ -210,7 +210,7 @@ def test_dry_run_relative_paths_are_the_callers_and_done_runs_are_skipped(tmp_pa
     (["--lambdas", "0 big"], "--lambdas: expected non-negative numbers, got 'big'"),
     (["--unknown"], "unknown option '--unknown'"),
 ])
-def test_bad_input_stops_before_anything_runs(tmp_path, args, message):
+def test_bad_input_stops_before_anything_runs(launcher, tmp_path, args, message):
     pattern = analysis_files(tmp_path / "analysis", sizes=(32,))
     base = ["--dry_run", "--width_mult", "0.35", "--sizes", "32", "--analysis_pattern", pattern,
             "--output_root", str(tmp_path / "out")]
@@ -220,7 +220,7 @@ def test_bad_input_stops_before_anything_runs(tmp_path, args, message):
     assert commands(result.stdout) == []
 
 
-def test_default_analysis_name_and_help(tmp_path):
+def test_default_analysis_name_and_help(launcher, tmp_path):
     result = launcher(["--dry_run", "--sizes", "112", "--analysis_pattern",
                        str(tmp_path / "mobilenetv2_w{width}_s{size}_{threshold}kb.json")])
     assert result.returncode == 2
@@ -262,7 +262,7 @@ FAKE_SEARCH = textwrap.dedent("""\
 """)
 
 
-def test_real_batch_caps_concurrency_reports_failures_and_prints_the_table(tmp_path):
+def test_real_batch_caps_concurrency_reports_failures_and_prints_the_table(launcher, tmp_path):
     pattern = analysis_files(tmp_path / "analysis", sizes=(32,))
     fake = tmp_path / "fake_search.py"
     fake.write_text(FAKE_SEARCH)
@@ -293,16 +293,16 @@ def test_real_batch_caps_concurrency_reports_failures_and_prints_the_table(tmp_p
     assert peak == 2
 
 
-def test_interrupting_the_launcher_stops_its_searches(tmp_path):
+def test_interrupting_the_launcher_stops_its_searches(spawn_process, tmp_path):
     pattern = analysis_files(tmp_path / "analysis", sizes=(32,))
     fake = tmp_path / "fake_search.py"
     fake.write_text(FAKE_SEARCH)
     trace = tmp_path / "trace.txt"
-    process = subprocess.Popen(
+    process = spawn_process(
         ["bash", LAUNCHER, "--jobs", "2", "--sizes", "32", "--lambdas", "0", "--width_mult", "0.35",
          "--analysis_pattern", pattern, "--output_root", str(tmp_path / "out"), "--extra", "--sleep 60"],
-        env={**os.environ, "PYTHON": sys.executable, "SEARCH_SCRIPT": str(fake), "FAKE_TRACE": str(trace)},
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        env={"PYTHON": sys.executable, "SEARCH_SCRIPT": str(fake), "FAKE_TRACE": str(trace)},
+        pythonpath="PYTHONPATH" in os.environ)
     try:
         deadline = time.time() + 30
         while time.time() < deadline and (not trace.exists() or trace.read_text().count("start") < 2):
