@@ -26,6 +26,7 @@ import torch
 import torch.nn as nn
 
 from data.loader import DeviceLoader
+from data.splits import save_split_info
 from models import formats
 from models.files import load_checkpoint
 from models.mapping import load_mapping, mapping_digest, mapping_document
@@ -93,6 +94,21 @@ def alpha_loader(splits, args, runtime: Runtime, input_size: int) -> DeviceLoade
                         drop_last=len(splits.val_y) // runtime.world_size >= args.batch_size,
                         world_size=runtime.world_size, rotate_deg=splits.rotate_deg,
                         channels_last=runtime.channels_last)
+
+
+def open_run_dir(args, default_dir: str, runtime: Runtime, resume: Optional[Mapping], splits,
+                 analysis: Mapping, lut: Mapping) -> RunDir:
+    """The run directory; a new run records its arguments and every input it searches with (the
+    analysis, the latency table, the data split), so nothing later has to find them elsewhere."""
+    run = RunDir(args.output_dir or default_dir, runtime.is_main)
+    args.output_dir = run.dir
+    if resume is None:
+        run.json("args.json", vars(args))
+        run.json("analysis.json", analysis, compact=True)
+        run.json("lut.json", lut)
+        if runtime.is_main:
+            save_split_info(splits, run.path("split.json"))
+    return run
 
 
 def search_settings(args, progressive_epochs: int = 0) -> SearchSettings:

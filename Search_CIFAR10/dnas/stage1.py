@@ -15,7 +15,6 @@ from typing import Dict, Mapping, Optional, Tuple
 import torch
 import torch.nn as nn
 
-from data.splits import save_split_info
 from models import build_from_spec, formats, list_models
 from models.files import CheckpointError, load_checkpoint
 from models.mapping import check_layer_names_match, precision_histogram
@@ -24,8 +23,8 @@ from models.network import (allowed_precisions, calibrate_activation_clips, deri
 from models.registry import check_same_model, spec_differences
 from Search_CIFAR10 import REPO_ROOT
 from Search_CIFAR10.dnas.arguments import add_search_args, apply_constraints, parse_protect
-from Search_CIFAR10.dnas.driver import (SearchStage, alpha_loader, alphas_document, resolve_resume, run_search,
-                                        search_settings)
+from Search_CIFAR10.dnas.driver import (SearchStage, alpha_loader, alphas_document, open_run_dir, resolve_resume,
+                                        run_search, search_settings)
 from Search_CIFAR10.dnas.hardware_cost import HardwareCost
 from Search_CIFAR10.reporting.figures import plot_precision_map, plot_run_dir
 from Search_CIFAR10.training.data import add_data_args, build_loaders
@@ -223,14 +222,7 @@ def run_stage1(args) -> dict:
         runtime.rank, runtime.world_size, channels_last=runtime.channels_last)
     model, pretrained = prepare_model(args, analysis, splits.num_classes, runtime)
     hw = HardwareCost.from_lut(model, lut, analysis, net_analysis)
-    run = RunDir(args.output_dir or default_output_dir(args), runtime.is_main)
-    args.output_dir = run.dir
-    if resume is None:
-        run.json("args.json", vars(args))
-        run.json("analysis.json", analysis, compact=True)
-        run.json("lut.json", lut)
-        if runtime.is_main:
-            save_split_info(splits, run.path("split.json"))
+    run = open_run_dir(args, default_output_dir(args), runtime, resume, splits, analysis, lut)
     model = runtime.prepare_model(model)
     hw.to(runtime.device)
     alpha_batches = alpha_loader(splits, args, runtime, model.spec["input_size"])

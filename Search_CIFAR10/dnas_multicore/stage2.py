@@ -28,7 +28,7 @@ from typing import Dict, List, Mapping, Optional, Sequence
 import torch
 import torch.nn as nn
 
-from data.splits import save_split_info, split_info
+from data.splits import split_info
 from models import build_from_spec, formats
 from models.dual import (DUAL_LAYER_TYPES, build_dual_network, derive_dual_network, dual_layers, label_entries,
                          open_dual_layers, option_parts)
@@ -39,7 +39,8 @@ from models.precisions import PRECISION_ORDER, PRECISIONS, canonical_precisions
 from models.registry import check_same_model, spec_differences
 from Search_CIFAR10 import REPO_ROOT
 from Search_CIFAR10.dnas.arguments import add_search_args, apply_constraints, parse_protect
-from Search_CIFAR10.dnas.driver import SearchStage, alpha_loader, resolve_resume, run_search, search_settings
+from Search_CIFAR10.dnas.driver import (SearchStage, alpha_loader, open_run_dir, resolve_resume, run_search,
+                                        search_settings)
 from Search_CIFAR10.dnas.hardware_cost import REFERENCE_PRECISION, HardwareCost
 from Search_CIFAR10.dnas.stage1 import build_summary
 from Search_CIFAR10.reporting.figures import plot_dual_core_timeline, plot_precision_map, plot_run_dir
@@ -538,14 +539,7 @@ def run_stage2(args) -> dict:
         if any(theirs.get(k) != mine.get(k) for k in ("dataset", "split_seed", "val_indices", "test_indices")):
             raise ValueError(f"{s1_split}: the data split differs from stage 1's (dataset, seed or --limit_eval); "
                              f"stage 2 must evaluate on the same validation/test images")
-    out = RunDir(args.output_dir or default_output_dir(args, profile), runtime.is_main)
-    args.output_dir = out.dir
-    if resume is None:
-        out.json("args.json", vars(args))
-        out.json("analysis.json", dual_analysis, compact=True)
-        out.json("lut.json", lut)
-        if runtime.is_main:
-            save_split_info(splits, out.path("split.json"))
+    out = open_run_dir(args, default_output_dir(args, profile), runtime, resume, splits, dual_analysis, lut)
     model = runtime.prepare_model(model)
     hw.to(runtime.device)
     if resume is None:
