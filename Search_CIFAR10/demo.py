@@ -52,8 +52,8 @@ REPORT = "Search_CIFAR10/make_report.py"
 
 @dataclass
 class DemoConfig:
-    """What the demo runs. The epoch counts are sized so that the whole demo fits in 15 minutes on two
-    CPU cores (measured; see README.md); they are far below what a real search wants."""
+    """What the demo runs. The epoch counts are sized so that the whole demo fits in minutes on two CPU
+    cores (docs/experiments.md §6); they are far below what a real search wants."""
 
     output_dir: str = os.path.join(REPO_ROOT, "runs", "demo")
     dataset: str = "digits"
@@ -74,12 +74,10 @@ class DemoConfig:
     stage2_epochs: int = 2
     stage2_finetune_epochs: int = 1
     stage2_topk: int = 4
-    # stage 2 mixes every option of an opened layer exactly (one convolution each); int8 parts only keep
-    # that to a handful of options per layer instead of ~100
+    # stage 2 mixes every option of an opened layer exactly (one convolution per distinct precision);
+    # int8 parts only keep that to a handful of options per layer instead of ~100 (docs/experiments.md §3)
     stage2_precisions: str = "int8"
-    # None: the searches' own default ($ADAPTQNET_COMPILE, else auto). Side by side on 2 shared cores, a
-    # demo-sized stage-1 run (2 search epochs + 1 fine-tune) took 137.5 CPU-s with torch.compile
-    # (cold cache) and 148.2 CPU-s without; later runs reuse the compiled kernels
+    # None: the searches' own default ($ADAPTQNET_COMPILE, else auto; docs/experiments.md §4)
     compile: Optional[str] = None
     threads: int = 1
     jobs: int = 2

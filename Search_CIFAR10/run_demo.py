@@ -26,8 +26,7 @@ def main(argv=None) -> int:
                         help="steps run at once (independent steps only), each single-threaded")
     parser.add_argument("--compile", choices=("auto", "on", "off"), default=None,
                         help="passed to the searches as --compile (default: not passed, so $ADAPTQNET_COMPILE, else "
-                             "auto: torch.compile where a C compiler works, which measured ~7%% less CPU time than "
-                             "off for these short runs even with the compilation)")
+                             "auto: torch.compile where a C compiler works)")
     args = parser.parse_args(argv)
     cfg = DemoConfig(output_dir=os.path.abspath(args.output_dir), jobs=args.jobs, compile=args.compile)
     return run_demo(cfg, fresh=args.fresh)

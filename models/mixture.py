@@ -164,10 +164,10 @@ def set_compile(mode: str) -> None:
     C++ compiler for CPU, Triton for CUDA; on failure, one warning and eager from then on), 'on'
     (compile; failures raise), 'off' (eager). Default: $ADAPTQNET_COMPILE, else 'auto'.
 
-    Why 'auto': on the dev machine (CPU, benchmarks/search_step.py defaults) a composite search step
-    costs 1.19x a fixed-INT8 QAT step compiled, against 1.83x eager, and compiled fixed INT8 is
-    itself 1.24x faster than eager. The price is compilation on first use (about 10-30 s per
-    process, less once inductor's on-disk cache is warm), which is why the tests run 'off'."""
+    Why 'auto': compiled, a composite search step costs little more than a fixed-INT8 QAT step
+    (benchmarks/search_step.py; figures in docs/experiments.md §4). The price is compilation on first
+    use (seconds per process, less once inductor's on-disk cache is warm), which is why the tests
+    run 'off'."""
     global _compile_mode, _compile_broken
     _compile_mode = _parse_compile_mode(mode, "set_compile")
     _compile_broken = None

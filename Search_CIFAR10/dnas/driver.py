@@ -261,6 +261,9 @@ def run_search(stage: SearchStage, args, loaders, runtime: Runtime, run: RunDir,
     """Search (or continue a search), derive the argmax network, repair it into the budgets, fine-tune
     it, choose final.pt on validation, measure the test split once and write summary.json."""
     train_loader, alpha_batches, val_loader, test_loader = loaders
+    if runtime.amp_dtype == torch.float16:
+        # the alternating weight and α steps have no loss scaling, and fp16 gradients underflow without it
+        raise ValueError("--amp fp16: the searches do not scale their losses; use --amp bf16 (float32's range)")
     if resume is None or resume[PHASE] == "search":
         rows = search_loop(stage, args, (train_loader, alpha_batches, val_loader), runtime, run, resume)
         searched = derive_mapping(stage.model)
