@@ -49,6 +49,12 @@ class DataSplits:
     split_seed: int
     val_indices: List[int]    # indices into the official test part
     test_indices: List[int]
+    # the images that choose checkpoints (final.pt, best.pt); with a selection fraction they are held out
+    # of the validation split, so the validation images that train α never also pick the network
+    select_x: Optional[torch.Tensor] = None
+    select_y: Optional[torch.Tensor] = None
+    select_indices: Optional[List[int]] = None
+    selection_fraction: float = 0.0
     rotate_deg: float = 0.0
     classes: List[str] = field(default_factory=list)
     train_indices: Optional[List[int]] = None  # set when --limit_train subsampled the train part
@@ -56,9 +62,13 @@ class DataSplits:
     holdout_indices: Optional[List[int]] = None  # held out of the full dataset
     source: str = ""
 
+    def __post_init__(self):
+        if self.select_x is None:  # no held-out selection part: validation chooses, as it trains α
+            self.select_x, self.select_y, self.select_indices = self.val_x, self.val_y, list(self.val_indices)
+
     def to(self, device) -> "DataSplits":
         return replace(self, **{k: getattr(self, k).to(device) for k in
-                                ("train_x", "train_y", "val_x", "val_y", "test_x", "test_y")})
+                                ("train_x", "train_y", "val_x", "val_y", "test_x", "test_y", "select_x", "select_y")})
 
     @property
     def image_size(self) -> int:
@@ -121,13 +131,17 @@ def _read_raw(name: str, data_dir: Optional[str], download: bool, image_size: in
 
 def load_splits(name: str, data_dir: Optional[str] = None, download: bool = False, split_seed: int = 0,
                 limit_train: Optional[int] = None, limit_eval: Optional[int] = None,
-                image_size: int = 32) -> DataSplits:
+                image_size: int = 32, selection_fraction: float = 0.0) -> DataSplits:
     """Read a dataset and split its official test part into validation and test by ``split_seed``.
 
     ``limit_train`` / ``limit_eval`` keep a seeded subset of train / of each of validation and test
     (quick tests and demos); the recorded indices are the ones kept. ``image_size`` is the size
     ImageFolder images are decoded to (the other datasets have a fixed native size).
+    ``selection_fraction`` holds that share of the validation images out as the selection split
+    (``select_*``): a search trains α on the rest and chooses its checkpoint on these.
     """
+    if not 0.0 <= selection_fraction < 1.0:
+        raise DatasetError(f"--selection_fraction: expected a fraction in [0, 1), got {selection_fraction}")
     for flag, v in (("--limit_train", limit_train), ("--limit_eval", limit_eval)):
         if v is not None and v <= 0:
             raise DatasetError(f"{flag}: expected a positive number of images, got {v}")
@@ -152,6 +166,18 @@ def load_splits(name: str, data_dir: Optional[str] = None, download: bool = Fals
     if train_idx is not None:
         train_x, train_y = train_x[train_idx], train_y[train_idx]
     mean, std = _channel_stats(raw.train_x)  # the full train part: limits must not shift the statistics
+    selection = {}
+    if selection_fraction > 0:
+        n_select = int(round(len(val_idx) * selection_fraction))
+        if not 1 <= n_select < len(val_idx):
+            raise DatasetError(f"--selection_fraction {selection_fraction:g}: {len(val_idx)} validation images "
+                               f"leave no image for α or none for the choice")
+        order = torch.randperm(len(val_idx), generator=torch.Generator().manual_seed(derive_seed(split_seed, 4)))
+        chosen = set(order[:n_select].tolist())
+        select_idx = [v for i, v in enumerate(val_idx) if i in chosen]
+        val_idx = [v for i, v in enumerate(val_idx) if i not in chosen]
+        selection = dict(select_x=raw.test_x[select_idx].contiguous(), select_y=raw.test_y[select_idx].contiguous(),
+                         select_indices=select_idx, selection_fraction=float(selection_fraction))
     return DataSplits(
         name=raw.name, num_classes=raw.num_classes,
         train_x=train_x.contiguous(), train_y=train_y.contiguous(),
@@ -159,7 +185,7 @@ def load_splits(name: str, data_dir: Optional[str] = None, download: bool = Fals
         test_x=raw.test_x[test_idx].contiguous(), test_y=raw.test_y[test_idx].contiguous(),
         mean=mean, std=std, flip=raw.flip, rotate_deg=raw.rotate_deg, split_seed=int(split_seed),
         val_indices=val_idx, test_indices=test_idx, classes=list(raw.classes), train_indices=train_idx,
-        holdout_seed=raw.holdout_seed, holdout_indices=raw.holdout_indices, source=raw.source)
+        holdout_seed=raw.holdout_seed, holdout_indices=raw.holdout_indices, source=raw.source, **selection)
 
 
 def split_info(splits: DataSplits) -> dict:
@@ -171,15 +197,18 @@ def split_info(splits: DataSplits) -> dict:
         "split_seed": splits.split_seed,
         "val_fraction": VAL_FRACTION,
         "sizes": {"train": int(len(splits.train_y)), "val": int(len(splits.val_y)),
-                  "test": int(len(splits.test_y))},
+                  "select": int(len(splits.select_y)), "test": int(len(splits.test_y))},
+        "selection_fraction": splits.selection_fraction,
         "image_size": splits.image_size,
         "mean": list(splits.mean), "std": list(splits.std),
         "val_indices": list(splits.val_indices),
         "test_indices": list(splits.test_indices),
+        "selection_indices": list(splits.select_indices),
         "train_indices": None if splits.train_indices is None else list(splits.train_indices),
         "holdout_seed": splits.holdout_seed,
         "holdout_indices": None if splits.holdout_indices is None else list(splits.holdout_indices),
-        "note": ("val_indices and test_indices index the official test part"
+        "note": ("val_indices (α), selection_indices (the choice of checkpoints; the validation images "
+                 "themselves without a selection fraction) and test_indices index the official test part"
                  + (" (for datasets without one: the images at holdout_indices of the full dataset, "
                     "held out by holdout_seed)" if splits.holdout_seed is not None else "")),
     }

@@ -14,6 +14,7 @@ are marked ``integration`` by that alone, so ``make test-fast`` (``-m "not integ
 out.
 """
 import os
+import re
 import subprocess
 import sys
 
@@ -67,14 +68,21 @@ def spawn_python(spawn_process):
     return lambda argv, **kw: spawn_process([sys.executable, *argv], **kw)
 
 
+def is_warning(line: str) -> bool:
+    """Python warnings (and the source line they quote), our tools' "warning: ..." lines, torch's C++ logs."""
+    return (line.startswith("warning:") or "Warning:" in line or line.startswith("  warnings.warn")
+            or re.match(r"^[WI]\d{4} ", line) is not None)
+
+
 @pytest.fixture(scope="session")
 def error_line():
-    """The one line a command-line tool prints for bad input (failing the test when it prints more, a
-    traceback, or exits 0)."""
+    """The one "error: ..." line a command-line tool prints for bad input, besides warnings (failing the
+    test when it prints more, a traceback, or exits 0)."""
     def one(result):
         assert result.returncode != 0, f"exit 0 for bad input:\n{result.stdout[-2000:]}"
-        lines = [line for line in result.stderr.strip().splitlines() if line.strip()]
-        assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
+        lines = [line for line in result.stderr.strip().splitlines() if line.strip() and not is_warning(line)]
+        assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in result.stderr, \
+            result.stderr[-3000:]
         return lines[0]
     return one
 

@@ -321,3 +321,44 @@ def test_budget_repair_brings_a_derived_mapping_inside_both_budgets(analysis_fil
     assert hw.mapping_latency_ms(repaired) <= target
     # a mapping already inside both is left alone
     assert enforce_budgets(repaired, hw, budget_kb, target) == (repaired, [])
+
+
+def test_a_mapping_is_fine_tuned_without_a_search_and_writes_every_file(run_script, analysis_files, tmp_path):
+    uniform = tmp_path / "uniform"
+    r = run_script(tiny_args(analysis_files, uniform, "--mapping", "uniform:int4"))
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "--mapping uniform:int4: predicted latency" in r.stdout
+    for name in RUN_FILES:
+        assert (uniform / name).is_file() and (uniform / name).stat().st_size > 0, name
+    summary = json.loads((uniform / "summary.json").read_text())
+    assert summary["source"] == "mapping" and summary["precision_histogram"] == {"int4": 53}
+    assert "supernet_val" not in summary["accuracy"] and "test" in summary["accuracy"]
+    phases = [row["phase"] for row in csv.DictReader(io.StringIO((uniform / "log.csv").read_text()))]
+    assert phases == ["finetune"], "nothing is searched"
+    layers = json.loads((uniform / "mapping.json").read_text())["layers"]
+    assert set(layers.values()) == {"int4"}
+    acc = summary["accuracy"]  # final.pt is chosen exactly as in a searched run
+    assert acc["finetuned_val"] >= acc["derived_val_before_finetune"]
+    # a mapping file (here: that one with two layers changed) is fine-tuned as given
+    names = list(layers)
+    edited = dict(layers, **{names[0]: "int8", names[-1]: "fp16"})
+    path = tmp_path / "edited.json"
+    path.write_text(json.dumps({"schema": "adaptqnet/mapping/1", "layers": edited}))
+    r = run_script(tiny_args(analysis_files, tmp_path / "edited", "--mapping", str(path)))
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert json.loads((tmp_path / "edited" / "mapping.json").read_text())["layers"] == edited
+    assert json.loads((tmp_path / "edited" / "summary.json").read_text())["precision_histogram"] == {
+        "fp16": 1, "int8": 1, "int4": 51}
+
+
+def test_a_mapping_outside_the_allowed_precisions_is_refused_before_training(run_script, analysis_files, tmp_path,
+                                                                             error_line):
+    out = tmp_path / "refused"
+    line = error_line(run_script(tiny_args(analysis_files, out, "--int_only", "--mapping", "uniform:fp16")))
+    assert "--mapping uniform:fp16: 53 layer(s) at a precision the analysis does not allow" in line
+    assert "allowed: int8, int4, int2" in line
+    assert not (out / "checkpoint_last.pt").exists()
+    missing = tmp_path / "short.json"
+    missing.write_text(json.dumps({"features.0.0": "int8"}))
+    line = error_line(run_script(tiny_args(analysis_files, tmp_path / "short", "--mapping", str(missing))))
+    assert "layer names do not match the model: missing layers:" in line

@@ -69,6 +69,11 @@ def add_search_args(parser: argparse.ArgumentParser, stage: int = 1) -> None:
                    help="peak-RAM budget in KB; only the excess is penalised (default: none; the memory "
                         "filter has already removed options that overflow the analysis threshold)")
 
+    g.add_argument("--selection_fraction", type=non_negative_float, default=0.0,
+                   help="hold this share of the validation images out of the α steps; supernet, derived and "
+                        "fine-tuned networks are then chosen on them alone (0: the α images also choose, which "
+                        "makes validation accuracy optimistic); recorded in split.json")
+
     f = parser.add_argument_group("derivation and fine-tuning")
     f.add_argument("--finetune_epochs", type=non_negative_int, default=5,
                    help="QAT fine-tuning epochs of the derived network (default %(default)s)")

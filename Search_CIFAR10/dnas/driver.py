@@ -69,6 +69,8 @@ class SearchStage:
     mapping_extra: Dict[str, Any] = field(default_factory=dict)    # recorded in mapping.json
     checkpoint_extra: Dict[str, Any] = field(default_factory=dict)  # recorded in every checkpoint
     final_extra: Dict[str, Any] = field(default_factory=dict)       # recorded in final.pt
+    # α labels to fine-tune without searching (a user's mapping, a uniform network, a random draw)
+    fixed: Optional[Dict[str, str]] = None
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -151,6 +153,12 @@ def alphas_document(model: nn.Module, history: Sequence[dict]) -> dict:
     """alphas.json of a stage-1 search: each layer's precisions and π per epoch."""
     return {"schema": formats.ALPHAS, "layers": [n for n, _ in mixed_layers(model)],
             "precisions": allowed_precisions(model), "history": list(history)}
+
+
+def one_hot_snapshot(model: nn.Module, labels: Mapping[str, str]) -> dict:
+    """alphas.json's history entry of a network that was not searched: π one-hot at each layer's label."""
+    return {"epoch": 0, "temperature": 1.0,
+            "probs": {n: [1.0 if p == labels[n] else 0.0 for p in layer.precisions] for n, layer in mixed_layers(model)}}
 
 
 def search_loop(stage: SearchStage, args, loaders, runtime: Runtime, run: RunDir, resume: Optional[Mapping]
@@ -265,12 +273,16 @@ def run_search(stage: SearchStage, args, loaders, runtime: Runtime, run: RunDir,
         # the alternating weight and α steps have no loss scaling, and fp16 gradients underflow without it
         raise ValueError("--amp fp16: the searches do not scale their losses; use --amp bf16 (float32's range)")
     if resume is None or resume[PHASE] == "search":
-        rows = search_loop(stage, args, (train_loader, alpha_batches, val_loader), runtime, run, resume)
-        searched = derive_mapping(stage.model)
-        chosen, repairs = enforce_budgets(searched, stage.hw, args.memory_budget_kb, args.latency_target_ms)
-        print_repairs(repairs, runtime)
+        if stage.fixed is None:
+            rows = search_loop(stage, args, (train_loader, alpha_batches, val_loader), runtime, run, resume)
+            searched = derive_mapping(stage.model)
+            chosen, repairs = enforce_budgets(searched, stage.hw, args.memory_budget_kb, args.latency_target_ms)
+            print_repairs(repairs, runtime)
+            supernet_val = rows[-1]["val_acc"]
+        else:  # nothing to search: the given mapping is fine-tuned as a searched one would be
+            rows, searched, chosen, repairs, supernet_val = [], dict(stage.fixed), dict(stage.fixed), [], None
+            run.json("alphas.json", stage.alphas_document(stage.model, [one_hot_snapshot(stage.model, chosen)]))
         mapping = stage.to_entries(chosen)
-        supernet_val = rows[-1]["val_acc"]
         run.checkpoint("supernet.pt", {**stage.checkpoint_extra, "model": stage.model.state_dict()})
         net = stage.derive(stage.model, mapping)
         derived_val = evaluate(net, val_loader, runtime, show_progress=False)["acc"]
@@ -296,8 +308,10 @@ def run_search(stage: SearchStage, args, loaders, runtime: Runtime, run: RunDir,
     net.load_state_dict(final["model"])
     test = evaluate(net, test_loader, runtime, show_progress=False)
     times = {phase: sum(float(r["time_s"]) for r in rows if r["phase"] == phase) for phase in ("search", "finetune")}
-    summary = stage.summarize(mapping, {"supernet_val": supernet_val, "derived_val_before_finetune": derived_val,
-                                        "finetuned_val": best_val, "test": test["acc"]}, times)
+    accuracy = {"supernet_val": supernet_val, "derived_val_before_finetune": derived_val, "finetuned_val": best_val,
+                "test": test["acc"]}
+    summary = stage.summarize(mapping, {k: v for k, v in accuracy.items() if v is not None}, times)
+    summary["source"] = "search" if stage.fixed is None else "mapping"
     summary["budget_repairs"] = repairs
     # -1: no fine-tuning epoch beat the derived network on validation, so final.pt is the derived network
     summary["finetune_epoch_chosen"] = final.get("finetune_epoch")

@@ -38,6 +38,8 @@ from tensor_analysis.graph import as_analysis
 from tensor_analysis.lut import build_lut, load_lut_json, lut_latency_ms
 from tensor_analysis.prediction import predict_network
 from tensor_analysis.profiles import load_profile
+from models.mapping import is_single_unit, load_mapping
+from models.precisions import get_precision
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -65,6 +67,10 @@ def add_stage1_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--input_size", type=positive_int, default=None,
                    help="input resolution; must match the analysis file (default: the analysis file's)")
     g.add_argument("--int_only", action="store_true", help="allow only int8/int4/int2 in every layer")
+    g.add_argument("--mapping", default=None, metavar="FILE|uniform:PRECISION",
+                   help="do not search: fine-tune this mapping (a mapping.json, e.g. one you edited, or "
+                        "uniform:int4 for every layer at one precision) and finish like a searched run; each "
+                        "layer's precision must be one the analysis (and --int_only/--protect) allows")
     add_data_args(parser)
     add_search_args(parser)
     add_runtime_args(parser)
@@ -72,7 +78,11 @@ def add_stage1_args(parser: argparse.ArgumentParser) -> None:
 
 def default_output_dir(args) -> str:
     stem = os.path.splitext(os.path.basename(args.tensor_analysis_json))[0]
-    tag = f"{stem}_lam{args.hardware_weight:g}" + ("_intonly" if args.int_only else "")
+    if args.mapping:
+        tag = f"{stem}_" + (args.mapping.replace(":", "_") if args.mapping.startswith(UNIFORM) else
+                            "mapping_" + os.path.splitext(os.path.basename(args.mapping))[0])
+    else:
+        tag = f"{stem}_lam{args.hardware_weight:g}" + ("_intonly" if args.int_only else "")
     return os.path.join(REPO_ROOT, "runs", "dnas", tag)
 
 
@@ -133,6 +143,42 @@ def prepare_model(args, analysis: Mapping, num_classes: int, runtime) -> Tuple[n
     allowed = apply_constraints(allowed, op_kinds, args.int_only, parse_protect(args.protect))
     restrict_precisions(model, allowed, where=a_path)
     return model, pretrained
+
+
+UNIFORM = "uniform:"
+
+
+def resolve_mapping(text: str, model: nn.Module) -> Dict[str, str]:
+    """--mapping: {layer: precision} from a mapping.json or ``uniform:PRECISION``, every precision one the
+    layer allows (the memory filter's and --int_only/--protect's choices stand)."""
+    layers = dict(mixed_layers(model))
+    if text.startswith(UNIFORM):
+        precision = text[len(UNIFORM):]
+        get_precision(precision, "--mapping uniform")
+        labels = {name: precision for name in layers}
+    else:
+        _, entries = load_mapping(text)
+        check_layer_names_match(list(layers), entries, f"--mapping {text}")
+        split = [n for n, e in entries.items() if not is_single_unit(e)]
+        if split:
+            raise ValueError(f"--mapping {text}: layers {', '.join(split[:5])} are split over two cores; stage 1 "
+                             f"fine-tunes single-core mappings (give a stage-2 mapping to the stage-2 script)")
+        labels = dict(entries)
+    refused = [f"{n} {p} (allowed: {', '.join(layers[n].precisions)})" for n, p in labels.items()
+               if p not in layers[n].precisions]
+    if refused:
+        raise ValueError(f"--mapping {text}: {len(refused)} layer(s) at a precision the analysis does not allow "
+                         f"there: {'; '.join(refused[:5])}" + (" ..." if len(refused) > 5 else ""))
+    return labels
+
+
+def report_fixed_mapping(labels: Mapping[str, str], hw: HardwareCost, args) -> None:
+    """What the hardware model says of a mapping that is fine-tuned as given (nothing repairs it)."""
+    latency, ram_kb = hw.mapping_latency_ms(labels), hw.mapping_peak_ram_bytes(labels) / 1024.0
+    target = f" (target {args.latency_target_ms:g} ms)" if args.latency_target_ms is not None else ""
+    budget = f" (budget {args.memory_budget_kb:g} KB)" if args.memory_budget_kb is not None else ""
+    print(f"--mapping {args.mapping}: predicted latency {latency:.2f} ms{target}, peak RAM {ram_kb:.1f} KB{budget}; "
+          f"fine-tuning it without a search", flush=True)
 
 
 def reference_fp32_accuracy(pretrained: Mapping, val_loader, test_loader, runtime) -> Dict[str, float]:
@@ -222,6 +268,9 @@ def run_stage1(args) -> dict:
         runtime.rank, runtime.world_size, channels_last=runtime.channels_last)
     model, pretrained = prepare_model(args, analysis, splits.num_classes, runtime)
     hw = HardwareCost.from_lut(model, lut, analysis, net_analysis)
+    fixed = resolve_mapping(args.mapping, model) if args.mapping else None
+    if fixed is not None and runtime.is_main:
+        report_fixed_mapping(fixed, hw, args)
     run = open_run_dir(args, default_output_dir(args), runtime, resume, splits, analysis, lut)
     model = runtime.prepare_model(model)
     hw.to(runtime.device)
@@ -246,7 +295,7 @@ def run_stage1(args) -> dict:
         summary_text=summary_text, write_plots=lambda run_dir, summary: write_run_plots(run_dir, summary, args),
         alphas_document=alphas_document, mapping_extra={"hardware": profile.name},
         checkpoint_extra={"args": vars(args), "spec": spec, "allowed": allowed_precisions(model),
-                          "fp32_acc": fp32_acc})
+                          "fp32_acc": fp32_acc}, fixed=fixed)
     summary = run_search(stage, args, (train_loader, alpha_batches, val_loader, test_loader), runtime, run, resume)
     runtime.cleanup()
     return summary

@@ -57,7 +57,7 @@ from tensor_analysis.profiles import load_profile
 
 STAGE1_FILES = ("args.json", "mapping.json", "summary.json", "final.pt", "supernet.pt")
 SELECT_MODES = ("latency", "entropy")
-DATA_KEYS = ("dataset", "data_dir", "split_seed", "limit_train", "limit_eval")
+DATA_KEYS = ("dataset", "data_dir", "split_seed", "limit_train", "limit_eval", "selection_fraction")
 # stage 2 starts from a fine-tuned network: no weight-only warm-up, gentler weight updates and a shorter
 # schedule than stage 1; α moves faster (there are ~100 options per layer, not 5); a heavier hardware
 # term, since a split at one precision changes latency and nothing else (docs/experiments.md §3)
@@ -491,7 +491,7 @@ def merge_stage1_args(args, run: Stage1Run) -> None:
         mine, theirs = getattr(args, key, None), run.args.get(key)
         if mine is None:
             setattr(args, key, theirs)
-        elif key in ("dataset", "split_seed") and theirs is not None and mine != theirs:
+        elif key in ("dataset", "split_seed", "selection_fraction") and theirs is not None and mine != theirs:
             raise ValueError(f"--{key} {mine}: the stage-1 run used {theirs}; stage 2 must use the same data split")
     if args.memory_budget_kb is None:
         args.memory_budget_kb = run.args.get("memory_budget_kb")
@@ -536,7 +536,9 @@ def run_stage2(args) -> dict:
     s1_split = run.path("split.json")
     if os.path.isfile(s1_split):
         theirs, mine = read_json(s1_split, "stage-1 split"), split_info(splits)
-        if any(theirs.get(k) != mine.get(k) for k in ("dataset", "split_seed", "val_indices", "test_indices")):
+        compared = ("dataset", "split_seed", "val_indices", "test_indices") + (
+            ("selection_indices",) if "selection_indices" in theirs else ())  # older splits lack it
+        if any(theirs.get(k) != mine.get(k) for k in compared):
             raise ValueError(f"{s1_split}: the data split differs from stage 1's (dataset, seed or --limit_eval); "
                              f"stage 2 must evaluate on the same validation/test images")
     out = open_run_dir(args, default_output_dir(args, profile), runtime, resume, splits, dual_analysis, lut)

@@ -142,8 +142,11 @@ def read_run(run_dir: str) -> Run:
     else:
         options = section(alphas or {}, "precisions")
         single = {tuple(v) for v in options.values() if isinstance(v, list)}
+        histogram = section(summary, "precision_histogram")
         if options and all(isinstance(v, list) and len(v) == 1 for v in options.values()) and len(single) == 1:
             run.kind, run.uniform_precision = "uniform", next(iter(single))[0]
+        elif summary.get("source") == "mapping" and len(histogram) == 1:  # --mapping uniform:P (or a file like it)
+            run.kind, run.uniform_precision = "uniform", next(iter(histogram))
     return run
 
 

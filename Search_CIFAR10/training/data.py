@@ -47,7 +47,7 @@ def build_loaders(args, batch_size: int, input_size: int, device, seed: int, ran
     partial batch (a batch of one breaks BatchNorm); validation and test are plain and complete."""
     kwargs = dict(name=args.dataset, data_dir=args.data_dir, download=args.download,
                   split_seed=args.split_seed, limit_train=args.limit_train, limit_eval=args.limit_eval,
-                  image_size=input_size)
+                  image_size=input_size, selection_fraction=getattr(args, "selection_fraction", None) or 0.0)
     if args.download and world_size > 1 and _distributed_ready():
         # one rank downloads; the others wait and then read the finished files
         if rank == 0:
@@ -61,6 +61,7 @@ def build_loaders(args, batch_size: int, input_size: int, device, seed: int, ran
     per_rank = math.ceil(len(splits.train_y) / world_size)
     train = DeviceLoader(splits.train_x, splits.train_y, batch_size, shuffle=True, augment=True,
                          drop_last=per_rank >= batch_size, **common)
-    val = DeviceLoader(splits.val_x, splits.val_y, batch_size * 2, shuffle=False, augment=False, **common)
+    # "val" chooses checkpoints: the selection split (the validation split itself without a selection fraction)
+    val = DeviceLoader(splits.select_x, splits.select_y, batch_size * 2, shuffle=False, augment=False, **common)
     test = DeviceLoader(splits.test_x, splits.test_y, batch_size * 2, shuffle=False, augment=False, **common)
     return splits, train, val, test
