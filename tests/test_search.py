@@ -362,3 +362,56 @@ def test_a_mapping_outside_the_allowed_precisions_is_refused_before_training(run
     missing.write_text(json.dumps({"features.0.0": "int8"}))
     line = error_line(run_script(tiny_args(analysis_files, tmp_path / "short", "--mapping", str(missing))))
     assert "layer names do not match the model: missing layers:" in line
+
+
+# ----------------------------------------------------------------------------------------------------
+# The random-search baseline
+# ----------------------------------------------------------------------------------------------------
+def test_random_draws_stay_inside_both_budgets_and_repeat_with_their_seed(analysis_files):
+    from Search_CIFAR10.dnas.random_baseline import best_reachable, draw_mappings
+    model = tiny_model()
+    hw = _hw(model, analysis_files)
+    names = [n for n, _ in mixed_layers(model)]
+    int8 = {n: "int8" for n in names}
+    budget_kb = hw.mapping_peak_ram_bytes(int8) / 1024          # INT8's peak: every float layer at the peak is out
+    target = hw.mapping_latency_ms({n: "int4" for n in names})  # slower precisions than INT4's mix are out
+    drawn, draws = draw_mappings(hw, 6, seed=3, memory_budget_kb=budget_kb, latency_target_ms=target)
+    assert len(drawn) == 6 and draws >= 6 and len({tuple(m.items()) for m in drawn}) == 6
+    for m in drawn:
+        assert set(m) == set(names) and all(p in hw.option_labels[n] for n, p in m.items())
+        assert hw.mapping_peak_ram_bytes(m) <= budget_kb * 1024 and hw.mapping_latency_ms(m) <= target
+    assert draw_mappings(hw, 6, seed=3, memory_budget_kb=budget_kb, latency_target_ms=target) == (drawn, draws)
+    assert draw_mappings(hw, 6, seed=4, memory_budget_kb=budget_kb, latency_target_ms=target)[0] != drawn
+    least_ram, fastest = best_reachable(hw)
+    with pytest.raises(ValueError, match=rf"--memory_budget_kb .*no allowed mapping fits; the least peak RAM "
+                                         rf"reachable is {least_ram / 1024:.1f} KB"):
+        draw_mappings(hw, 2, seed=0, memory_budget_kb=least_ram / 1024 * 0.99)
+    with pytest.raises(ValueError, match=rf"fastest reachable is {fastest:.2f} ms"):
+        draw_mappings(hw, 2, seed=0, latency_target_ms=fastest * 0.99)
+    with pytest.raises(ValueError, match="no mapping drawn inside the budgets in 50 uniform draws"):
+        draw_mappings(hw, 2, seed=0, latency_target_ms=fastest * 1.0001, max_draws=50)
+
+
+def test_random_search_fine_tunes_each_draw_and_tests_only_the_chosen_one(run_python, analysis_files, tmp_path):
+    from Search_CIFAR10.dnas.random_baseline import dnas_epoch_equivalents
+    assert dnas_epoch_equivalents(epochs=4, warmup_epochs=1, finetune_epochs=2) == 9  # 1 + 2·3 + 2
+    out = tmp_path / "random"
+    script = os.path.join(REPO, "Search_CIFAR10", "dnas", "random_search.py")
+    # one DNAS run with these flags is 1 + 2·1 + 1 = 4 epoch equivalents: 4 candidates of 1 epoch
+    r = run_python([script, *tiny_args(analysis_files, out)], cwd=os.path.dirname(script), timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    stats = summary["random_search"]
+    assert summary["source"] == "random" and stats["candidates"] == 4 and stats["epoch_equivalents"] == 4
+    candidates = sorted((out / "candidates").iterdir())
+    assert len(candidates) == 4
+    vals = []
+    for folder in candidates:
+        cand = json.loads((folder / "summary.json").read_text())
+        assert "test" not in cand["accuracy"], "only the chosen candidate meets the test split"
+        vals.append(cand["accuracy"]["finetuned_val"])
+    assert stats["candidate_val"] == vals and summary["accuracy"]["finetuned_val"] == max(vals)
+    chosen = candidates[stats["chosen"]]
+    assert (json.loads((out / "mapping.json").read_text())["layers"]
+            == json.loads((chosen / "mapping.json").read_text())["layers"])
+    assert 0 <= summary["accuracy"]["test"] <= 100 and (out / "final.pt").is_file()

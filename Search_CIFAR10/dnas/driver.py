@@ -265,9 +265,11 @@ def print_repairs(repairs: Sequence[Mapping], runtime: Runtime) -> None:
 # ----------------------------------------------------------------------------------------------------
 # The run
 # ----------------------------------------------------------------------------------------------------
-def run_search(stage: SearchStage, args, loaders, runtime: Runtime, run: RunDir, resume: Optional[Mapping]) -> dict:
+def run_search(stage: SearchStage, args, loaders, runtime: Runtime, run: RunDir, resume: Optional[Mapping],
+               measure_test: bool = True) -> dict:
     """Search (or continue a search), derive the argmax network, repair it into the budgets, fine-tune
-    it, choose final.pt on validation, measure the test split once and write summary.json."""
+    it, choose final.pt on validation, measure the test split once and write summary.json.
+    ``measure_test`` False leaves the test split alone (a candidate that another run chooses among)."""
     train_loader, alpha_batches, val_loader, test_loader = loaders
     if runtime.amp_dtype == torch.float16:
         # the alternating weight and α steps have no loss scaling, and fp16 gradients underflow without it
@@ -306,7 +308,7 @@ def run_search(stage: SearchStage, args, loaders, runtime: Runtime, run: RunDir,
     barrier()
     final = load_checkpoint(run.path("final.pt"))
     net.load_state_dict(final["model"])
-    test = evaluate(net, test_loader, runtime, show_progress=False)
+    test = evaluate(net, test_loader, runtime, show_progress=False) if measure_test else {"acc": None}
     times = {phase: sum(float(r["time_s"]) for r in rows if r["phase"] == phase) for phase in ("search", "finetune")}
     accuracy = {"supernet_val": supernet_val, "derived_val_before_finetune": derived_val, "finetuned_val": best_val,
                 "test": test["acc"]}

@@ -10,7 +10,8 @@ from __future__ import annotations
 import argparse
 import os
 import warnings
-from typing import Dict, Mapping, Optional, Tuple
+from dataclasses import dataclass
+from typing import Any, Dict, Mapping, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -235,7 +236,8 @@ def build_summary(args, spec, mapping, net_analysis, lut, profile, fp32_acc, acc
 def summary_text(summary: Mapping) -> str:
     acc, hwd = summary["accuracy"], summary["hardware"]
     fp32 = f"FP32 test {acc['fp32_test']:.2f}%  " if "fp32_test" in acc else ""
-    return (f"done: {fp32}final test {acc['test']:.2f}% (val {acc['finetuned_val']:.2f}%)  "
+    test = f"final test {acc['test']:.2f}% " if "test" in acc else "final "
+    return (f"done: {fp32}{test}(val {acc['finetuned_val']:.2f}%)  "
             f"latency {hwd['latency_ms']:.2f} ms  peak RAM {hwd['peak_ram_kb']:.1f} KB  "
             f"Flash {hwd['flash_kb']:.1f} KB  compression {hwd['compression']:.2f}x  "
             f"precisions {summary['precision_histogram']}")
@@ -251,7 +253,28 @@ def write_run_plots(run: RunDir, summary: Mapping, args) -> None:
 # ----------------------------------------------------------------------------------------------------
 # The run
 # ----------------------------------------------------------------------------------------------------
-def run_stage1(args) -> dict:
+@dataclass
+class Stage1Inputs:
+    """Everything a stage-1 run reads and prepares before its first training step."""
+    args: argparse.Namespace
+    resume: Optional[dict]
+    analysis: dict
+    net_analysis: Any
+    profile: Any
+    lut: dict
+    runtime: Any
+    splits: Any
+    loaders: Tuple[Any, Any, Any, Any]      # train, α (validation), selection, test
+    model: nn.Module                        # the supernet, calibrated, on the device
+    hw: HardwareCost
+    run: RunDir
+    fp32_acc: Dict[str, float]
+    fixed: Optional[Dict[str, str]]         # --mapping's labels
+
+
+def prepare_stage1(args, default_dir) -> Stage1Inputs:
+    """Read and check every input, load the data, build the supernet and open the run directory
+    (``default_dir(args)`` unless --output_dir)."""
     args, resume = resolve_resume(args)
     if not args.tensor_analysis_json:
         raise ValueError("--tensor_analysis_json is required (an analysis.json from tensor_memory_filter.py)")
@@ -268,10 +291,10 @@ def run_stage1(args) -> dict:
         runtime.rank, runtime.world_size, channels_last=runtime.channels_last)
     model, pretrained = prepare_model(args, analysis, splits.num_classes, runtime)
     hw = HardwareCost.from_lut(model, lut, analysis, net_analysis)
-    fixed = resolve_mapping(args.mapping, model) if args.mapping else None
+    fixed = resolve_mapping(args.mapping, model) if getattr(args, "mapping", None) else None
     if fixed is not None and runtime.is_main:
         report_fixed_mapping(fixed, hw, args)
-    run = open_run_dir(args, default_output_dir(args), runtime, resume, splits, analysis, lut)
+    run = open_run_dir(args, default_dir(args), runtime, resume, splits, analysis, lut)
     model = runtime.prepare_model(model)
     hw.to(runtime.device)
     alpha_batches = alpha_loader(splits, args, runtime, model.spec["input_size"])
@@ -283,19 +306,34 @@ def run_stage1(args) -> dict:
         fp32_acc = dict(resume["fp32_acc"])
     else:
         fp32_acc = reference_fp32_accuracy(pretrained, val_loader, test_loader, runtime) if pretrained else {}
-    spec = dict(model.spec)
+    return Stage1Inputs(args, resume, analysis, net_analysis, profile, lut, runtime, splits,
+                        (train_loader, alpha_batches, val_loader, test_loader), model, hw, run, fp32_acc, fixed)
+
+
+def stage1_search(inputs: Stage1Inputs, model: nn.Module, fixed: Optional[Dict[str, str]],
+                  plots: bool = True) -> SearchStage:
+    """The run driver's description of a stage-1 run of ``model`` (a search, or ``fixed`` fine-tuned)."""
+    args, spec = inputs.args, dict(model.spec)
     progressive = max(args.epochs // 2, 1) if args.progressive == -1 else args.progressive
-    stage = SearchStage(
-        model=model, spec=spec, hw=hw, settings=search_settings(args, progressive),
+    return SearchStage(
+        model=model, spec=spec, hw=inputs.hw, settings=search_settings(args, progressive),
         to_entries=dict, to_labels=dict,
         derive=derive_fixed_network,
         rebuild=lambda mapping: build_from_spec(spec, precisions={n: [p] for n, p in mapping.items()}),
-        summarize=lambda mapping, accuracy, times: build_summary(args, spec, mapping, net_analysis, lut, profile,
-                                                                 fp32_acc, accuracy, times),
-        summary_text=summary_text, write_plots=lambda run_dir, summary: write_run_plots(run_dir, summary, args),
-        alphas_document=alphas_document, mapping_extra={"hardware": profile.name},
+        summarize=lambda mapping, accuracy, times: build_summary(args, spec, mapping, inputs.net_analysis,
+                                                                 inputs.lut, inputs.profile, inputs.fp32_acc,
+                                                                 accuracy, times),
+        summary_text=summary_text,
+        write_plots=(lambda run_dir, summary: write_run_plots(run_dir, summary, args)) if plots else (
+            lambda run_dir, summary: None),
+        alphas_document=alphas_document, mapping_extra={"hardware": inputs.profile.name},
         checkpoint_extra={"args": vars(args), "spec": spec, "allowed": allowed_precisions(model),
-                          "fp32_acc": fp32_acc}, fixed=fixed)
-    summary = run_search(stage, args, (train_loader, alpha_batches, val_loader, test_loader), runtime, run, resume)
-    runtime.cleanup()
+                          "fp32_acc": inputs.fp32_acc}, fixed=fixed)
+
+
+def run_stage1(args) -> dict:
+    inputs = prepare_stage1(args, default_output_dir)
+    summary = run_search(stage1_search(inputs, inputs.model, inputs.fixed), inputs.args, inputs.loaders,
+                         inputs.runtime, inputs.run, inputs.resume)
+    inputs.runtime.cleanup()
     return summary
