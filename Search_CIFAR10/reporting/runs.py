@@ -8,8 +8,9 @@ stop reading the others. A file that is not JSON, or not a JSON object, is a pro
 is reported by path.
 
 Roles (found from the files, nothing is configured): ``stage2`` (a summary with ``"stage": 2``),
-``uniform`` (a stage-1 run in which every layer had one allowed precision, e.g. plain INT8 QAT),
-``stage1`` (any other search), ``pretrain`` (a pretraining summary).
+``random`` (the random-search baseline), ``uniform`` (every layer at one precision: a stage-1 run in
+which every layer had one allowed precision, e.g. plain INT8 QAT, or ``--mapping uniform:P``),
+``stage1`` (any other search or fine-tuned mapping), ``pretrain`` (a pretraining summary).
 """
 from __future__ import annotations
 
@@ -139,6 +140,8 @@ def read_run(run_dir: str) -> Run:
             run.problem = f"'{missing[0]}' is missing or not an object"
     if summary.get("stage") == 2:
         run.kind = "stage2"
+    elif summary.get("source") == "random":
+        run.kind = "random"
     else:
         options = section(alphas or {}, "precisions")
         single = {tuple(v) for v in options.values() if isinstance(v, list)}

@@ -35,7 +35,7 @@ FP32_LABEL = "all-fp32 (pretrained)"
 @dataclass
 class SweepNetwork:
     label: str
-    kind: str                                  # "search" | "uniform"
+    kind: str                                  # "search" | "uniform" | "random"
     accuracy: float
     mapping: Dict[str, Any]
     searched_on: Optional[str] = None          # profile name; None = chosen without hardware
@@ -50,9 +50,9 @@ def hardware_agnostic(run) -> bool:
     return run.hardware_weight == 0 and run.latency_target_ms is None and run.memory_budget_kb is None
 
 
-def _run_label(run) -> str:
+def _run_label(run, method: Optional[str] = None) -> str:
     lam = run.hardware_weight
-    label = f"λ={lam:g}" if lam is not None else run.name
+    label = method or (f"λ={lam:g}" if lam is not None else run.name)
     if run.latency_target_ms is not None:
         label += f", target {run.latency_target_ms:g} ms"
     if run.memory_budget_kb is not None:
@@ -69,7 +69,7 @@ def sweep_networks(paths: Sequence[str]) -> Tuple[List[SweepNetwork], Dict[str, 
     comes first when a run measured its test accuracy."""
     found = collect(paths)
     notes = [f"{path}: {why} (skipped)" for path, why in found.problems]
-    runs = [r for r in found.runs if r.kind in ("stage1", "uniform")]
+    runs = [r for r in found.runs if r.kind in ("stage1", "uniform", "random")]
     if not runs:
         raise ValueError(f"--runs {' '.join(paths)}: no stage-1 run (summary.json of dnas_search_cifar10_mbv2.py) "
                          f"found")
@@ -92,6 +92,9 @@ def sweep_networks(paths: Sequence[str]) -> Tuple[List[SweepNetwork], Dict[str, 
         if run.kind == "uniform":
             networks.append(SweepNetwork(f"all-{run.uniform_precision}", "uniform", float(accuracy), mapping,
                                          run_dir=run.dir))
+        elif run.kind == "random":
+            networks.append(SweepNetwork(_run_label(run, "random"), "random", float(accuracy), mapping,
+                                         run.hardware.get("profile"), None, run.dir))
         else:
             networks.append(SweepNetwork(_run_label(run), "search", float(accuracy), mapping,
                                          None if hardware_agnostic(run) else run.hardware.get("profile"),

@@ -28,7 +28,7 @@ SECONDARY_COLOR = "#CC79A7"  # second metric line (val, argmax, stage-2 points)
 NEUTRAL_COLOR = "#8C8C8C"    # per-layer RAM / latency bars, references without a precision
 IDLE_COLOR = "#EDEDED"       # a processing unit doing nothing
 
-PARETO_KINDS = ("search", "uniform", "stage2")
+PARETO_KINDS = ("search", "uniform", "stage2", "random")
 
 # Hatches tell the units of a dual-core layer apart inside one colour-coded bar.
 UNIT_HATCHES = ("", "////", "....", "xxxx")

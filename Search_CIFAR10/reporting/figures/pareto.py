@@ -53,7 +53,7 @@ def plot_pareto(points: Sequence[Mapping], path, title: Optional[str] = None) ->
     fig = new_figure(7.5, 5.2)
     ax = fig.subplots()
     for kind, marker, default_color in (("uniform", "s", NEUTRAL_COLOR), ("search", "o", PRIMARY_COLOR),
-                                        ("stage2", "^", SECONDARY_COLOR)):
+                                        ("stage2", "^", SECONDARY_COLOR), ("random", "D", SECONDARY_COLOR)):
         group = [p for p in checked if p["kind"] == kind]
         if not group:
             continue
