@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from .mixture import mix_inputs, quantize_input_at
 from .precisions import PRECISION_ORDER, PRECISIONS, canonical_precisions
-from .quantizers import dorefa_scale, quantize_fp16, quantize_weight_dorefa
+from .quantizers import quantize_fp16, quantize_weight_scaled
 
 # The seed artifact's α initialisation (it favours int8 so the search starts near a deployable net).
 SEED_ALPHA_BIAS = {"int8": 1.0, "int4": 0.5, "fp16": 0.3, "int2": 0.2, "fp32": 0.1}
@@ -106,11 +106,10 @@ class MixedPrecisionMixin:
             return w
         if precision == "fp16":
             return quantize_fp16(w)
-        bits = PRECISIONS[precision].bits
-        # DoReFa lives on [-1, 1]; scaling by max|tanh w| returns it to the float weight's range so all
-        # precisions share one scale (BN statistics and the fp32 branch stay meaningful). On an MCU this
-        # scale folds into the per-channel requantisation multiplier.
-        return quantize_weight_dorefa(w, bits, self.weight_per_channel) * dorefa_scale(w, self.weight_per_channel)
+        # DoReFa lives on [-1, 1]; the least-squares scale returns it to the float weight's range, so all
+        # precisions share the float weight's scale (BN statistics and the fp32 branch stay meaningful)
+        # without giving a coarse grid more norm than the weight (docs/design.md §2.2)
+        return quantize_weight_scaled(w, PRECISIONS[precision].bits, self.weight_per_channel)
 
     def quantize_input(self, x: torch.Tensor, precision: str) -> torch.Tensor:
         return quantize_input_at(x, precision, self.clip_for(precision), self.signed_input)

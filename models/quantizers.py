@@ -46,6 +46,24 @@ def quantize_weight_dorefa(w: torch.Tensor, bits: int, per_channel: bool = True)
     return 2 * round_ste(levels * t) / levels - 1
 
 
+def least_squares_scale(w: torch.Tensor, grid: torch.Tensor, per_channel: bool = True) -> torch.Tensor:
+    """⟨w, q⟩ / ⟨q, q⟩ (per output channel, or per tensor), shaped to broadcast against w: the scale that
+    brings the grid values ``q`` closest to ``w`` in L2. Scaled so, a quantized weight never has more
+    norm than the float weight (‖s·q‖ = ‖w‖·cos∠(w, q)), at every bit width; the gradient reaches ``w``
+    through the numerator, the grid is held fixed."""
+    q = grid.detach()
+    dims = tuple(range(1, w.dim())) if per_channel and w.dim() > 1 else tuple(range(w.dim()))
+    return (w * q).sum(dim=dims, keepdim=True) / (q * q).sum(dim=dims, keepdim=True).clamp_min(1e-12)
+
+
+def quantize_weight_scaled(w: torch.Tensor, bits: int, per_channel: bool = True) -> torch.Tensor:
+    """A layer's k-bit weights: the DoReFa grid point of each weight times the least-squares scale of its
+    output channel (``least_squares_scale``). On an MCU the scale folds into the per-channel
+    requantisation multiplier."""
+    q = quantize_weight_dorefa(w, bits, per_channel)
+    return q * least_squares_scale(w, q, per_channel)
+
+
 def quantize_activation_pact(x: torch.Tensor, clip: torch.Tensor, bits: int,
                              signed: bool = False) -> torch.Tensor:
     """PACT (Choi et al. 2018): clip to [0, a] (or [-a, a] when ``signed``) and round to nearest on

@@ -71,6 +71,7 @@ class SearchStage:
     final_extra: Dict[str, Any] = field(default_factory=dict)       # recorded in final.pt
     # α labels to fine-tune without searching (a user's mapping, a uniform network, a random draw)
     fixed: Optional[Dict[str, str]] = None
+    source: Optional[str] = None    # summary.json's "source" (default: "search", or "mapping" when fixed)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -313,7 +314,7 @@ def run_search(stage: SearchStage, args, loaders, runtime: Runtime, run: RunDir,
     accuracy = {"supernet_val": supernet_val, "derived_val_before_finetune": derived_val, "finetuned_val": best_val,
                 "test": test["acc"]}
     summary = stage.summarize(mapping, {k: v for k, v in accuracy.items() if v is not None}, times)
-    summary["source"] = "search" if stage.fixed is None else "mapping"
+    summary["source"] = stage.source or ("search" if stage.fixed is None else "mapping")
     summary["budget_repairs"] = repairs
     # -1: no fine-tuning epoch beat the derived network on validation, so final.pt is the derived network
     summary["finetune_epoch_chosen"] = final.get("finetune_epoch")

@@ -33,6 +33,7 @@ from Search_CIFAR10.training.loop import evaluate
 from Search_CIFAR10.training.run_dir import LAST, RunDir
 
 MAX_DRAWS = 200_000
+CANDIDATE = "random_candidate"   # summary.json "source" of a candidate: part of its random search, not a run
 
 
 def dnas_epoch_equivalents(epochs: int, warmup_epochs: int, finetune_epochs: int) -> int:
@@ -89,7 +90,7 @@ def _candidate(inputs, k: int, labels: Mapping[str, str], folder: str) -> dict:
     last = os.path.join(folder, LAST)
     resume = load_checkpoint(last) if os.path.isfile(last) else None
     torch.manual_seed(derive_seed(inputs.args.seed, k))
-    stage = stage1_search(inputs, copy.deepcopy(inputs.model), dict(labels), plots=False)
+    stage = stage1_search(inputs, copy.deepcopy(inputs.model), dict(labels), plots=False, source=CANDIDATE)
     return run_search(stage, inputs.args, inputs.loaders, inputs.runtime, RunDir(folder, inputs.runtime.is_main),
                       resume, measure_test=False)
 

@@ -311,7 +311,7 @@ def prepare_stage1(args, default_dir) -> Stage1Inputs:
 
 
 def stage1_search(inputs: Stage1Inputs, model: nn.Module, fixed: Optional[Dict[str, str]],
-                  plots: bool = True) -> SearchStage:
+                  plots: bool = True, source: Optional[str] = None) -> SearchStage:
     """The run driver's description of a stage-1 run of ``model`` (a search, or ``fixed`` fine-tuned)."""
     args, spec = inputs.args, dict(model.spec)
     progressive = max(args.epochs // 2, 1) if args.progressive == -1 else args.progressive
@@ -328,7 +328,7 @@ def stage1_search(inputs: Stage1Inputs, model: nn.Module, fixed: Optional[Dict[s
             lambda run_dir, summary: None),
         alphas_document=alphas_document, mapping_extra={"hardware": inputs.profile.name},
         checkpoint_extra={"args": vars(args), "spec": spec, "allowed": allowed_precisions(model),
-                          "fp32_acc": inputs.fp32_acc}, fixed=fixed)
+                          "fp32_acc": inputs.fp32_acc}, fixed=fixed, source=source)
 
 
 def run_stage1(args) -> dict:

@@ -194,6 +194,8 @@ def collect(paths: Sequence[str], flag: str = "--runs") -> RunSet:
                     raise
                 found.problems.append((s, exc.why))
                 continue
+            if run.summary.get("source") == "random_candidate":
+                continue  # one of a random search's candidates: its run's own summary speaks for it
             if run.kind == "pretrain":
                 found.pretrain.append(run)
             elif run.problem is None:
