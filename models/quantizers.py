@@ -2,7 +2,7 @@
 only decide which of them to apply and how to mix them). docs/design.md §2.
 
 * round to nearest with straight-through gradients, never floor;
-* DoReFa weights keep a per-output-channel scale max|tanh w|;
+* DoReFa's weight grid, scaled per output channel by the least-squares fit to the float weight;
 * inputs that can be negative use signed (symmetric) PACT instead of being clamped at zero.
 """
 from __future__ import annotations

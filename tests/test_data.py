@@ -244,7 +244,8 @@ def test_build_loaders_and_split_file(tmp_path):
     save_split_info(splits, str(path))
     info = json.loads(path.read_text())
     assert info["dataset"] == "digits" and info["split_seed"] == 5
-    assert info["val_indices"] == splits.val_indices and info["sizes"] == {"train": 40, "val": 10, "test": 10}
+    assert info["val_indices"] == splits.val_indices and info["sizes"] == {"train": 40, "val": 10, "select": 10, "test": 10}
+    assert info["selection_fraction"] == 0.0 and info["selection_indices"] == info["val_indices"]
     assert info["holdout_seed"] is not None and len(info["holdout_indices"]) == 539
 
 

@@ -282,7 +282,7 @@ def test_pareto_labels_of_clustered_points_do_not_overlap():
 
 @pytest.mark.parametrize("points, message", [
     ([], "points: expected a non-empty list"),
-    ([{"label": "x", "latency_ms": 1, "accuracy": 2, "kind": "random"}], r"unknown kind 'random'"),
+    ([{"label": "x", "latency_ms": 1, "accuracy": 2, "kind": "lottery"}], r"unknown kind 'lottery'"),
     ([{"label": "x", "latency_ms": None, "accuracy": 2}], r"points\[0\] \(x\) latency_ms"),
     ([{"label": "x", "latency_ms": 1, "accuracy": "n/a"}], r"points\[0\] \(x\) accuracy"),
 ])

@@ -13,7 +13,7 @@ from models.network import (allowed_precisions, apply_mapping, arch_parameters, 
                             current_mapping, derive_mapping, mixed_layers, restrict_precisions, set_mode,
                             set_temperature, weight_parameters)
 from models.precisions import PRECISION_ORDER
-from models.quantizers import dorefa_scale, quantize_activation_pact, quantize_fp16, quantize_weight_dorefa
+from models.quantizers import quantize_activation_pact, quantize_fp16, quantize_weight_dorefa
 
 TINY = dict(width_mult=0.1, input_size=16, num_classes=5, dropout=0.0)
 
@@ -56,8 +56,8 @@ def test_one_hot_composite_exact_and_fixed_agree_at_every_precision():
 
 @pytest.mark.parametrize("precision,bits", [("int8", 8), ("int4", 4), ("int2", 2), ("fp16", None)])
 def test_fixed_layer_computes_the_quantized_op_by_hand(precision, bits):
-    """One layer at a fixed precision is the conv of the quantized input with the quantized weight,
-    DoReFa's weights scaled back by max|tanh w| per output channel."""
+    """One layer at a fixed precision is the conv of the quantized input with the quantized weight:
+    DoReFa's grid point of each weight times its output channel's least-squares scale ⟨w,q⟩/⟨q,q⟩."""
     torch.manual_seed(0)
     layer = MixedPrecisionConv2d(4, 6, 3, padding=1, signed_input=True, name="probe")
     layer.act_clip.data.fill_(1.5)
@@ -65,14 +65,19 @@ def test_fixed_layer_computes_the_quantized_op_by_hand(precision, bits):
     layer.set_precision(precision)
     w = layer.weight
     if bits:
-        wq = quantize_weight_dorefa(w, bits) * dorefa_scale(w)
+        q = quantize_weight_dorefa(w, bits)
+        scale = (w * q).sum(dim=(1, 2, 3)) / (q * q).sum(dim=(1, 2, 3))
+        wq = q * scale.view(-1, 1, 1, 1)
         xq = quantize_activation_pact(x, torch.tensor(1.5), bits, signed=True)
     else:
         wq, xq = quantize_fp16(w), quantize_fp16(x)
     assert torch.allclose(layer(x), F.conv2d(xq, wq, padding=1), atol=1e-5)
-    # the scaled DoReFa weight keeps the float weight's range, channel by channel
     if bits:
-        assert torch.allclose(wq.flatten(1).abs().amax(1), torch.tanh(w).flatten(1).abs().amax(1), atol=1e-6)
+        # a coarser grid never inflates a channel: ‖s·q‖ ≤ ‖w‖, and no other scale is closer to w
+        assert (wq.flatten(1).norm(dim=1) <= w.flatten(1).norm(dim=1) + 1e-6).all()
+        error = (wq - w).flatten(1).norm(dim=1)
+        for factor in (0.95, 1.05):
+            assert ((factor * wq - w).flatten(1).norm(dim=1) > error).all()
 
 
 # -- gradients ------------------------------------------------------------------------------------------
