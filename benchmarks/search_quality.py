@@ -22,11 +22,12 @@ import os
 import statistics
 import subprocess
 import sys
-from typing import List, Mapping, Sequence
+from typing import Dict, List, Mapping, Sequence
 
 sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..")))
 
 from models.files import read_json, write_text_atomic  # noqa: E402
+from models.layers import SEED_ALPHA_BIAS  # noqa: E402
 from models.precisions import PRECISIONS  # noqa: E402
 from Search_CIFAR10 import REPO_ROOT  # noqa: E402
 from Search_CIFAR10.demo import PRETRAIN, STAGE1, Runner, Step  # noqa: E402
@@ -153,14 +154,26 @@ def mean_std(values: Sequence[float], digits: int = 2) -> str:
     return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
 
 
-def dominated_layers(mapping: Mapping[str, str], allowed: Mapping[str, Sequence[str]], lut: Mapping) -> List[str]:
-    """Layers at a precision both slower (by the table) and coarser than another precision they may use."""
-    out = []
+def dominated_layers(mapping: Mapping[str, str], allowed: Mapping[str, Sequence[str]], lut: Mapping
+                     ) -> Dict[str, List[str]]:
+    """{layer: the precisions it may use that are both finer and no slower (by the table) than the one it
+    ended at}, for the layers that have any: a dominated choice."""
+    out = {}
     for name, p in mapping.items():
         ms = lut["layers"][name]
-        if any(PRECISIONS[q].bits > PRECISIONS[p].bits and ms[q] <= ms[p] for q in allowed[name]):
-            out.append(name)
+        better = [q for q in allowed[name] if PRECISIONS[q].bits > PRECISIONS[p].bits and ms[q] <= ms[p]]
+        if better:
+            out[name] = better
     return out
+
+
+def drifted(dominated: Mapping[str, List[str]], mapping: Mapping[str, str], alpha_init: str) -> List[str]:
+    """The dominated layers whose α had to overtake a better precision's: one of the precisions that
+    dominate the layer's choice started with the larger logit. (With a tie at the start, as between FP32
+    and FP16 whose outputs barely differ, λ = 0 has no reason to move, and the start decides.)"""
+    start = SEED_ALPHA_BIAS if alpha_init == "int8_biased" else {}
+    return [n for n, better in dominated.items()
+            if any(start.get(q, 0.0) > start.get(mapping[n], 0.0) for q in better)]
 
 
 def tables(plan: Plan) -> str:
@@ -210,17 +223,30 @@ def tables(plan: Plan) -> str:
                 lines.append(f"| {label} | {budget:g} | {mean_std([r.accuracy['test'] for r in rs])} | "
                              f"{mean_std(lat)} | {mean_std(ram, 1)} | {fits} | {len(rs)} |")
         lines.append("")
-    lam0 = runs("lam0")
     lines += ["## λ = 0: what accuracy alone picks", "",
-              "A layer is *dominated* when it ends at a precision both slower (by the profile's table) and coarser "
-              "than another precision it may use.", "",
-              "| seed | test acc (%) | precisions | dominated on stm32h747 | dominated on artifact |",
-              "|--:|--:|---|--:|--:|"]
-    for seed, r in zip(seeds, lam0):
-        m = mapping_of(r)
+              "A layer is *dominated* when it is at a precision both slower (by the profile's table) and coarser "
+              "than another precision it may use; *drifted* counts those among them whose logit had to overtake "
+              "the better precision's (it started ahead: the search moved away from it). *As searched*: the "
+              "argmax of α, before derivation replaces dominated layers (on the profile the run searched for, "
+              f"{PROFILES[0]}); *derived*: the network that is fine-tuned and tested.", "",
+              f"| seed | test acc (%) | derived precisions | as searched: dominated (drifted) on {PROFILES[0]} | "
+              "drifted moves | replaced | derived: dominated on " + " / ".join(PROFILES) + " |",
+              "|--:|--:|---|--:|---|--:|--:|"]
+    for r in runs("lam0"):
+        derived = mapping_of(r)
+        replaced = r.summary.get("dominated_replaced") or []
+        searched = {**derived, **{c["layer"]: c["from"] for c in replaced}}
         hist = ", ".join(f"{p} {c}" for p, c in r.summary.get("precision_histogram", {}).items())
-        dom = [dominated_layers(m, allowed, luts[prof]) for prof in PROFILES]
-        lines.append(f"| {seed} | {r.accuracy['test']:.2f} | {hist} | {len(dom[0])} | {len(dom[1])} |")
+        dom = dominated_layers(searched, allowed, luts[PROFILES[0]])
+        moved = drifted(dom, searched, r.args.get("alpha_init", "int8_biased"))
+        moves = {}
+        for n in moved:
+            key = f"{max(dom[n], key=lambda q: SEED_ALPHA_BIAS.get(q, 0.0))}→{searched[n]}"
+            moves[key] = moves.get(key, 0) + 1
+        detail = ", ".join(f"{k} {v}" for k, v in sorted(moves.items())) or "none"
+        after = " / ".join(str(len(dominated_layers(derived, allowed, luts[prof]))) for prof in PROFILES)
+        lines.append(f"| {r.args.get('seed')} | {r.accuracy['test']:.2f} | {hist} | {len(dom)} ({len(moved)}) | "
+                     f"{detail} | {len(replaced)} | {after} |")
     return "\n".join(lines) + "\n"
 
 

@@ -12,7 +12,10 @@ from models.files import load_checkpoint, save_checkpoint
 from models.mapping import mapping_document, read_mapping
 from models.network import (arch_parameters, derive_fixed_network, derive_mapping, mixed_layers, set_mode,
                             weight_parameters)
+from models.precisions import PRECISIONS
+from Search_CIFAR10.dnas.derive import replace_dominated
 from Search_CIFAR10.dnas.hardware_cost import HardwareCost
+from Search_CIFAR10.dnas.random_baseline import best_reachable, draw_mappings
 from Search_CIFAR10.dnas.search import (SearchSettings, alpha_step, frozen_bn_stats, progressive_min_bits,
                                         temperature_at, weight_step)
 from Search_CIFAR10.training.runtime import setup_runtime
@@ -368,7 +371,6 @@ def test_a_mapping_outside_the_allowed_precisions_is_refused_before_training(run
 # The random-search baseline
 # ----------------------------------------------------------------------------------------------------
 def test_random_draws_stay_inside_both_budgets_and_repeat_with_their_seed(analysis_files):
-    from Search_CIFAR10.dnas.random_baseline import best_reachable, draw_mappings
     model = tiny_model()
     hw = _hw(model, analysis_files)
     names = [n for n, _ in mixed_layers(model)]
@@ -390,6 +392,44 @@ def test_random_draws_stay_inside_both_budgets_and_repeat_with_their_seed(analys
         draw_mappings(hw, 2, seed=0, latency_target_ms=fastest * 0.99)
     with pytest.raises(ValueError, match="no mapping drawn inside the budgets in 50 uniform draws"):
         draw_mappings(hw, 2, seed=0, latency_target_ms=fastest * 1.0001, max_draws=50)
+
+
+def _dominated(mapping, hw, budget_bytes=None):
+    """Layers with an option of more bits, no slower, whose swap keeps the RAM budget."""
+    out = []
+    for n in hw.layer_names:
+        labels = hw.option_labels[n]
+        ms = dict(zip(labels, hw.latency_ms[n].tolist()))
+        for q in labels:
+            trial = {**mapping, n: q}
+            if (PRECISIONS[q].bits > PRECISIONS[mapping[n]].bits and ms[q] <= ms[mapping[n]]
+                    and (budget_bytes is None or hw.mapping_peak_ram_bytes(trial) <= budget_bytes)):
+                out.append(n)
+                break
+    return out
+
+
+def test_derivation_replaces_a_precision_beaten_on_bits_and_latency_within_the_ram_budget(analysis_files):
+    model = tiny_model()
+    hw = _hw(model, analysis_files)
+    names = [n for n, _ in mixed_layers(model)]
+    int2 = {n: "int2" for n in names}
+    assert _dominated(int2, hw)  # on the Cortex-M7 INT2 is slower than INT8: every layer has a better option
+    budget_bytes = hw.mapping_peak_ram_bytes({n: "int4" for n in names})
+    for budget in (None, budget_bytes):
+        replaced, changes = replace_dominated(int2, hw, None if budget is None else budget / 1024)
+        assert [c["layer"] for c in changes] == [n for n in names if replaced[n] != "int2"] and changes
+        for n in names:
+            ms = dict(zip(hw.option_labels[n], hw.latency_ms[n].tolist()))
+            assert PRECISIONS[replaced[n]].bits >= 2 and ms[replaced[n]] <= ms["int2"]
+        assert hw.mapping_latency_ms(replaced) < hw.mapping_latency_ms(int2)
+        assert _dominated(replaced, hw, budget) == []
+        if budget is not None:
+            assert hw.mapping_peak_ram_bytes(replaced) <= budget
+    # with the RAM budget some layers must stay coarse; without it, none is beaten any more
+    assert replace_dominated(int2, hw, budget_bytes / 1024)[0] != replace_dominated(int2, hw)[0]
+    drawn, _ = draw_mappings(hw, 4, seed=1, memory_budget_kb=budget_bytes / 1024, replace_dominated_layers=True)
+    assert all(_dominated(m, hw, budget_bytes) == [] and hw.mapping_peak_ram_bytes(m) <= budget_bytes for m in drawn)
 
 
 def test_random_search_fine_tunes_each_draw_and_tests_only_the_chosen_one(run_python, analysis_files, tmp_path):

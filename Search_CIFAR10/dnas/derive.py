@@ -2,11 +2,15 @@
 
 The argmax of each layer's α is the derived choice; the search's penalty acts on the *expected* cost
 under π, which can sit inside a budget while the argmax network does not, so a greedy repair then
-changes as few layers as it must to meet the budgets (``enforce_budgets``).
+changes as few layers as it must to meet the budgets (``enforce_budgets``); last, a layer left at a
+precision that another of its options beats on both bits and latency takes that option
+(``replace_dominated``).
 """
 from __future__ import annotations
 
 from typing import Mapping, Optional
+
+from models.precisions import PRECISIONS
 
 from .hardware_cost import HardwareCost
 
@@ -62,4 +66,37 @@ def enforce_budgets(choice: Mapping[str, str], hw: HardwareCost, memory_budget_k
         changes.append({"layer": name, "from": mapping[name], "to": option,
                         "latency_ms": round(lat, 4), "peak_ram_kb": round(ram / 1024.0, 2)})
         mapping[name] = option
+    return mapping, changes
+
+
+def replace_dominated(choice: Mapping[str, str], hw: HardwareCost, memory_budget_kb: Optional[float] = None):
+    """Replace every layer's precision that another of its options beats on both counts (more bits and no
+    slower by the table) with the finest such option, while the network keeps the RAM budget.
+
+    The α gradient cannot tell apart precisions whose accuracy differs by less than its noise, so such a
+    layer ends wherever the noise of the α steps took it, sometimes at a precision both coarser and slower
+    than one it may use (docs/experiments.md §9). A finer grid never represents less (INT2 ⊂ INT4 ⊂ INT8
+    on DoReFa's grid), so the change costs no accuracy in principle and saves time; the fine-tuning that
+    follows measures it. Only precision options are compared (a stage-2 split option is left alone).
+    Returns (mapping, list of changes)."""
+    mapping = dict(choice)
+    changes = []
+    budget = None if memory_budget_kb is None else memory_budget_kb * 1024.0
+    for name in hw.layer_names:
+        labels = hw.option_labels[name]
+        current = mapping[name]
+        if current not in PRECISIONS:
+            continue
+        ms = {label: float(hw.latency_ms[name][i]) for i, label in enumerate(labels)}
+        better = sorted((q for q in labels if q in PRECISIONS and PRECISIONS[q].bits > PRECISIONS[current].bits
+                         and ms[q] <= ms[current]), key=lambda q: (-PRECISIONS[q].bits, ms[q]))
+        for option in better:
+            trial = {**mapping, name: option}
+            ram = hw.mapping_peak_ram_bytes(trial)
+            if budget is None or ram <= budget:
+                changes.append({"layer": name, "from": current, "to": option,
+                                "latency_ms": round(hw.mapping_latency_ms(trial), 4),
+                                "peak_ram_kb": round(ram / 1024.0, 2)})
+                mapping = trial
+                break
     return mapping, changes

@@ -31,7 +31,7 @@ from models import formats
 from models.files import load_checkpoint
 from models.mapping import load_mapping, mapping_digest, mapping_document
 from models.network import allowed_precisions, arch_parameters, derive_mapping, mixed_layers, set_temperature
-from Search_CIFAR10.dnas.derive import enforce_budgets
+from Search_CIFAR10.dnas.derive import enforce_budgets, replace_dominated
 from Search_CIFAR10.dnas.hardware_cost import HardwareCost
 from Search_CIFAR10.dnas.search import (SearchSettings, alpha_entropy, alpha_snapshot, apply_progressive, fault_point,
                                         progressive_min_bits, run_search_epoch, set_requires_grad, temperature_at)
@@ -281,9 +281,17 @@ def run_search(stage: SearchStage, args, loaders, runtime: Runtime, run: RunDir,
             searched = derive_mapping(stage.model)
             chosen, repairs = enforce_budgets(searched, stage.hw, args.memory_budget_kb, args.latency_target_ms)
             print_repairs(repairs, runtime)
+            dominated = []
+            if not getattr(args, "keep_dominated", False):
+                chosen, dominated = replace_dominated(chosen, stage.hw, args.memory_budget_kb)
+                if dominated and runtime.is_main:
+                    print(f"{len(dominated)} layer(s) at a precision another of their options beats on bits and "
+                          "latency take that option: " + ", ".join(f"{c['layer']} {c['from']}→{c['to']}"
+                                                                    for c in dominated), flush=True)
             supernet_val = rows[-1]["val_acc"]
         else:  # nothing to search: the given mapping is fine-tuned as a searched one would be
             rows, searched, chosen, repairs, supernet_val = [], dict(stage.fixed), dict(stage.fixed), [], None
+            dominated = []
             run.json("alphas.json", stage.alphas_document(stage.model, [one_hot_snapshot(stage.model, chosen)]))
         mapping = stage.to_entries(chosen)
         run.checkpoint("supernet.pt", {**stage.checkpoint_extra, "model": stage.model.state_dict()})
@@ -295,10 +303,11 @@ def run_search(stage: SearchStage, args, loaders, runtime: Runtime, run: RunDir,
         _, mapping = load_mapping(run.path("mapping.json"))
         chosen = stage.to_labels(mapping)
         searched, repairs = dict(resume["searched"]), list(resume["repairs"])
+        dominated = list(resume.get("dominated", []))
         supernet_val, derived_val = resume["supernet_val"], resume["derived_val"]
         net = runtime.prepare_model(stage.rebuild(mapping))
         rows = list(resume[LOG_ROWS])
-    ft_extra = {**stage.checkpoint_extra, "searched": searched, "repairs": repairs, "supernet_val": supernet_val,
+    ft_extra = {**stage.checkpoint_extra, "searched": searched, "repairs": repairs, "dominated": dominated, "supernet_val": supernet_val,
                 "derived_val": derived_val}
     final_extra = {**stage.final_extra, "spec": stage.spec, "mapping_sha256": mapping_digest(mapping)}
     if resume is None or resume[PHASE] == "finetune":
@@ -316,6 +325,7 @@ def run_search(stage: SearchStage, args, loaders, runtime: Runtime, run: RunDir,
     summary = stage.summarize(mapping, {k: v for k, v in accuracy.items() if v is not None}, times)
     summary["source"] = stage.source or ("search" if stage.fixed is None else "mapping")
     summary["budget_repairs"] = repairs
+    summary["dominated_replaced"] = dominated
     # -1: no fine-tuning epoch beat the derived network on validation, so final.pt is the derived network
     summary["finetune_epoch_chosen"] = final.get("finetune_epoch")
     if args.memory_budget_kb is not None:

@@ -1,7 +1,8 @@
 """The random-search baseline: what the same budgets and the same compute buy without the search.
 
 N mappings are drawn uniformly from the precisions each layer may use, keeping only those inside the RAM
-budget and the latency target (rejection sampling, seeded). Each is fine-tuned exactly as a searched
+budget and the latency target (rejection sampling, seeded), each passed through the derivation's rule for
+dominated layers as a searched network is (unless --keep_dominated). Each is fine-tuned exactly as a searched
 run's derived network is (same epochs, final.pt chosen on validation), the candidate with the best
 validation accuracy is chosen, and only that one is measured on the test split. N defaults to the
 number of fine-tuning runs that cost as much training as one DNAS run with the same flags
@@ -26,6 +27,7 @@ from data.splits import derive_seed
 from models.files import load_checkpoint, read_json
 from models.mapping import mapping_document
 from Search_CIFAR10 import REPO_ROOT
+from Search_CIFAR10.dnas.derive import replace_dominated
 from Search_CIFAR10.dnas.driver import run_search
 from Search_CIFAR10.dnas.hardware_cost import HardwareCost
 from Search_CIFAR10.dnas.stage1 import prepare_stage1, stage1_search, write_run_plots
@@ -52,11 +54,13 @@ def best_reachable(hw: HardwareCost) -> Tuple[float, float]:
 
 
 def draw_mappings(hw: HardwareCost, count: int, seed: int, memory_budget_kb: Optional[float] = None,
-                  latency_target_ms: Optional[float] = None, max_draws: int = MAX_DRAWS
-                  ) -> Tuple[List[Dict[str, str]], int]:
+                  latency_target_ms: Optional[float] = None, max_draws: int = MAX_DRAWS,
+                  replace_dominated_layers: bool = False) -> Tuple[List[Dict[str, str]], int]:
     """``count`` distinct mappings drawn uniformly from each layer's allowed precisions among those inside
     both budgets, and how many draws that took. ValueError when the budgets admit no mapping (the best
-    reachable figure given), or when ``max_draws`` draws found none (the acceptance rate given)."""
+    reachable figure given), or when ``max_draws`` draws found none (the acceptance rate given).
+    ``replace_dominated_layers`` passes each accepted draw through the derivation's ``replace_dominated``,
+    as a searched network is, so both reach fine-tuning by the same rules."""
     budget = None if memory_budget_kb is None else memory_budget_kb * 1024.0
     ram, latency = best_reachable(hw)
     if budget is not None and ram > budget:
@@ -75,6 +79,8 @@ def draw_mappings(hw: HardwareCost, count: int, seed: int, memory_budget_kb: Opt
             continue
         if budget is not None and hw.mapping_peak_ram_bytes(mapping) > budget:
             continue
+        if replace_dominated_layers:
+            mapping, _ = replace_dominated(mapping, hw, memory_budget_kb)
         if mapping not in found:
             found.append(mapping)
     if not found:
@@ -109,7 +115,8 @@ def run_random_search(args) -> dict:
     args, run, hw = inputs.args, inputs.run, inputs.hw
     budget_epochs = dnas_epoch_equivalents(args.epochs, args.warmup_epochs, args.finetune_epochs)
     count = args.candidates or max(1, budget_epochs // max(args.finetune_epochs, 1))
-    drawn, draws = draw_mappings(hw, count, args.seed, args.memory_budget_kb, args.latency_target_ms)
+    drawn, draws = draw_mappings(hw, count, args.seed, args.memory_budget_kb, args.latency_target_ms,
+                                 replace_dominated_layers=not args.keep_dominated)
     # what --resume needs to continue: the arguments (the draws repeat from the seed) and the FP32 reference
     run.checkpoint(LAST, {"args": vars(args), "fp32_acc": inputs.fp32_acc, "phase": "random"})
     if inputs.runtime.is_main:
