@@ -377,6 +377,12 @@ def result_section(doc: Document, c: Context) -> None:
         changes = ", ".join(f"`{r.get('layer')}` {r.get('from')}→{r.get('to')}" for r in repairs if isinstance(r, Mapping))
         notes.append(f"Stage 1's argmax network missed a budget; {len(repairs)} layer(s) were changed before "
                      f"fine-tuning so that it meets it: {changes}.")
+    replaced = c.main.summary.get("dominated_replaced")
+    if isinstance(replaced, list) and replaced:
+        changes = ", ".join(f"`{r.get('layer')}` {r.get('from')}→{r.get('to')}" for r in replaced
+                            if isinstance(r, Mapping))
+        notes.append(f"{len(replaced)} layer(s) of stage 1's argmax network sat at a precision another of their "
+                     f"options beats on both bits and latency, and took that option before fine-tuning: {changes}.")
     n_test = test_split_size(c.main)
     if n_test:
         notes.append(f"The test split has {n_test} images: one image is {100.0 / n_test:.2f} percentage points, "
