@@ -79,7 +79,7 @@ def add_search_args(parser: argparse.ArgumentParser, stage: int = 1) -> None:
                    help="QAT fine-tuning epochs of the derived network (default %(default)s)")
     f.add_argument("--keep_dominated", action="store_true",
                    help="keep a derived layer at a precision that another of its options beats on both bits and "
-                        "latency (by default it takes the finest such option that keeps the RAM budget; the "
+                        "latency (by default it takes the fastest such option that keeps the RAM budget; the "
                         "changes are in summary.json 'dominated_replaced')")
     f.add_argument("--finetune_lr", type=positive_float, default=0.005, help="fine-tuning learning rate (default %(default)s)")
 

@@ -71,7 +71,8 @@ def enforce_budgets(choice: Mapping[str, str], hw: HardwareCost, memory_budget_k
 
 def replace_dominated(choice: Mapping[str, str], hw: HardwareCost, memory_budget_kb: Optional[float] = None):
     """Replace every layer's precision that another of its options beats on both counts (more bits and no
-    slower by the table) with the finest such option, while the network keeps the RAM budget.
+    slower by the table) with the fastest such option (the finest of equally fast ones) that keeps the
+    network inside the RAM budget; the option taken is then beaten by none.
 
     The α gradient cannot tell apart precisions whose accuracy differs by less than its noise, so such a
     layer ends wherever the noise of the α steps took it, sometimes at a precision both coarser and slower
@@ -89,7 +90,7 @@ def replace_dominated(choice: Mapping[str, str], hw: HardwareCost, memory_budget
             continue
         ms = {label: float(hw.latency_ms[name][i]) for i, label in enumerate(labels)}
         better = sorted((q for q in labels if q in PRECISIONS and PRECISIONS[q].bits > PRECISIONS[current].bits
-                         and ms[q] <= ms[current]), key=lambda q: (-PRECISIONS[q].bits, ms[q]))
+                         and ms[q] <= ms[current]), key=lambda q: (ms[q], -PRECISIONS[q].bits))
         for option in better:
             trial = {**mapping, name: option}
             ram = hw.mapping_peak_ram_bytes(trial)
