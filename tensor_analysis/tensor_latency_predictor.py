@@ -22,7 +22,8 @@ from models.files import read_json, write_json_atomic  # noqa: E402
 from models.mapping import read_mapping  # noqa: E402
 from models.precisions import PRECISION_ORDER, get_precision  # noqa: E402
 from tensor_analysis.analysis_file import load_analysis_json  # noqa: E402
-from tensor_analysis.cli import Parser, add_model_args, positive_mhz, precision_list, run_cli, spec_from_args  # noqa: E402
+from tensor_analysis.cli import (Parser, add_model_args, add_overwrite_arg, check_outputs, json_kind, positive_mhz,  # noqa: E402
+                                 precision_list, run_cli, spec_from_args)
 from tensor_analysis.dual import DEFAULT_SPLITS, parse_splits  # noqa: E402
 from tensor_analysis.graph import analyze_network, as_analysis  # noqa: E402
 from tensor_analysis.lut import build_lut  # noqa: E402
@@ -31,6 +32,8 @@ from tensor_analysis.profiles import list_profiles, load_profile  # noqa: E402
 from tensor_analysis.reports import prediction_report  # noqa: E402
 
 SPEC_CHECKED = ("type", "input_size", "width_mult", "num_classes")
+PREDICTION_OUTPUT = json_kind(formats.PREDICTION, "a prediction (tensor_latency_predictor.py --output_file)")
+LUT_OUTPUT = json_kind(formats.LUT, "a latency table (tensor_latency_predictor.py --lut)")
 
 
 def build_parser():
@@ -59,7 +62,14 @@ def build_parser():
     o.add_argument("--splits", type=parse_splits, default=list(DEFAULT_SPLITS),
                    help="dual-core split ratios for the table (default 0.25,0.5,0.75,balanced)")
     o.add_argument("--quiet", action="store_true", help="print the totals only")
+    add_overwrite_arg(o)
     return p
+
+
+def input_flags(args):
+    """The files a prediction reads, for check_outputs."""
+    return [("--analysis", args.analysis), ("--precision_mapping_file", args.precision_mapping_file),
+            ("--hardware", args.hardware)]
 
 
 def resolve(args):
@@ -92,6 +102,8 @@ def resolve(args):
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    check_outputs([("--output_file", args.output_file, PREDICTION_OUTPUT), ("--lut", args.lut, LUT_OUTPUT)],
+                  input_flags(args), args.overwrite)
     profile = load_profile(args.hardware)
     if args.unit is not None:
         profile.unit(args.unit)

@@ -79,6 +79,20 @@ def error_line():
     return one
 
 
+@pytest.fixture
+def run_main(capsys):
+    """``run_main(main, argv)``: a tool's entry point through run_cli, as its ``__main__`` runs it, in this
+    process (no interpreter to start): (exit code, stderr lines)."""
+    from tensor_analysis.cli import run_cli
+
+    def run(main, argv):
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as exit_info:
+            run_cli(main, [str(a) for a in argv])
+        return exit_info.value.code, capsys.readouterr().err.strip().splitlines()
+    return run
+
+
 def pytest_collection_modifyitems(config, items):
     for item in items:
         if PROCESS_FIXTURES & set(item.fixturenames):

@@ -78,7 +78,7 @@ def add_search_args(parser: argparse.ArgumentParser, stage: int = 1) -> None:
     r.add_argument("--output_dir", default=None, help="run directory (default: runs/dnas/<name>)")
     r.add_argument("--resume", action="store_true",
                    help="continue the run in --output_dir from its checkpoint_last.pt, with its saved arguments")
-    r.add_argument("--seed", type=int, default=0, help="random seed (default %(default)s)")
+    r.add_argument("--seed", type=non_negative_int, default=0, help="random seed (default %(default)s)")
     r.add_argument("--compile", choices=("auto", "on", "off"), default=None,
                    help="fuse the element-wise precision mixture with torch.compile: auto (where a C "
                         "compiler works; the first steps then pay a one-time compilation), on, off "

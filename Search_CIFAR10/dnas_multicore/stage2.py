@@ -48,7 +48,7 @@ from Search_CIFAR10.training.data import add_data_args, build_loaders
 from Search_CIFAR10.training.run_dir import RunDir
 from Search_CIFAR10.training.runtime import add_runtime_args, setup_runtime
 from tensor_analysis.analysis_file import load_analysis_json
-from tensor_analysis.cli import non_negative_float, positive_int
+from tensor_analysis.cli import non_negative_float, positive_int, positive_mhz
 from tensor_analysis.dual import DEFAULT_SPLITS, dual_analysis_json, parse_splits
 from tensor_analysis.graph import as_analysis
 from tensor_analysis.lut import build_lut, load_lut_json, lut_entry_ms, lut_latency_ms
@@ -86,7 +86,8 @@ def add_stage2_args(parser: argparse.ArgumentParser) -> None:
                         "profile), or measured numbers in that format (default: built from --hardware)")
     g.add_argument("--hardware", default=None,
                    help="hardware profile with two processing units, name or JSON path (default: stage 1's)")
-    g.add_argument("--clock_mhz", type=float, default=None, help="override the first unit's clock (default: stage 1's)")
+    g.add_argument("--clock_mhz", type=positive_mhz, default=None,
+                   help="override the first unit's clock (default: stage 1's)")
     g.add_argument("--splits", default=None,
                    help="split ratios for the computed dual analysis / LUT, e.g. 0.25,0.5,0.75,balanced "
                         "(default: the dual analysis file's, else the analysis module's default)")

@@ -165,6 +165,7 @@ class Report:
     sweep: List[Run]
     points: List[Dict[str, Any]]
     result_rows: List[Dict[str, Any]]
+    skipped: List[Tuple[str, str]]      # (summary.json, why it was left out)
 
 
 def _png(path: str) -> Optional[bytes]:
@@ -544,4 +545,4 @@ def build_report(paths: Sequence[str], output_md: str, main: Optional[str] = Non
         atomic_write(os.path.join(assets, fig.file), lambda f, d=fig.data: f.write(d))
     write_text_atomic(doc.markdown(assets_name), output_md)
     write_text_atomic(doc.html(title), output_html)
-    return Report(doc, title, c.main, c.stage2, c.uniform, c.sweep, c.points, c.rows)
+    return Report(doc, title, c.main, c.stage2, c.uniform, c.sweep, c.points, c.rows, c.found.problems)
