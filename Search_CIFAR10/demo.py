@@ -295,6 +295,10 @@ class Runner:
     def _start(self, step: Step) -> None:
         resuming = step.resume_file and step.resume_argv and os.path.isfile(step.resume_file)
         argv = (step.resume_argv if resuming else step.argv)()
+        run_dir = os.path.dirname(step.resume_file) if step.resume_file else None
+        if not resuming and run_dir and os.path.isdir(run_dir) and os.listdir(run_dir):
+            # a run that stopped before its first checkpoint: nothing to continue, so its files are replaced
+            argv = argv + ["--overwrite"]
         self.say(f"\n==> [{step.name}] {step.title}" + (" (continuing the interrupted run)" if resuming else ""))
         self.say(f"$ {display(argv)}")
         proc = subprocess.Popen([self.python] + argv, cwd=REPO_ROOT, env=self._env(), stdout=subprocess.PIPE,

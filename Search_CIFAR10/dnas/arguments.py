@@ -78,6 +78,9 @@ def add_search_args(parser: argparse.ArgumentParser, stage: int = 1) -> None:
     r.add_argument("--output_dir", default=None, help="run directory (default: runs/dnas/<name>)")
     r.add_argument("--resume", action="store_true",
                    help="continue the run in --output_dir from its checkpoint_last.pt, with its saved arguments")
+    r.add_argument("--overwrite", action="store_true",
+                   help="start a new run in --output_dir even if it holds files (a finished run's are replaced; "
+                        "a folder holding one of the run's inputs is refused all the same)")
     r.add_argument("--seed", type=non_negative_int, default=0, help="random seed (default %(default)s)")
     r.add_argument("--compile", choices=("auto", "on", "off"), default=None,
                    help="fuse the element-wise precision mixture with torch.compile: auto (where a C "

@@ -47,7 +47,10 @@ ARCH_OPTIMIZER, PHASE, ALPHA_HISTORY = "arch_optimizer", "phase", "alpha_history
 EPOCH_LINE_KEYS = ("temperature", "train_loss", "train_acc", "val_acc", "hw_loss", "exp_latency_ms",
                    "argmax_latency_ms", "exp_peak_ram_kb", "argmax_peak_ram_kb", "alpha_entropy", "time_s")
 # flags a resumed run takes from its command line; every other one comes from the run's args.json
-RESUME_KEEP = ("resume", "output_dir", "device")
+RESUME_KEEP = ("resume", "output_dir", "device", "overwrite")
+# flags naming files and folders a run reads: its run directory may be none of them and hold none of them
+RUN_INPUTS = ("tensor_analysis_json", "latency_lut", "pretrained", "hardware", "stage1_dir", "dual_analysis_json",
+              "data_dir")
 
 
 @dataclass
@@ -80,6 +83,11 @@ def resolve_resume(args) -> Tuple[argparse.Namespace, Optional[dict]]:
         return args, None
     if not args.output_dir:
         raise ValueError("--resume needs --output_dir (the run directory to continue)")
+    if args.overwrite:
+        raise ValueError("--resume and --overwrite contradict each other; pass one")
+    if not os.path.isfile(os.path.join(args.output_dir, LAST)):
+        raise ValueError(f"--resume: {args.output_dir} holds no {LAST}, so there is nothing to continue; start the "
+                         f"run without --resume")
     ckpt = load_checkpoint(os.path.join(args.output_dir, LAST))
     saved = dict(ckpt.get("args", {}))
     for key in RESUME_KEEP:
@@ -98,9 +106,11 @@ def alpha_loader(splits, args, runtime: Runtime, input_size: int) -> DeviceLoade
 
 def open_run_dir(args, default_dir: str, runtime: Runtime, resume: Optional[Mapping], splits,
                  analysis: Mapping, lut: Mapping) -> RunDir:
-    """The run directory; a new run records its arguments and every input it searches with (the
-    analysis, the latency table, the data split), so nothing later has to find them elsewhere."""
-    run = RunDir(args.output_dir or default_dir, runtime.is_main)
+    """The run directory, claimed (training/run_dir.py); a new run records its arguments and every input
+    it searches with (the analysis, the latency table, the data split), so nothing later has to find them
+    elsewhere."""
+    run = RunDir.claim(args.output_dir or default_dir, runtime.is_main, resume=resume is not None,
+                       overwrite=args.overwrite, inputs=[(f"--{k}", getattr(args, k, None)) for k in RUN_INPUTS])
     args.output_dir = run.dir
     if resume is None:
         run.json("args.json", vars(args))
