@@ -93,6 +93,46 @@ def run_main(capsys):
     return run
 
 
+class TinyRuns:
+    """A MobileNetV2 of width 0.1 at 16 px on digits: its analysis (a.json) and latency table (lut.json), a
+    pretraining run (pre/) and a stage-1 run (runs/s1/), one epoch each, and the flags that made them."""
+
+    SIZE = ["--model_type", "mobilenetv2", "--width_mult", "0.1", "--input_size", "16"]
+    DATA = ["--dataset", "digits", "--limit_train", "32", "--limit_eval", "32", "--batch_size", "16",
+            "--device", "cpu", "--threads", "1"]
+    SEARCH = DATA + ["--epochs", "1", "--warmup_epochs", "0", "--finetune_epochs", "0", "--compile", "off"]
+    PRETRAIN = DATA + ["--width_mult", "0.1", "--input_size", "16", "--epochs", "1", "--warmup_epochs", "0"]
+
+    def __init__(self, root):
+        self.root = root
+
+    def stage1_argv(self, *extra, pretrained=None):
+        return ["--tensor_analysis_json", self.root / "a.json", "--latency_lut", self.root / "lut.json",
+                "--pretrained", pretrained or self.root / "pre" / "best.pt", *self.SEARCH, *extra]
+
+    def stage2_argv(self, *extra):
+        return ["--stage1_dir", self.root / "runs" / "s1", "--layers", "all", *self.SEARCH, *extra]
+
+
+@pytest.fixture(scope="session")
+def tiny_runs(tmp_path_factory):
+    """TinyRuns, made once per test process, in-process with the tools' own entry points."""
+    import argparse
+    from Search_CIFAR10.dnas.stage1 import add_stage1_args, run_stage1
+    from Search_CIFAR10.pretrain.trainer import build_parser, run_pretrain
+    from tensor_analysis import tensor_latency_predictor, tensor_memory_filter
+    runs = TinyRuns(tmp_path_factory.mktemp("tiny_runs"))
+    tensor_memory_filter.main(TinyRuns.SIZE + ["--memory_threshold", "1024", "--quiet", "--output_file",
+                                               str(runs.root / "a.json")])
+    tensor_latency_predictor.main(["--analysis", str(runs.root / "a.json"), "--quiet", "--lut",
+                                   str(runs.root / "lut.json")])
+    run_pretrain(build_parser().parse_args(TinyRuns.PRETRAIN + ["--output_dir", str(runs.root / "pre")]))
+    parser = argparse.ArgumentParser()
+    add_stage1_args(parser)
+    run_stage1(parser.parse_args([str(a) for a in runs.stage1_argv("--output_dir", runs.root / "runs" / "s1")]))
+    return runs
+
+
 def pytest_collection_modifyitems(config, items):
     for item in items:
         if PROCESS_FIXTURES & set(item.fixturenames):

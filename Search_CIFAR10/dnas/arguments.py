@@ -68,6 +68,10 @@ def add_search_args(parser: argparse.ArgumentParser, stage: int = 1) -> None:
     h.add_argument("--memory_budget_kb", type=positive_float, default=None,
                    help="peak-RAM budget in KB; only the excess is penalised (default: none; the memory "
                         "filter has already removed options that overflow the analysis threshold)")
+    h.add_argument("--allow_unmet_budgets", action="store_true",
+                   help="search even when no network of the allowed precisions meets --memory_budget_kb or "
+                        "--latency_target_ms (refused otherwise, before any training); the result then misses it, "
+                        "and the run says so at the end and in summary.json")
 
     f = parser.add_argument_group("derivation and fine-tuning")
     f.add_argument("--finetune_epochs", type=non_negative_int, default=5,

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
@@ -31,7 +32,7 @@ from models import formats
 from models.files import load_checkpoint
 from models.mapping import load_mapping, mapping_digest, mapping_document
 from models.network import allowed_precisions, arch_parameters, derive_mapping, mixed_layers, set_temperature
-from Search_CIFAR10.dnas.derive import enforce_budgets
+from Search_CIFAR10.dnas.derive import best_figures, budget_figures, budget_text, enforce_budgets, missed_budgets
 from Search_CIFAR10.dnas.hardware_cost import HardwareCost
 from Search_CIFAR10.dnas.search import (SearchSettings, alpha_entropy, alpha_snapshot, apply_progressive, fault_point,
                                         progressive_min_bits, run_search_epoch, set_requires_grad, temperature_at)
@@ -105,10 +106,19 @@ def alpha_loader(splits, args, runtime: Runtime, input_size: int) -> DeviceLoade
 
 
 def open_run_dir(args, default_dir: str, runtime: Runtime, resume: Optional[Mapping], splits,
-                 analysis: Mapping, lut: Mapping) -> RunDir:
-    """The run directory, claimed (training/run_dir.py); a new run records its arguments and every input
-    it searches with (the analysis, the latency table, the data split), so nothing later has to find them
-    elsewhere."""
+                 analysis: Mapping, lut: Mapping, hw: HardwareCost) -> RunDir:
+    """The run directory, claimed (training/run_dir.py) once a new run is known to be possible: a
+    budget no network of the allowed options meets stops it here, before anything is written or
+    trained, unless --allow_unmet_budgets. A new run records its arguments and every input it searches
+    with (the analysis, the latency table, the data split), so nothing later has to find them elsewhere."""
+    if resume is None:
+        missed = "; ".join(budget_text(*m, best=True) for m in missed_budgets(vars(args), best_figures(hw)))
+        if missed and not args.allow_unmet_budgets:
+            raise ValueError(f"{missed}: no network meets it, so nothing was trained; relax it, or pass "
+                             f"--allow_unmet_budgets to search for the closest network anyway")
+        if missed and runtime.is_main:
+            print(f"warning: {missed}: no network meets it; searching anyway (--allow_unmet_budgets)",
+                  file=sys.stderr, flush=True)
     run = RunDir.claim(args.output_dir or default_dir, runtime.is_main, resume=resume is not None,
                        overwrite=args.overwrite, inputs=[(f"--{k}", getattr(args, k, None)) for k in RUN_INPUTS])
     args.output_dir = run.dir
@@ -316,9 +326,15 @@ def run_search(stage: SearchStage, args, loaders, runtime: Runtime, run: RunDir,
             stage.hw.mapping_peak_ram_bytes(chosen) <= args.memory_budget_kb * 1024
     if args.latency_target_ms is not None:
         summary["hardware"]["meets_latency_target"] = stage.hw.mapping_latency_ms(chosen) <= args.latency_target_ms
+    unmet = [budget_text(*m) for m in missed_budgets(vars(args), budget_figures(stage.hw, chosen))]
+    summary["hardware"]["unmet_budgets"] = unmet
+    summary["hardware"]["allow_unmet_budgets"] = bool(args.allow_unmet_budgets)
     run.json("summary.json", summary)
     run.checkpoint(LAST, {**ft_extra, BEST_VAL: best_val, PHASE: "done", EPOCH: 0, LOG_ROWS: rows})
     if runtime.is_main:
         stage.write_plots(run, summary)
         print(stage.summary_text(summary), flush=True)
+        if unmet:
+            print(f"warning: THE RESULT MISSES ITS BUDGET: {'; '.join(unmet)} (summary.json: "
+                  f"hardware.unmet_budgets)", file=sys.stderr, flush=True)
     return summary

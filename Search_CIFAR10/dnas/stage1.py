@@ -222,7 +222,7 @@ def run_stage1(args) -> dict:
         runtime.rank, runtime.world_size, channels_last=runtime.channels_last)
     model, pretrained = prepare_model(args, analysis, splits.num_classes, runtime)
     hw = HardwareCost.from_lut(model, lut, analysis, net_analysis)
-    run = open_run_dir(args, default_output_dir(args), runtime, resume, splits, analysis, lut)
+    run = open_run_dir(args, default_output_dir(args), runtime, resume, splits, analysis, lut, hw)
     model = runtime.prepare_model(model)
     hw.to(runtime.device)
     alpha_batches = alpha_loader(splits, args, runtime, model.spec["input_size"])

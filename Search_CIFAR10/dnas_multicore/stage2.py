@@ -540,7 +540,7 @@ def run_stage2(args) -> dict:
         if any(theirs.get(k) != mine.get(k) for k in ("dataset", "split_seed", "val_indices", "test_indices")):
             raise ValueError(f"{s1_split}: the data split differs from stage 1's (dataset, seed or --limit_eval); "
                              f"stage 2 must evaluate on the same validation/test images")
-    out = open_run_dir(args, default_output_dir(args, profile), runtime, resume, splits, dual_analysis, lut)
+    out = open_run_dir(args, default_output_dir(args, profile), runtime, resume, splits, dual_analysis, lut, hw)
     model = runtime.prepare_model(model)
     hw.to(runtime.device)
     if resume is None:
