@@ -278,6 +278,12 @@ def _scan_image_folder(root: str):
     if not samples:
         raise DatasetError(f"{root}: the class folders ({', '.join(classes[:5])}{'...' if len(classes) > 5 else ''}) "
                            f"hold no images ({', '.join(IMG_EXTENSIONS)})")
+    labelled = {label for _, label in samples}
+    empty = [os.path.join(root, c) for c in classes if class_to_idx[c] not in labelled]
+    if empty:
+        raise DatasetError(f"{', '.join(empty[:3])}{' ...' if len(empty) > 3 else ''}: class folder(s) with no images "
+                           f"({', '.join(IMG_EXTENSIONS)}); each would be a class with nothing to learn from: add "
+                           f"images or remove the folder")
     if len(classes) < 2:
         raise DatasetError(f"{root}: found {len(classes)} class folder; a classifier needs at least 2")
     return classes, samples

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 
 import torch
 
@@ -40,11 +41,40 @@ def _distributed_ready() -> bool:
     return torch.distributed.is_available() and torch.distributed.is_initialized()
 
 
+def device_memory_bytes(device) -> int:
+    """All the memory of ``device``: the GPU's, or the machine's RAM for the CPU."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return int(torch.cuda.get_device_properties(device).total_memory)
+    return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+
+
+def _size_text(nbytes: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if nbytes < 1024:
+            return f"{nbytes:.1f} {unit}"
+        nbytes /= 1024
+    return f"{nbytes:.1f} TB"
+
+
+def check_batch_fits(input_size: int, batch_size: int, device) -> None:
+    """Refuse, before anything is loaded or written, an input size whose batches alone (float32, the
+    evaluation batches hold 2 × --batch_size images) exceed the device's memory."""
+    need = 2 * batch_size * 3 * input_size * input_size * 4
+    have = device_memory_bytes(device)
+    if need > have:
+        raise ValueError(f"--input_size {input_size}: one evaluation batch of {2 * batch_size} images at "
+                         f"{input_size}x{input_size} px takes {_size_text(need)} as float32, more than the "
+                         f"{_size_text(have)} of memory on {torch.device(device).type}; lower --input_size "
+                         f"(or --batch_size)")
+
+
 def build_loaders(args, batch_size: int, input_size: int, device, seed: int, rank: int = 0,
                   world_size: int = 1, channels_last: bool = False):
     """Load ``args``' dataset (see :func:`add_data_args`), move it to ``device`` and return
     ``(splits, train_loader, val_loader, test_loader)``. Train shuffles, augments and drops a final
     partial batch (a batch of one breaks BatchNorm); validation and test are plain and complete."""
+    check_batch_fits(input_size, batch_size, device)
     kwargs = dict(name=args.dataset, data_dir=args.data_dir, download=args.download,
                   split_seed=args.split_seed, limit_train=args.limit_train, limit_eval=args.limit_eval,
                   image_size=input_size)
