@@ -19,9 +19,11 @@ was expected, so command-line tools print it without a traceback.
 """
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import pickle
+import socket
 from dataclasses import dataclass, field
 from typing import List, Optional, Tuple
 
@@ -182,6 +184,29 @@ def cifar_folder(name: str, data_dir: str) -> str:
     return os.path.join(data_dir, layout.folder)
 
 
+# seconds a download waits for the server: offline, the training scripts say so instead of hanging
+DOWNLOAD_TIMEOUT_S = 60
+
+
+@contextlib.contextmanager
+def _download_timeout():
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)
+    try:
+        yield
+    finally:
+        socket.setdefaulttimeout(previous)
+
+
+def not_downloaded(what: str, where: str, exc: Exception) -> DatasetError:
+    """The one line of a dataset that is missing and could not be fetched: what, where, and the way
+    to run without the internet."""
+    reason = getattr(exc, "reason", None) or exc
+    return DatasetError(f"{what} is not in {where} and could not be downloaded ({exc.__class__.__name__}: "
+                        f"{reason}); copy it there from a machine that has it (data/README.md), or run "
+                        f"offline with --dataset digits")
+
+
 def download_cifar(name: str, data_dir: str) -> None:
     """Fetch the archive with torchvision's downloader (its URL and MD5), unless already present."""
     layout = CIFAR_LAYOUTS[name]
@@ -192,11 +217,10 @@ def download_cifar(name: str, data_dir: str) -> None:
     from torchvision.datasets.utils import download_and_extract_archive
     cls = getattr(tvd, layout.torchvision_class)
     try:
-        download_and_extract_archive(cls.url, data_dir, filename=cls.filename, md5=cls.tgz_md5)
+        with _download_timeout():
+            download_and_extract_archive(cls.url, data_dir, filename=cls.filename, md5=cls.tgz_md5)
     except Exception as exc:
-        raise DatasetError(f"--download: could not fetch {layout.title} into {data_dir} "
-                           f"({exc.__class__.__name__}: {exc}); without internet, copy "
-                           f"{layout.folder}/ there by hand") from None
+        raise not_downloaded(f"{layout.title} ({layout.folder}/)", data_dir, exc) from None
 
 
 def load_cifar_raw(name: str, data_dir: str) -> RawDataset:
@@ -231,10 +255,10 @@ def download_svhn(data_dir: str) -> None:
         if os.path.isfile(os.path.join(data_dir, filename)):
             continue
         try:
-            download_url(url, data_dir, filename, md5)
+            with _download_timeout():
+                download_url(url, data_dir, filename, md5)
         except Exception as exc:
-            raise DatasetError(f"--download: could not fetch SVHN {filename} into {data_dir} "
-                               f"({exc.__class__.__name__}: {exc})") from None
+            raise not_downloaded(f"SVHN ({filename})", data_dir, exc) from None
 
 
 def _read_svhn(path: str) -> Tuple[torch.Tensor, torch.Tensor]:

@@ -31,7 +31,6 @@ from tensor_analysis.prediction import dual_speedup, predict_network  # noqa: E4
 from tensor_analysis.profiles import list_profiles, load_profile  # noqa: E402
 from tensor_analysis.reports import prediction_report  # noqa: E402
 
-SPEC_CHECKED = ("type", "input_size", "width_mult", "num_classes")
 PREDICTION_OUTPUT = json_kind(formats.PREDICTION, "a prediction (tensor_latency_predictor.py --output_file)")
 LUT_OUTPUT = json_kind(formats.LUT, "a latency table (tensor_latency_predictor.py --lut)")
 
@@ -86,17 +85,17 @@ def resolve(args):
         analysis = analyze_network(file_spec)
     else:
         raise ValueError("no model: give --model_type, --analysis, or a mapping file that records its 'model'")
-    if file_spec and (args.analysis or args.model_type):
-        diffs = [f"{k}: {file_spec.get(k)!r} in the file, {analysis.spec.get(k)!r} here"
-                 for k in SPEC_CHECKED if k in file_spec and file_spec.get(k) != analysis.spec.get(k)]
-        if diffs:
-            raise ValueError(f"{args.precision_mapping_file}: made for another model ({'; '.join(diffs)})")
     if layers is None:
         precision = args.precision or "int8"
         get_precision(precision, "--precision")
         layers = {n: precision for n in analysis.layer_names}
     else:
-        analysis.check_mapping(layers, where=args.precision_mapping_file)
+        # a mapping names layers, and layer names do not depend on the input size or width: it applies to
+        # any network with the same layers (and, for dual-core splits, the same channel counts)
+        where = args.precision_mapping_file
+        if file_spec and file_spec.get("type") not in (None, analysis.spec.get("type")):
+            where += f" (a mapping for {file_spec.get('type')})"
+        analysis.check_mapping(layers, where=where)
     return analysis, layers
 
 

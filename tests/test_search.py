@@ -184,7 +184,7 @@ def run_script(run_python):
 
 
 def tiny_args(files, out, *extra):
-    return ["--tensor_analysis_json", files["analysis"], "--latency_lut", files["lut"],
+    return ["--tensor_analysis_json", files["analysis"], "--latency_lut", files["lut"], "--dataset", "digits",
             "--width_mult", "0.1", "--input_size", "16", "--epochs", "2", "--warmup_epochs", "1",
             "--finetune_epochs", "1", "--batch_size", "16", "--limit_train", "48", "--limit_eval", "32",
             "--output_dir", str(out), "--device", "cpu", *extra]

@@ -111,7 +111,7 @@ def add_stage2_args(parser: argparse.ArgumentParser) -> None:
     add_data_args(parser)
     # data flags default to the stage-1 run's (the same validation/test split is what makes the
     # accuracies comparable); only paths and limits may differ
-    parser.set_defaults(**{k: None for k in DATA_KEYS}, download=False)
+    parser.set_defaults(**{k: None for k in DATA_KEYS})
     add_search_args(parser, stage=2)
     parser.set_defaults(**STAGE2_DEFAULTS)
     add_runtime_args(parser)

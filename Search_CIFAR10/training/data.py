@@ -1,5 +1,9 @@
 """The data flags of the training scripts, and the loaders they build (datasets, splits and the device
-loader themselves live in the top-level ``data`` package)."""
+loader themselves live in the top-level ``data`` package).
+
+``python -m Search_CIFAR10.training.data [data flags]`` only makes sure the dataset is on disk (it is
+downloaded when missing, as the training scripts do) and ends; a batch of runs calls it once first, so
+its runs neither download the same files at once nor each fail offline (run_all_dnas.sh)."""
 from __future__ import annotations
 
 import argparse
@@ -10,23 +14,29 @@ import torch
 
 from data.loader import DeviceLoader
 from data.splits import DATASETS, DEFAULT_DATA_DIR, download_dataset, load_splits
+from tensor_analysis.cli import Parser, run_cli
+
+DEFAULT_DATASET = "cifar10"
 from tensor_analysis.cli import non_negative_int, positive_int
 
 
 def add_data_args(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
     group = parser.add_argument_group("data")
     # not argparse choices: an unknown name then fails with DatasetError's one line, like a bad folder
-    group.add_argument("--dataset", default="digits", metavar="{" + ",".join(DATASETS) + "}",
-                       help="digits: scikit-learn's bundled 8x8 handwritten digits, offline, upscaled to "
-                            "--input_size (default); cifar10/cifar100/svhn: torchvision's on-disk format "
-                            "under --data_dir; imagefolder: your own images in --data_dir/<class>/*.png "
-                            "(or --data_dir/train and --data_dir/test)")
+    group.add_argument("--dataset", default=DEFAULT_DATASET, metavar="{" + ",".join(DATASETS) + "}",
+                       help="cifar10 (default, the seed's)/cifar100/svhn: torchvision's on-disk format under "
+                            "--data_dir, downloaded there when missing; digits: scikit-learn's bundled 8x8 "
+                            "handwritten digits, offline, upscaled to --input_size; imagefolder: your own images "
+                            "in --data_dir/<class>/*.png (or --data_dir/train and --data_dir/test)")
     group.add_argument("--data_dir", default=None,
                        help=f"folder holding the dataset (default {DEFAULT_DATA_DIR}; for CIFAR-10 the "
                             f"folder that contains cifar-10-batches-py/)")
-    group.add_argument("--download", action="store_true",
-                       help="fetch CIFAR-10/100 or SVHN into --data_dir with torchvision's downloader "
-                            "if missing (needs the internet)")
+    # the seed's scripts fetched CIFAR-10 when it was missing; so do these (--no_download to forbid it)
+    group.add_argument("--download", dest="download", action="store_true", default=True,
+                       help="fetch CIFAR-10/100 or SVHN into --data_dir with torchvision's downloader when "
+                            "missing (the default; needs the internet)")
+    group.add_argument("--no_download", dest="download", action="store_false",
+                       help="never download: a missing dataset is an error")
     group.add_argument("--split_seed", type=non_negative_int, default=0,
                        help="seed that splits the official test set into validation (60%%) and test "
                             "(40%%); recorded in split.json (default 0)")
@@ -94,3 +104,16 @@ def build_loaders(args, batch_size: int, input_size: int, device, seed: int, ran
     val = DeviceLoader(splits.val_x, splits.val_y, batch_size * 2, shuffle=False, augment=False, **common)
     test = DeviceLoader(splits.test_x, splits.test_y, batch_size * 2, shuffle=False, augment=False, **common)
     return splits, train, val, test
+
+
+def fetch_main(argv=None) -> int:
+    parser = Parser(description="Make sure the dataset the data flags name is on disk (download it when missing).")
+    add_data_args(parser)
+    args, _ = parser.parse_known_args(argv)  # the other flags of a training command line are not ours
+    if args.download:
+        download_dataset(args.dataset, args.data_dir)
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(fetch_main)
