@@ -81,6 +81,7 @@ class DemoConfig:
     compile: Optional[str] = None
     threads: int = 1
     jobs: int = 2
+    seed: int = 0                        # --seed of pretraining and every search (benchmarks/demo_seeds.py)
 
     def path(self, *parts: str) -> str:
         return os.path.join(self.output_dir, *parts)
@@ -133,7 +134,11 @@ def _model_flags(cfg: DemoConfig) -> List[str]:
 
 
 def _run_flags(cfg: DemoConfig) -> List[str]:
-    return ["--threads", str(cfg.threads)] + (["--compile", cfg.compile] if cfg.compile else [])
+    return ["--threads", str(cfg.threads)] + (["--compile", cfg.compile] if cfg.compile else []) + _seed_flags(cfg)
+
+
+def _seed_flags(cfg: DemoConfig) -> List[str]:
+    return ["--seed", str(cfg.seed)] if cfg.seed else []
 
 
 def all_int8_latency_ms(lut_path: str) -> float:
@@ -165,7 +170,8 @@ def plan(cfg: DemoConfig) -> List[Step]:
         Step("pretrain", "FP32 pretraining: the network every search starts from",
              lambda: [PRETRAIN, "--dataset", cfg.dataset, "--model", cfg.model, "--width_mult", f"{cfg.width_mult:g}",
                       "--input_size", str(cfg.input_size), "--epochs", str(cfg.pretrain_epochs),
-                      "--warmup_epochs", "1", "--output_dir", p("pretrain"), "--resume", "--threads", str(cfg.threads)],
+                      "--warmup_epochs", "1", "--output_dir", p("pretrain"), "--resume", "--threads", str(cfg.threads)]
+             + _seed_flags(cfg),
              p("pretrain", "summary.json")),
         Step("filter", f"memory filter: precisions each layer may use within {cfg.memory_budget_kb:g} KB of "
                        f"activation RAM",
