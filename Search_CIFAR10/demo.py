@@ -371,7 +371,7 @@ class Runner:
                     raise RuntimeError(f"demo plan: nothing can start; waiting on {', '.join(missing)}")
                 time.sleep(0.2)
                 self._reap()
-        except KeyboardInterrupt:
+        except BaseException:  # Ctrl-C, SIGTERM (tensor_analysis.cli.Terminated), a bug: the steps stop with us
             self.stop()
             raise
         self.stop()

@@ -134,3 +134,11 @@ def test_resume_without_a_checkpoint_says_to_start_without_it(tmp_path, run_main
     code, err = run_main(module.main, ["--resume", "--output_dir", tmp_path / "never_started"])
     assert code == 2 and err == [f"error: --resume: {tmp_path}/never_started holds no checkpoint_last.pt, so there "
                                  f"is nothing to continue; start the run without --resume"]
+
+
+def test_resume_of_a_pretraining_folder_says_it_holds_no_search(tiny_runs, run_main):
+    from Search_CIFAR10.dnas.dnas_search_cifar10_mbv2 import main
+    code, err = run_main(main, ["--resume", "--output_dir", tiny_runs.root / "pre"])
+    assert code == 2 and err == [f"error: --resume: {tiny_runs.root}/pre/checkpoint_last.pt is not a search's "
+                                 f"checkpoint (pretraining writes one of that name too); give the folder of the "
+                                 f"search to continue"]

@@ -90,6 +90,9 @@ def resolve_resume(args) -> Tuple[argparse.Namespace, Optional[dict]]:
         raise ValueError(f"--resume: {args.output_dir} holds no {LAST}, so there is nothing to continue; start the "
                          f"run without --resume")
     ckpt = load_checkpoint(os.path.join(args.output_dir, LAST))
+    if PHASE not in ckpt:
+        raise ValueError(f"--resume: {os.path.join(args.output_dir, LAST)} is not a search's checkpoint (pretraining "
+                         f"writes one of that name too); give the folder of the search to continue")
     saved = dict(ckpt.get("args", {}))
     for key in RESUME_KEEP:
         saved[key] = getattr(args, key)
