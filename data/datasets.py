@@ -331,6 +331,12 @@ def _decode_resized(path: str, size: int) -> np.ndarray:
 
 
 def _load_samples(samples, size: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    need = len(samples) * 3 * size * size
+    have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if need > have:  # ImageFolder images are decoded at the input size, so the dataset grows with its square
+        raise DatasetError(f"--input_size {size}: {len(samples)} images decoded at {size}x{size} px take "
+                           f"{need / 2 ** 30:.1f} GB, more than the {have / 2 ** 30:.1f} GB of memory here; lower "
+                           f"--input_size")
     images = np.empty((len(samples), 3, size, size), dtype=np.uint8)
     for i, (path, _) in enumerate(samples):  # once, at load time; never in the training loop
         images[i] = _decode_resized(path, size)

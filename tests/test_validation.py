@@ -140,6 +140,17 @@ def test_an_empty_class_folder_is_named(tmp_path):
         load_image_folder_raw(str(tmp_path), 8)
 
 
+def test_an_image_folder_that_cannot_be_decoded_at_the_input_size_is_refused_with_both_figures(tmp_path):
+    from PIL import Image
+    for cls in ("cat", "dog"):
+        (tmp_path / cls).mkdir()
+        for i in range(3):
+            Image.new("RGB", (10, 10)).save(tmp_path / cls / f"{i}.png")
+    with pytest.raises(DatasetError, match=r"^--input_size 3000000: 6 images decoded at 3000000x3000000 px take "
+                                           r"\d+\.\d GB, more than the \d+\.\d GB of memory here"):
+        load_image_folder_raw(str(tmp_path), 3_000_000)
+
+
 def test_an_input_size_whose_batches_cannot_fit_is_refused_with_both_figures():
     have = device_memory_bytes("cpu")
     with pytest.raises(ValueError, match=r"^--input_size 100000: one evaluation batch of 64 images at 100000x100000 "
