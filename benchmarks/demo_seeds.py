@@ -13,7 +13,6 @@ spread.json in the output folder.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import statistics
 import sys
