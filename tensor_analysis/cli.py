@@ -175,8 +175,8 @@ def check_outputs(outputs: Sequence[Tuple[str, Optional[str], OutputKind]],
         if blocker:
             raise ValueError(f"{where}: {blocker} is a file, not a folder")
         if real in read:
-            raise ValueError(f"{where}: is this command's input {read[real]}; an output never replaces an input, "
-                             f"so write it elsewhere")
+            raise ValueError(f"{where}: is one of this command's inputs ({read[real]}); an output never replaces "
+                             f"an input, so write it elsewhere")
         if real in written:
             raise ValueError(f"{where}: is also {written[real]}; give each output its own file")
         written[real] = flag

@@ -30,11 +30,12 @@ def write(path, text):
 def test_an_output_never_replaces_an_input_even_with_overwrite(tmp_path):
     mapping = write(tmp_path / "mapping.json", json.dumps({"schema": formats.MAPPING, "layers": {}}))
     for overwrite in (False, True):
-        with pytest.raises(ValueError, match=r"--lut .*mapping.json: is this command's input --precision_mapping_file"):
+        with pytest.raises(ValueError, match=r"--lut .*mapping.json: is one of this command's inputs "
+                                             r"\(--precision_mapping_file\)"):
             check_outputs([("--lut", mapping, ANALYSIS)], [("--precision_mapping_file", mapping)], overwrite)
     # the same file under another name (a symlink) is the same file
     os.symlink(mapping, tmp_path / "alias.json")
-    with pytest.raises(ValueError, match="is this command's input"):
+    with pytest.raises(ValueError, match="is one of this command's inputs"):
         check_outputs([("--lut", str(tmp_path / "alias.json"), ANALYSIS)], [("--map", mapping)], True)
 
 

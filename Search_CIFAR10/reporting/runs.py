@@ -159,15 +159,15 @@ def find_summaries(root: str) -> List[str]:
 
 
 def run_files(paths: Sequence[str]) -> List[Tuple[str, str]]:
-    """("a run's file", path) for every file in every run directory under ``paths``: what a tool that
-    reads runs must never write over (tensor_analysis.cli.check_outputs)."""
+    """("a file of a run it reads", path) for every file in every run directory under ``paths``: what a
+    tool that reads runs must never write over (tensor_analysis.cli.check_outputs)."""
     found = []
     for path in paths:
         summaries = [os.path.join(path, SUMMARY)] if os.path.isfile(os.path.join(path, SUMMARY)) else (
             find_summaries(path) if os.path.isdir(path) else [])
         for s in summaries:
             folder = os.path.dirname(s)
-            found += [("a run's file", os.path.join(folder, f)) for f in sorted(os.listdir(folder))
+            found += [("a file of a run it reads", os.path.join(folder, f)) for f in sorted(os.listdir(folder))
                       if os.path.isfile(os.path.join(folder, f))]
     return found
 
