@@ -408,4 +408,6 @@ def run_demo(cfg: DemoConfig, fresh: bool = False) -> int:
               f"steps are kept", file=sys.stderr)
         return 1
     print(f"report: {cfg.path('report.html')} (open it in a browser) and {cfg.path('report.md')}")
+    print(f"the accuracies come from one seed ({cfg.seed}) and move by 2-3 points from seed to seed, more than "
+          f"the networks differ: docs/experiments.md §6 (benchmarks/demo_seeds.py)")
     return 0
