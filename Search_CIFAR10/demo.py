@@ -81,6 +81,7 @@ class DemoConfig:
     compile: Optional[str] = None
     threads: int = 1
     jobs: int = 2
+    seed: int = 0                        # --seed of pretraining and every search (benchmarks/demo_seeds.py)
 
     def path(self, *parts: str) -> str:
         return os.path.join(self.output_dir, *parts)
@@ -133,7 +134,11 @@ def _model_flags(cfg: DemoConfig) -> List[str]:
 
 
 def _run_flags(cfg: DemoConfig) -> List[str]:
-    return ["--threads", str(cfg.threads)] + (["--compile", cfg.compile] if cfg.compile else [])
+    return ["--threads", str(cfg.threads)] + (["--compile", cfg.compile] if cfg.compile else []) + _seed_flags(cfg)
+
+
+def _seed_flags(cfg: DemoConfig) -> List[str]:
+    return ["--seed", str(cfg.seed)] if cfg.seed else []
 
 
 def all_int8_latency_ms(lut_path: str) -> float:
@@ -165,7 +170,8 @@ def plan(cfg: DemoConfig) -> List[Step]:
         Step("pretrain", "FP32 pretraining: the network every search starts from",
              lambda: [PRETRAIN, "--dataset", cfg.dataset, "--model", cfg.model, "--width_mult", f"{cfg.width_mult:g}",
                       "--input_size", str(cfg.input_size), "--epochs", str(cfg.pretrain_epochs),
-                      "--warmup_epochs", "1", "--output_dir", p("pretrain"), "--resume", "--threads", str(cfg.threads)],
+                      "--warmup_epochs", "1", "--output_dir", p("pretrain"), "--resume", "--threads", str(cfg.threads)]
+             + _seed_flags(cfg),
              p("pretrain", "summary.json")),
         Step("filter", f"memory filter: precisions each layer may use within {cfg.memory_budget_kb:g} KB of "
                        f"activation RAM",
@@ -295,6 +301,10 @@ class Runner:
     def _start(self, step: Step) -> None:
         resuming = step.resume_file and step.resume_argv and os.path.isfile(step.resume_file)
         argv = (step.resume_argv if resuming else step.argv)()
+        run_dir = os.path.dirname(step.resume_file) if step.resume_file else None
+        if not resuming and run_dir and os.path.isdir(run_dir) and os.listdir(run_dir):
+            # a run that stopped before its first checkpoint: nothing to continue, so its files are replaced
+            argv = argv + ["--overwrite"]
         self.say(f"\n==> [{step.name}] {step.title}" + (" (continuing the interrupted run)" if resuming else ""))
         self.say(f"$ {display(argv)}")
         proc = subprocess.Popen([self.python] + argv, cwd=REPO_ROOT, env=self._env(), stdout=subprocess.PIPE,
@@ -361,7 +371,7 @@ class Runner:
                     raise RuntimeError(f"demo plan: nothing can start; waiting on {', '.join(missing)}")
                 time.sleep(0.2)
                 self._reap()
-        except KeyboardInterrupt:
+        except BaseException:  # Ctrl-C, SIGTERM (tensor_analysis.cli.Terminated), a bug: the steps stop with us
             self.stop()
             raise
         self.stop()
@@ -398,4 +408,6 @@ def run_demo(cfg: DemoConfig, fresh: bool = False) -> int:
               f"steps are kept", file=sys.stderr)
         return 1
     print(f"report: {cfg.path('report.html')} (open it in a browser) and {cfg.path('report.md')}")
+    print(f"the accuracies come from one seed ({cfg.seed}) and move by 2-3 points from seed to seed, more than "
+          f"the networks differ: docs/experiments.md §6 (benchmarks/demo_seeds.py)")
     return 0

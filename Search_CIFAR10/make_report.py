@@ -16,7 +16,11 @@ import sys
 sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..")))
 
 from Search_CIFAR10.reporting.report import build_report  # noqa: E402
-from tensor_analysis.cli import Parser, run_cli  # noqa: E402
+from Search_CIFAR10.reporting.runs import run_files  # noqa: E402
+from tensor_analysis.cli import Parser, add_overwrite_arg, check_outputs, run_cli, text_kind  # noqa: E402
+
+REPORT_MD = text_kind("an AdaptQNet report (make_report.py)", "# AdaptQNet report")
+REPORT_HTML = text_kind("an AdaptQNet HTML report (make_report.py)", "<title>AdaptQNet report")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,13 +36,21 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--main", default=None, metavar="DIR",
                         help="the stage-1 run the report is about (default: the run a stage-2 run started "
                              "from, else the first run with a latency target, else the first run)")
+    add_overwrite_arg(parser)
     return parser
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    report = build_report(args.runs, args.output, main=args.main, output_html=args.html)
     html_path = args.html or os.path.splitext(args.output)[0] + ".html"
+    if not args.html and os.path.realpath(html_path) == os.path.realpath(args.output):
+        raise ValueError(f"--output {args.output}: the HTML report would go to the same file; name the Markdown "
+                         f"report .md (or give --html)")
+    check_outputs([("--output", args.output, REPORT_MD), ("--html", html_path, REPORT_HTML)],
+                  run_files(args.runs), args.overwrite)
+    report = build_report(args.runs, args.output, main=args.main, output_html=args.html)
+    for path, why in report.skipped:
+        print(f"warning: {path}: {why} (skipped)", file=sys.stderr)
     print(f"main run: {report.main.dir}")
     print(f"stage 2: {report.stage2.dir if report.stage2 else 'none given'}; uniform references: "
           f"{', '.join(sorted(report.uniform)) or 'none'}; accuracy/latency points: {len(report.points)}")

@@ -21,7 +21,7 @@ from Search_CIFAR10.pretrain.trainer import build_fp32_model, build_parser  # no
 from Search_CIFAR10.training.data import build_loaders  # noqa: E402
 from Search_CIFAR10.training.loop import build_optimizer, param_groups, train_one_epoch  # noqa: E402
 from Search_CIFAR10.training.runtime import add_runtime_args, setup_runtime  # noqa: E402
-from tensor_analysis.cli import DefaultsHelpFormatter, Parser, positive_int, run_cli  # noqa: E402
+from tensor_analysis.cli import DefaultsHelpFormatter, Parser, positive_float, positive_int, run_cli  # noqa: E402
 
 
 def _sync(device):
@@ -65,7 +65,7 @@ def main(argv=None):
     p.add_argument("--dataset", default="digits", help="any --dataset of the pretraining script")
     p.add_argument("--data_dir", default=None, help="as in the pretraining script")
     p.add_argument("--model", default="mobilenetv2", help="registered model")
-    p.add_argument("--width_mult", type=float, default=0.35, help="channel width multiplier")
+    p.add_argument("--width_mult", type=positive_float, default=0.35, help="channel width multiplier")
     p.add_argument("--input_size", type=positive_int, default=32, help="image side the model sees")
     p.add_argument("--batch_size", type=positive_int, default=64, help="images per batch")
     p.add_argument("--batches", type=positive_int, default=20, help="timed batches per measurement")

@@ -106,7 +106,7 @@ def parse_args(argv=None):
     p.add_argument("--compare_eager", action="store_true",
                    help="when the quantizers are compiled, also time fixed INT8 and composite on the eager "
                         "path (what runs where no compiler is present)")
-    p.add_argument("--seed", type=int, default=0, help="weights and data seed (default: %(default)s)")
+    p.add_argument("--seed", type=non_negative_int, default=0, help="weights and data seed (default: %(default)s)")
     return p.parse_args(argv)
 
 

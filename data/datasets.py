@@ -19,9 +19,11 @@ was expected, so command-line tools print it without a traceback.
 """
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import pickle
+import socket
 from dataclasses import dataclass, field
 from typing import List, Optional, Tuple
 
@@ -182,6 +184,29 @@ def cifar_folder(name: str, data_dir: str) -> str:
     return os.path.join(data_dir, layout.folder)
 
 
+# seconds a download waits for the server: offline, the training scripts say so instead of hanging
+DOWNLOAD_TIMEOUT_S = 60
+
+
+@contextlib.contextmanager
+def _download_timeout():
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)
+    try:
+        yield
+    finally:
+        socket.setdefaulttimeout(previous)
+
+
+def not_downloaded(what: str, where: str, exc: Exception) -> DatasetError:
+    """The one line of a dataset that is missing and could not be fetched: what, where, and the way
+    to run without the internet."""
+    reason = getattr(exc, "reason", None) or exc
+    return DatasetError(f"{what} is not in {where} and could not be downloaded ({exc.__class__.__name__}: "
+                        f"{reason}); copy it there from a machine that has it (data/README.md), or run "
+                        f"offline with --dataset digits")
+
+
 def download_cifar(name: str, data_dir: str) -> None:
     """Fetch the archive with torchvision's downloader (its URL and MD5), unless already present."""
     layout = CIFAR_LAYOUTS[name]
@@ -192,11 +217,10 @@ def download_cifar(name: str, data_dir: str) -> None:
     from torchvision.datasets.utils import download_and_extract_archive
     cls = getattr(tvd, layout.torchvision_class)
     try:
-        download_and_extract_archive(cls.url, data_dir, filename=cls.filename, md5=cls.tgz_md5)
+        with _download_timeout():
+            download_and_extract_archive(cls.url, data_dir, filename=cls.filename, md5=cls.tgz_md5)
     except Exception as exc:
-        raise DatasetError(f"--download: could not fetch {layout.title} into {data_dir} "
-                           f"({exc.__class__.__name__}: {exc}); without internet, copy "
-                           f"{layout.folder}/ there by hand") from None
+        raise not_downloaded(f"{layout.title} ({layout.folder}/)", data_dir, exc) from None
 
 
 def load_cifar_raw(name: str, data_dir: str) -> RawDataset:
@@ -231,10 +255,10 @@ def download_svhn(data_dir: str) -> None:
         if os.path.isfile(os.path.join(data_dir, filename)):
             continue
         try:
-            download_url(url, data_dir, filename, md5)
+            with _download_timeout():
+                download_url(url, data_dir, filename, md5)
         except Exception as exc:
-            raise DatasetError(f"--download: could not fetch SVHN {filename} into {data_dir} "
-                               f"({exc.__class__.__name__}: {exc})") from None
+            raise not_downloaded(f"SVHN ({filename})", data_dir, exc) from None
 
 
 def _read_svhn(path: str) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -278,6 +302,12 @@ def _scan_image_folder(root: str):
     if not samples:
         raise DatasetError(f"{root}: the class folders ({', '.join(classes[:5])}{'...' if len(classes) > 5 else ''}) "
                            f"hold no images ({', '.join(IMG_EXTENSIONS)})")
+    labelled = {label for _, label in samples}
+    empty = [os.path.join(root, c) for c in classes if class_to_idx[c] not in labelled]
+    if empty:
+        raise DatasetError(f"{', '.join(empty[:3])}{' ...' if len(empty) > 3 else ''}: class folder(s) with no images "
+                           f"({', '.join(IMG_EXTENSIONS)}); each would be a class with nothing to learn from: add "
+                           f"images or remove the folder")
     if len(classes) < 2:
         raise DatasetError(f"{root}: found {len(classes)} class folder; a classifier needs at least 2")
     return classes, samples
@@ -301,6 +331,12 @@ def _decode_resized(path: str, size: int) -> np.ndarray:
 
 
 def _load_samples(samples, size: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    need = len(samples) * 3 * size * size
+    have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if need > have:  # ImageFolder images are decoded at the input size, so the dataset grows with its square
+        raise DatasetError(f"--input_size {size}: {len(samples)} images decoded at {size}x{size} px take "
+                           f"{need / 2 ** 30:.1f} GB, more than the {have / 2 ** 30:.1f} GB of memory here; lower "
+                           f"--input_size")
     images = np.empty((len(samples), 3, size, size), dtype=np.uint8)
     for i, (path, _) in enumerate(samples):  # once, at load time; never in the training loop
         images[i] = _decode_resized(path, size)

@@ -4,6 +4,7 @@ tensor_memory_filter.py, read by the search, the latency predictor and the repor
 """
 from __future__ import annotations
 
+import math
 from typing import Any, Dict, List, Mapping, Sequence
 
 from models import formats
@@ -91,6 +92,68 @@ def totals(a: NetworkAnalysis, precisions: Sequence[str] = PRECISION_ORDER) -> D
 
 
 
+def _count(value: Any, where: str) -> None:
+    """A byte or element count: a non-negative integer (a float that is one, as JSON may write it, too)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
+            math.isfinite(value) and value >= 0 and value == int(value)):
+        raise ValueError(f"{where}: expected a non-negative whole number, got {value!r}")
+
+
+def _shape(value: Any, where: str) -> None:
+    if not isinstance(value, list) or not value or any(
+            isinstance(v, bool) or not isinstance(v, int) or v <= 0 for v in value):
+        raise ValueError(f"{where}: expected a shape of positive integers, got {value!r}")
+
+
+def _check_numbers(d: Mapping[str, Any], where: str) -> None:
+    """Every count non-negative and whole, every shape positive, every millisecond finite and >= 0:
+    the memory and latency figures the search trusts are checked where they are read."""
+    threshold = d.get("memory_threshold_kb", 0)
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not (
+            math.isfinite(threshold) and threshold >= 0):
+        raise ValueError(f"{where}: memory_threshold_kb: expected a non-negative number, got {threshold!r}")
+    for layer in d["layers"]:
+        at = f"{where}: layer {layer['name']}"
+        for key in ("in_shape", "out_shape"):
+            if key in layer:
+                _shape(layer[key], f"{at}: {key}")
+        for key in ("macs", "params", "min_live_bytes"):
+            if key in layer:
+                _count(layer[key], f"{at}: {key}")
+        per_precision = layer.get("bytes", {})
+        if not isinstance(per_precision, Mapping):
+            raise ValueError(f"{at}: 'bytes' must be an object {{precision: {{what: bytes}}}}")
+        for p, counts in per_precision.items():
+            if not isinstance(counts, Mapping):
+                raise ValueError(f"{at}: bytes.{p}: expected {{what: bytes}}")
+            for what, v in counts.items():
+                _count(v, f"{at}: bytes.{p}.{what}")
+        for key, option in (layer.get("dual_options") or {}).items():
+            if not isinstance(option, Mapping):
+                raise ValueError(f"{at}: dual_options.{key}: expected an object")
+            _count(option.get("live", 0), f"{at}: dual_options.{key}.live")
+            ms = option.get("ms", 0)
+            if isinstance(ms, bool) or not isinstance(ms, (int, float)) or not (math.isfinite(ms) and ms >= 0):
+                raise ValueError(f"{at}: dual_options.{key}.ms: expected a non-negative number, got {ms!r}")
+            for unit, sizes in (option.get("bytes") or {}).items():
+                for v in sizes if isinstance(sizes, list) else [sizes]:
+                    _count(v, f"{at}: dual_options.{key}.bytes.{unit}")
+    for i, o in enumerate(d["operators"]):
+        at = f"{where}: operators[{i}] ({o.get('name') if isinstance(o, Mapping) else o!r})"
+        if not isinstance(o, Mapping):
+            raise ValueError(f"{at}: expected an object")
+        for key in ("in_shape", "out_shape"):
+            if key in o:
+                _shape(o[key], f"{at}: {key}")
+        for key in ("macs", "weight_elements", "bias_elements"):
+            if key in o:
+                _count(o[key], f"{at}: {key}")
+    for i, t in enumerate(d["tensors"]):
+        if not isinstance(t, Mapping) or "shape" not in t:
+            raise ValueError(f"{where}: tensors[{i}]: expected an object with a 'shape'")
+        _shape(t["shape"], f"{where}: tensors[{i}] ({t.get('id')}): shape")
+
+
 def validate_analysis(d: Any, where: str) -> Dict[str, Any]:
     """Check an analysis.json object; ValueError naming ``where`` and the first problem found."""
     formats.check_schema(d, formats.ANALYSIS, where, "analysis file")
@@ -102,6 +165,8 @@ def validate_analysis(d: Any, where: str) -> Dict[str, Any]:
     canonical_precisions(d["precisions"], f"{where}: precisions")
     if not isinstance(d["layers"], list) or not d["layers"]:
         raise ValueError(f"{where}: 'layers' must be a non-empty list")
+    if not isinstance(d["operators"], list) or not isinstance(d["tensors"], list):
+        raise ValueError(f"{where}: 'operators' and 'tensors' must be lists")
     op_names = {o.get("name") for o in d["operators"] if isinstance(o, Mapping) and o.get("layer")}
     for i, layer in enumerate(d["layers"]):
         if not isinstance(layer, Mapping) or "name" not in layer:
@@ -116,6 +181,7 @@ def validate_analysis(d: Any, where: str) -> Dict[str, Any]:
             raise ValueError(f"{where}: layer {name}: 'allowed_precisions' must be a list")
         for p in allowed:
             get_precision(p, f"{where}: layer {name}")
+    _check_numbers(d, where)
     try:
         NetworkAnalysis.from_json(d)
     except (KeyError, TypeError, ValueError) as exc:

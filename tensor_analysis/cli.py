@@ -1,25 +1,39 @@
-"""What every command-line tool of the project shares: one-line errors, argument types, model flags.
+"""What every command-line tool of the project shares: one-line errors, output checks, argument
+types, model flags.
 
-Bad input (a missing file, malformed JSON, an unknown name, a mismatched checkpoint) must end in one
-readable line on stderr and a non-zero exit, never a traceback. Library code raises ``ValueError``
-(or a subclass) / ``FileNotFoundError`` with a message that names the file or flag; ``run_cli``
-turns those into that line, and ``Parser`` turns argparse's own errors into the same kind of line
-(argparse's default prints the whole usage first, 40 lines for the search scripts, and hides the
-one line that names the flag). Anything else is a bug and keeps its traceback.
+Bad input (a missing file, malformed JSON, an unknown name, a mismatched checkpoint) and a file system
+that refuses (read-only, permissions, a parent that is a file) must end in one readable line on stderr
+and a non-zero exit, never a traceback. Library code raises ``ValueError`` (or a subclass) /
+``OSError`` with a message that names the file or flag; ``run_cli`` turns those into that line, and
+``Parser`` turns argparse's own errors into the same kind of line (argparse's default prints the whole
+usage first, 40 lines for the search scripts, and hides the one line that names the flag). Ctrl-C and
+SIGTERM end in one line too, with whatever a run registered to say then (``note_on_interrupt``: where
+its checkpoint is). Anything else is a bug and keeps its traceback.
+
+Every tool that writes files checks its outputs with ``check_outputs`` before any work: an output is
+never one of the command's inputs, never a folder or below a file, and an existing file is replaced
+only when it is of the kind the tool writes (``OutputKind``), else only with ``--overwrite``.
 """
 from __future__ import annotations
 
 import argparse
 import math
+import os
+import signal
 import sys
-from typing import Any, Callable, Dict, List, Optional, Sequence
+import threading
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-from models import list_models
+from models import formats, list_models
+from models.files import FileWriteError, file_ancestor, read_json
 from models.precisions import canonical_precisions
 
 from .graph import NetworkAnalysis, analyze_network
 
 EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 130     # 128 + SIGINT, what a shell reports for Ctrl-C
+EXIT_TERMINATED = 143      # 128 + SIGTERM
 
 
 class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
@@ -45,16 +59,140 @@ class Parser(argparse.ArgumentParser):
         raise ValueError(f"{message} (see --help)")
 
 
+class Terminated(BaseException):
+    """SIGTERM (``kill``, a batch system ending a job), raised in the main thread as Ctrl-C raises
+    KeyboardInterrupt, so the same clean-up runs (a checkpoint being written is discarded whole)."""
+
+
+_interrupt_notes: List[Callable[[], str]] = []
+
+
+def note_on_interrupt(note: Callable[[], str]) -> None:
+    """``note()`` is appended to the line run_cli prints when the process is interrupted or terminated
+    (a training run: where its last checkpoint is and how to resume)."""
+    _interrupt_notes.append(note)
+
+
+def _interrupt_line(word: str) -> str:
+    return "; ".join([word] + [text for text in (note() for note in _interrupt_notes) if text])
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated()
+
+
+def describe_os_error(exc: OSError) -> str:
+    """One line naming the path the system refused (``[Errno 13] ...: 'x'`` reads as ``x: permission denied``)."""
+    if isinstance(exc, FileWriteError) or not exc.filename:
+        return str(exc)
+    what = (exc.strerror or exc.__class__.__name__).lower()
+    return f"{exc.filename}: {what}" + (f" ({exc.filename2})" if exc.filename2 else "")
+
+
 def run_cli(main: Callable[[Optional[Sequence[str]]], Optional[int]], argv=None) -> None:
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _raise_terminated) if in_main_thread else None
+    _interrupt_notes.clear()
     try:
         code = main(argv)
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        sys.exit(130)
-    except (ValueError, FileNotFoundError, NotADirectoryError, PermissionError) as exc:
+        print(_interrupt_line("interrupted"), file=sys.stderr)
+        sys.exit(EXIT_INTERRUPTED)
+    except Terminated:
+        print(_interrupt_line("terminated"), file=sys.stderr)
+        sys.exit(EXIT_TERMINATED)
+    except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(EXIT_BAD_INPUT)
+    except OSError as exc:
+        print(f"error: {describe_os_error(exc)}", file=sys.stderr)
+        sys.exit(EXIT_BAD_INPUT)
+    finally:
+        _interrupt_notes.clear()
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous)
     sys.exit(code or 0)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Outputs
+# ----------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class OutputKind:
+    """What a tool writes to an output path (``what``, as in "exists and is not <what>"), and how to
+    recognise a file of that kind already there, which the tool may replace."""
+    what: str
+    is_own: Callable[[str], bool]
+
+
+def json_kind(schema: str, what: str) -> OutputKind:
+    """A JSON file of ``schema``'s kind (any version)."""
+    def is_own(path: str) -> bool:
+        try:
+            doc = read_json(path)
+        except ValueError:
+            return False
+        return isinstance(doc, dict) and formats.kind_of(str(doc.get("schema", "x/x"))) == formats.kind_of(schema)
+    return OutputKind(what, is_own)
+
+
+def text_kind(what: str, opening: str) -> OutputKind:
+    """A text file whose first 4 KB hold ``opening`` (a report's title, a table's header)."""
+    def is_own(path: str) -> bool:
+        try:
+            with open(path, "rb") as f:
+                return opening.encode() in f.read(4096)
+        except OSError:
+            return False
+    return OutputKind(what, is_own)
+
+
+def _writable_folder(path: str) -> Tuple[str, Optional[str]]:
+    """(the folder a write of ``path`` starts in: its nearest existing ancestor, why it cannot be written or None)."""
+    folder = os.path.dirname(os.path.abspath(path))
+    while not os.path.isdir(folder):
+        folder = os.path.dirname(folder)
+    if os.access(folder, os.W_OK):
+        return folder, None
+    read_only = bool(os.statvfs(folder).f_flag & getattr(os, "ST_RDONLY", 1))
+    return folder, "read-only file system" if read_only else "permission denied"
+
+
+def check_outputs(outputs: Sequence[Tuple[str, Optional[str], OutputKind]],
+                  inputs: Sequence[Tuple[str, Optional[str]]] = (), overwrite: bool = False) -> None:
+    """Refuse, before any work, an output (flag, path, kind) that is one of the ``inputs`` (flag, path)
+    or another output, that is a folder or lies below a file, that cannot be written, or that exists
+    and is not of ``kind`` (unless ``overwrite``); an empty file holds nothing to lose."""
+    read = {os.path.realpath(p): flag for flag, p in inputs if p}
+    written: Dict[str, str] = {}
+    for flag, path, kind in outputs:
+        if not path:
+            continue
+        where, real = f"{flag} {path}", os.path.realpath(path)
+        if os.path.isdir(path):
+            raise ValueError(f"{where}: is a folder; expected a file name")
+        blocker = file_ancestor(path)
+        if blocker:
+            raise ValueError(f"{where}: {blocker} is a file, not a folder")
+        if real in read:
+            raise ValueError(f"{where}: is one of this command's inputs ({read[real]}); an output never replaces "
+                             f"an input, so write it elsewhere")
+        if real in written:
+            raise ValueError(f"{where}: is also {written[real]}; give each output its own file")
+        written[real] = flag
+        if (os.path.isfile(path) and os.path.getsize(path) > 0 and not overwrite
+                and not kind.is_own(path)):
+            raise ValueError(f"{where}: exists and is not {kind.what}; pass --overwrite to replace it, "
+                             f"or choose another name")
+        folder, refused = _writable_folder(path)
+        if refused:
+            raise ValueError(f"{where}: cannot write in {folder} ({refused})")
+
+
+def add_overwrite_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an existing output file even when it is not the kind of file this tool "
+                             "writes (an output never replaces one of the command's inputs)")
 
 
 # ----------------------------------------------------------------------------------------------------

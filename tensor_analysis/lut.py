@@ -52,6 +52,8 @@ def build_lut(analysis, profile, clock_mhz: Optional[float] = None, dual: bool =
 
 
 def validate_lut(d: Any, where: str, analysis=None) -> Dict[str, Any]:
+    """Every millisecond finite and >= 0 (dual-core options and their units' busy times too), and not
+    all of them 0: a table the search would optimise into nonsense is refused where it is read."""
     formats.check_schema(d, formats.LUT, where, "latency table")
     layers = d.get("layers")
     if not isinstance(layers, Mapping) or not layers:
@@ -62,7 +64,27 @@ def validate_lut(d: Any, where: str, analysis=None) -> Dict[str, Any]:
         for p, v in row.items():
             get_precision(p, f"{where}: layer {name}")
             _number(v, f"{where}: layer {name}: {p}")
+    if not any(v > 0 for row in layers.values() for v in row.values()):
+        raise ValueError(f"{where}: every latency in 'layers' is 0 ms, so the search would have no latency to "
+                         f"trade; give measured or predicted milliseconds")
     _number(d.get("fixed_ms", 0), f"{where}: fixed_ms")
+    if "dual" in d:
+        options = d["dual"].get("options") if isinstance(d["dual"], Mapping) else None
+        if not isinstance(options, Mapping):
+            raise ValueError(f"{where}: 'dual' must hold 'options' {{layer: {{option: {{'ms', 'units_ms'}}}}}}")
+        for name, row in options.items():
+            if not isinstance(row, Mapping):
+                raise ValueError(f"{where}: dual.options.{name}: expected {{option: {{'ms': ..., 'units_ms': ...}}}}")
+            for key, option in row.items():
+                at = f"{where}: dual.options.{name}.{key}"
+                if not isinstance(option, Mapping) or "ms" not in option:
+                    raise ValueError(f"{at}: expected {{'ms': number, 'units_ms': {{unit: number}}}}")
+                _number(option["ms"], f"{at}.ms")
+                units = option.get("units_ms", {})
+                if not isinstance(units, Mapping):
+                    raise ValueError(f"{at}.units_ms: expected {{unit: ms}}")
+                for unit, ms in units.items():
+                    _number(ms, f"{at}.units_ms.{unit}")
     if analysis is not None:
         check_layer_names_match(as_analysis(analysis).layer_names, layers, where)
     return dict(d)

@@ -18,7 +18,8 @@ from models import list_models  # noqa: E402
 from models.files import write_text_atomic  # noqa: E402
 from models.precisions import get_precision  # noqa: E402
 from tensor_analysis.analysis_file import totals  # noqa: E402
-from tensor_analysis.cli import Parser, positive_mhz, run_cli  # noqa: E402
+from tensor_analysis.cli import (Parser, add_overwrite_arg, check_outputs, positive_float, positive_int,  # noqa: E402
+                                 positive_mhz, run_cli, text_kind)
 from tensor_analysis.graph import analyze_network  # noqa: E402
 from tensor_analysis.memory import KB  # noqa: E402
 from tensor_analysis.prediction import predict_network  # noqa: E402
@@ -26,6 +27,7 @@ from tensor_analysis.profiles import load_profile  # noqa: E402
 
 DEFAULT_MODELS = ("mobilenetv1", "mobilenetv2", "mobilenetv3_small", "mobilenetv3_large", "efficientnet_b0",
                   "efficientnet_lite0")
+TABLE_OUTPUT = text_kind("a model table (model_table.py)", "classes, every layer")
 
 
 def model_rows(models: Sequence[str], sizes: Sequence[int], width_mult: float = 1.0, num_classes: int = 1000,
@@ -82,17 +84,20 @@ def build_parser():
                    help=f"comma-separated registry names (known: {', '.join(list_models())}) "
                         f"(default: %(default)s)")
     p.add_argument("--sizes", default="224,144", help="input sizes in pixels (default %(default)s)")
-    p.add_argument("--width_mult", type=float, default=1.0, help="width multiplier (default %(default)s)")
-    p.add_argument("--num_classes", type=int, default=1000, help="classifier outputs (default %(default)s, ImageNet)")
+    p.add_argument("--width_mult", type=positive_float, default=1.0, help="width multiplier (default %(default)s)")
+    p.add_argument("--num_classes", type=positive_int, default=1000,
+                   help="classifier outputs (default %(default)s, ImageNet)")
     p.add_argument("--hardware", default="stm32h747", help="hardware profile name or path (default %(default)s)")
     p.add_argument("--clock_mhz", type=positive_mhz, default=None, help="first unit's clock (default: the profile's)")
     p.add_argument("--precision", default="int8", help="uniform precision of every layer (default %(default)s)")
     p.add_argument("--output_file", default=None, help="also write the markdown table to this file")
+    add_overwrite_arg(p)
     return p
 
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    check_outputs([("--output_file", args.output_file, TABLE_OUTPUT)], [("--hardware", args.hardware)], args.overwrite)
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     if not models:
         raise ValueError("--models: expected at least one model name")
@@ -100,10 +105,6 @@ def main(argv=None):
     if unknown:
         raise ValueError(f"--models: unknown model {', '.join(unknown)}; known models: {', '.join(list_models())}")
     get_precision(args.precision, "--precision")
-    if not args.width_mult > 0:
-        raise ValueError(f"--width_mult: expected a positive number, got {args.width_mult}")
-    if args.num_classes <= 0:
-        raise ValueError(f"--num_classes: expected a positive integer, got {args.num_classes}")
     sizes = _int_list(args.sizes, "--sizes")
     profile = load_profile(args.hardware)
     rows = model_rows(models, sizes, args.width_mult, args.num_classes, profile, args.clock_mhz, args.precision)

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from models import formats
+from models.files import read_json
 from models.precisions import PRECISION_ORDER, get_precision
 
 from .graph import ACTIVATION_KINDS, LAYER_OPS
@@ -203,9 +204,4 @@ def load_profile(name_or_path) -> HardwareProfile:
         if not os.path.isfile(path):
             raise ValueError(f"unknown hardware profile {text!r}; known profiles: {', '.join(list_profiles())} "
                              f"(or give the path of a profile .json)")
-    try:
-        with open(path) as f:
-            d = json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ValueError(f"{path}: not valid JSON ({exc})") from None
-    return parse_profile(d, path)
+    return parse_profile(read_json(path, "hardware profile"), path)

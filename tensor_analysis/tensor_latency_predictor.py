@@ -22,7 +22,8 @@ from models.files import read_json, write_json_atomic  # noqa: E402
 from models.mapping import read_mapping  # noqa: E402
 from models.precisions import PRECISION_ORDER, get_precision  # noqa: E402
 from tensor_analysis.analysis_file import load_analysis_json  # noqa: E402
-from tensor_analysis.cli import Parser, add_model_args, positive_mhz, precision_list, run_cli, spec_from_args  # noqa: E402
+from tensor_analysis.cli import (Parser, add_model_args, add_overwrite_arg, check_outputs, json_kind, positive_mhz,  # noqa: E402
+                                 precision_list, run_cli, spec_from_args)
 from tensor_analysis.dual import DEFAULT_SPLITS, parse_splits  # noqa: E402
 from tensor_analysis.graph import analyze_network, as_analysis  # noqa: E402
 from tensor_analysis.lut import build_lut  # noqa: E402
@@ -30,7 +31,8 @@ from tensor_analysis.prediction import dual_speedup, predict_network  # noqa: E4
 from tensor_analysis.profiles import list_profiles, load_profile  # noqa: E402
 from tensor_analysis.reports import prediction_report  # noqa: E402
 
-SPEC_CHECKED = ("type", "input_size", "width_mult", "num_classes")
+PREDICTION_OUTPUT = json_kind(formats.PREDICTION, "a prediction (tensor_latency_predictor.py --output_file)")
+LUT_OUTPUT = json_kind(formats.LUT, "a latency table (tensor_latency_predictor.py --lut)")
 
 
 def build_parser():
@@ -59,7 +61,14 @@ def build_parser():
     o.add_argument("--splits", type=parse_splits, default=list(DEFAULT_SPLITS),
                    help="dual-core split ratios for the table (default 0.25,0.5,0.75,balanced)")
     o.add_argument("--quiet", action="store_true", help="print the totals only")
+    add_overwrite_arg(o)
     return p
+
+
+def input_flags(args):
+    """The files a prediction reads, for check_outputs."""
+    return [("--analysis", args.analysis), ("--precision_mapping_file", args.precision_mapping_file),
+            ("--hardware", args.hardware)]
 
 
 def resolve(args):
@@ -76,22 +85,24 @@ def resolve(args):
         analysis = analyze_network(file_spec)
     else:
         raise ValueError("no model: give --model_type, --analysis, or a mapping file that records its 'model'")
-    if file_spec and (args.analysis or args.model_type):
-        diffs = [f"{k}: {file_spec.get(k)!r} in the file, {analysis.spec.get(k)!r} here"
-                 for k in SPEC_CHECKED if k in file_spec and file_spec.get(k) != analysis.spec.get(k)]
-        if diffs:
-            raise ValueError(f"{args.precision_mapping_file}: made for another model ({'; '.join(diffs)})")
     if layers is None:
         precision = args.precision or "int8"
         get_precision(precision, "--precision")
         layers = {n: precision for n in analysis.layer_names}
     else:
-        analysis.check_mapping(layers, where=args.precision_mapping_file)
+        # a mapping names layers, and layer names do not depend on the input size or width: it applies to
+        # any network with the same layers (and, for dual-core splits, the same channel counts)
+        where = args.precision_mapping_file
+        if file_spec and file_spec.get("type") not in (None, analysis.spec.get("type")):
+            where += f" (a mapping for {file_spec.get('type')})"
+        analysis.check_mapping(layers, where=where)
     return analysis, layers
 
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    check_outputs([("--output_file", args.output_file, PREDICTION_OUTPUT), ("--lut", args.lut, LUT_OUTPUT)],
+                  input_flags(args), args.overwrite)
     profile = load_profile(args.hardware)
     if args.unit is not None:
         profile.unit(args.unit)

@@ -14,11 +14,15 @@ import sys
 
 sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..")))
 
+from models import formats  # noqa: E402
 from models.files import write_json_atomic  # noqa: E402
 from models.precisions import PRECISION_ORDER  # noqa: E402
 from tensor_analysis.analysis_file import analysis_document  # noqa: E402
-from tensor_analysis.cli import (Parser, add_model_args, analysis_from_args, kb_tag, model_tag, non_negative_kb,  # noqa: E402
-                                 precision_list, run_cli, spec_from_args)
+from tensor_analysis.cli import (Parser, add_model_args, add_overwrite_arg, analysis_from_args, check_outputs,  # noqa: E402
+                                 json_kind, kb_tag, model_tag, non_negative_kb, precision_list, run_cli,
+                                 spec_from_args)
+
+ANALYSIS_OUTPUT = json_kind(formats.ANALYSIS, "an analysis file (tensor_memory_filter.py)")
 from tensor_analysis.reports import filter_report  # noqa: E402
 
 
@@ -39,11 +43,14 @@ def build_parser(description=__doc__):
     p.add_argument("--output_file", default=None,
                    help="analysis.json to write (default: <model>_w<width>_s<size>_<threshold>kb.json here)")
     p.add_argument("--quiet", action="store_true", help="print the summary only, not the per-layer table")
+    add_overwrite_arg(p)
     return p
 
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    out = args.output_file or f"{model_tag(spec_from_args(args))}_{kb_tag(args.memory_threshold)}.json"
+    check_outputs([("--output_file", out, ANALYSIS_OUTPUT)], overwrite=args.overwrite)
     analysis = analysis_from_args(args)
     d = analysis_document(analysis, args.memory_threshold, args.precisions, args.inplace_depthwise, args.allow_infeasible)
     report = filter_report(d)
@@ -53,7 +60,6 @@ def main(argv=None):
         raise ValueError(f"--memory_threshold {args.memory_threshold:g} KB: {len(d['infeasible'])} operator(s) "
                          f"fit at no precision: {names}; raise the threshold, change the model, or pass "
                          f"--allow_infeasible (nothing written)")
-    out = args.output_file or f"{model_tag(spec_from_args(args))}_{kb_tag(args.memory_threshold)}.json"
     write_json_atomic(d, out, compact=True)
     print(f"\nwrote {out}")
     return 0

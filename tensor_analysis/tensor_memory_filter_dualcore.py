@@ -17,10 +17,11 @@ sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..")
 
 from models.files import write_json_atomic  # noqa: E402
 from tensor_analysis.analysis_file import analysis_document  # noqa: E402
-from tensor_analysis.cli import analysis_from_args, kb_tag, model_tag, positive_mhz, run_cli, spec_from_args  # noqa: E402
+from tensor_analysis.cli import analysis_from_args, check_outputs, kb_tag, model_tag, positive_mhz, run_cli, spec_from_args  # noqa: E402
 from tensor_analysis.dual import DEFAULT_SPLITS, dual_analysis_json, parse_splits  # noqa: E402
 from tensor_analysis.profiles import list_profiles, load_profile  # noqa: E402
 from tensor_analysis.reports import dual_report  # noqa: E402
+from tensor_analysis.tensor_memory_filter import ANALYSIS_OUTPUT  # noqa: E402
 from tensor_analysis.tensor_memory_filter import build_parser as single_parser  # noqa: E402
 
 
@@ -42,6 +43,9 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     profile = load_profile(args.hardware)
     profile.dual_units  # fails early with the list of dual-core profiles
+    out = args.output_file or (f"{model_tag(spec_from_args(args))}_{kb_tag(args.memory_threshold)}"
+                               f"_dual_{profile.name}.json")
+    check_outputs([("--output_file", out, ANALYSIS_OUTPUT)], [("--hardware", args.hardware)], args.overwrite)
     analysis = analysis_from_args(args)
     d = dual_analysis_json(analysis, profile, args.memory_threshold, args.precisions, args.splits,
                            args.inplace_depthwise, args.clock_mhz)
@@ -60,8 +64,6 @@ def main(argv=None):
         raise ValueError(f"--memory_threshold {args.memory_threshold:g} KB: {len(stuck)} operator(s) fit at no "
                          f"precision on one core nor split: {names}; raise the threshold or pass "
                          f"--allow_infeasible (nothing written)")
-    out = args.output_file or (f"{model_tag(spec_from_args(args))}_{kb_tag(args.memory_threshold)}"
-                               f"_dual_{profile.name}.json")
     write_json_atomic(d, out, compact=True)
     print(f"\nwrote {out}")
     return 0

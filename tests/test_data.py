@@ -277,5 +277,12 @@ def test_image_folder_with_train_and_test_subfolders(tmp_path):
     s = load_splits("imagefolder", data_dir=str(tmp_path), image_size=8)
     assert len(s.train_y) == 8 and len(s.val_y) + len(s.test_y) == 10 and s.holdout_seed is None
     os.makedirs(tmp_path / "test" / "c")
+    # an empty class folder would be a class with no images: named, in either part
+    with pytest.raises(DatasetError, match=r"test/c: class folder\(s\) with no images"):
+        load_splits("imagefolder", data_dir=str(tmp_path), image_size=8)
+    Image.new("RGB", (12, 12)).save(tmp_path / "test" / "c" / "0.png")
     with pytest.raises(DatasetError, match=r"class folders .* differ from"):
+        load_splits("imagefolder", data_dir=str(tmp_path), image_size=8)
+    os.makedirs(tmp_path / "train" / "c")
+    with pytest.raises(DatasetError, match=r"train/c: class folder\(s\) with no images"):
         load_splits("imagefolder", data_dir=str(tmp_path), image_size=8)

@@ -82,7 +82,8 @@ def runs(tmp_path_factory, spawn_python):
         extra = ["--model", name] if name == "efficientnet_b0" else []
         dirs[name] = folder / "run"
         procs[name] = spawn_python([STAGE1, "--tensor_analysis_json", str(analysis), "--hardware", "stm32h747",
-                                    *extra, "--epochs", "1", "--warmup_epochs", "0", "--finetune_epochs", "0",
+                                    *extra, "--dataset", "digits", "--epochs", "1", "--warmup_epochs", "0",
+                                    "--finetune_epochs", "0",
                                     "--batch_size", "16", "--limit_train", "32", "--limit_eval", "32",
                                     "--output_dir", str(dirs[name]), "--device", "cpu"], cwd=os.path.dirname(STAGE1))
     results = {"stage1": {}, "dirs": dirs, "root": root}

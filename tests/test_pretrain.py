@@ -130,9 +130,11 @@ def test_cli_bad_input_one_line(reference, tmp_path, capsys):
         (TINY + ["--output_dir", str(ref_out), "--resume", "--width_mult", "0.2"],
          "was made for another model (width_mult 0.1 there, 0.2 here)"),
         (TINY + ["--output_dir", str(ref_out), "--resume", "--epochs", "3"], "was made with --epochs 2 (now 3)"),
-        (TINY + ["--output_dir", str(ref_out)], "already holds a run"),
+        (TINY + ["--output_dir", str(ref_out)], "already holds a finished run"),
         (TINY + ["--output_dir", str(tmp_path / "c"), "--dataset", "cifar10", "--data_dir", str(tmp_path / "none")],
-         "CIFAR-10 folder not found; pass --download"),
+         "could not be downloaded"),
+        (TINY + ["--output_dir", str(tmp_path / "c"), "--dataset", "cifar10", "--data_dir", str(tmp_path / "none"),
+                 "--no_download"], "CIFAR-10 folder not found; pass --download"),
         (TINY + ["--output_dir", str(tmp_path / "u"), "--dataset", "mnist"], "unknown dataset 'mnist'"),
     ]
     for argv, message in cases:

@@ -269,19 +269,20 @@ def test_real_batch_caps_concurrency_reports_failures_and_prints_the_table(launc
     trace = tmp_path / "trace.txt"
     out = tmp_path / "out"
     result = launcher(["--jobs", "2", "--width_mult", "0.35", "--sizes", "32", "--lambdas", "0 0.5 1",
-                       "--analysis_pattern", pattern, "--output_root", str(out)],
+                       "--analysis_pattern", pattern, "--output_root", str(out), "--dataset", "digits"],
                       env={"PYTHON": sys.executable, "SEARCH_SCRIPT": str(fake), "FAKE_TRACE": str(trace)},
                       timeout=120)
     assert result.returncode == 1, result.stdout + result.stderr  # the λ = 0.5 searches failed
     assert result.stdout.count("started ") == 6
-    assert "FAILED  mbv2_w0.35_mixed_32px_lam0.5 (exit 3)" in result.stderr
-    assert "FAILED  mbv2_w0.35_int_only_32px_lam0.5 (exit 3)" in result.stderr
+    assert "FAILED  digits_mbv2_w0.35_mixed_32px_lam0.5 (exit 3)" in result.stderr
+    assert "FAILED  digits_mbv2_w0.35_int_only_32px_lam0.5 (exit 3)" in result.stderr
     assert "6 searches run, 2 failed, 0 skipped" in result.stdout
     logs = sorted(os.listdir(out / "logs"))
-    assert len(logs) == 6 and "searching 1.0" in (out / "logs" / "mbv2_w0.35_int_only_32px_lam1.log").read_text()
+    assert len(logs) == 6 and "searching 1.0" in (out / "logs" / "digits_mbv2_w0.35_int_only_32px_lam1.log").read_text()
     # the final table lists the 4 searches that wrote a summary
     table = result.stdout[result.stdout.index("Runs under"):]
-    assert sum(f"mbv2_w0.35_{m}_32px_lam{lam}" in table for m in ("mixed", "int_only") for lam in ("0", "1")) == 4
+    assert sum(f"digits_mbv2_w0.35_{m}_32px_lam{lam}" in table
+               for m in ("mixed", "int_only") for lam in ("0", "1")) == 4
     assert "lam0.5" not in table
     assert (out / "summary.csv").is_file() and (out / "summary.md").is_file()
     # never more than 2 at once
@@ -300,7 +301,8 @@ def test_interrupting_the_launcher_stops_its_searches(spawn_process, tmp_path):
     trace = tmp_path / "trace.txt"
     process = spawn_process(
         ["bash", LAUNCHER, "--jobs", "2", "--sizes", "32", "--lambdas", "0", "--width_mult", "0.35",
-         "--analysis_pattern", pattern, "--output_root", str(tmp_path / "out"), "--extra", "--sleep 60"],
+         "--analysis_pattern", pattern, "--output_root", str(tmp_path / "out"), "--extra", "--sleep 60",
+         "--dataset", "digits"],
         env={"PYTHON": sys.executable, "SEARCH_SCRIPT": str(fake), "FAKE_TRACE": str(trace)},
         pythonpath="PYTHONPATH" in os.environ)
     try:

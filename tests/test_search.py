@@ -7,7 +7,7 @@ import os
 import pytest
 import torch
 
-from models import build_model
+from models import build_model, formats
 from models.files import load_checkpoint, save_checkpoint
 from models.mapping import mapping_document, read_mapping
 from models.network import (arch_parameters, derive_fixed_network, derive_mapping, mixed_layers, set_mode,
@@ -187,7 +187,7 @@ def run_script(run_python):
 
 
 def tiny_args(files, out, *extra):
-    return ["--tensor_analysis_json", files["analysis"], "--latency_lut", files["lut"],
+    return ["--tensor_analysis_json", files["analysis"], "--latency_lut", files["lut"], "--dataset", "digits",
             "--width_mult", "0.1", "--input_size", "16", "--epochs", "2", "--warmup_epochs", "1",
             "--finetune_epochs", "1", "--batch_size", "16", "--limit_train", "48", "--limit_eval", "32",
             "--output_dir", str(out), "--device", "cpu", *extra]
@@ -246,7 +246,8 @@ def test_analysis_for_another_model_is_rejected_before_training(run_script, anal
     bad.write_text(json.dumps(doc))
     model = tiny_model()
     ckpt = tmp_path / "pretrained.pt"
-    save_checkpoint({"spec": model.spec, "model": model.state_dict()}, str(ckpt))
+    save_checkpoint({"schema": formats.PRETRAIN_CHECKPOINT, "spec": model.spec, "model": model.state_dict()},
+                    str(ckpt))
     r = run_script(tiny_args({**analysis_files, "analysis": str(bad)}, tmp_path / "out", "--pretrained", str(ckpt)))
     assert r.returncode == 2
     assert "Traceback" not in r.stderr
@@ -267,7 +268,8 @@ def test_lut_missing_layers_is_rejected(run_script, analysis_files, tmp_path):
 def test_mismatched_pretrained_checkpoint_is_rejected(run_script, analysis_files, tmp_path):
     other = build_model("mobilenetv2", num_classes=10, width_mult=0.25, input_size=16)
     ckpt = tmp_path / "other.pt"
-    save_checkpoint({"spec": other.spec, "model": other.state_dict()}, str(ckpt))
+    save_checkpoint({"schema": formats.PRETRAIN_CHECKPOINT, "spec": other.spec, "model": other.state_dict()},
+                    str(ckpt))
     r = run_script(tiny_args(analysis_files, tmp_path / "out", "--pretrained", str(ckpt)))
     assert r.returncode == 2 and "Traceback" not in r.stderr
     line = _error_line(r)

@@ -250,6 +250,7 @@ def stage1_dir(tmp_path_factory):
     parser = argparse.ArgumentParser()
     add_stage1_args(parser)
     args = parser.parse_args(["--tensor_analysis_json", str(folder / "analysis.json"), "--hardware", "stm32h747",
+                              "--dataset", "digits",
                               "--width_mult", "0.1", "--input_size", "16", "--epochs", "1", "--warmup_epochs", "0",
                               "--finetune_epochs", "0", "--batch_size", "16", "--limit_train", "32",
                               "--limit_eval", "32", "--output_dir", str(folder / "run"), "--device", "cpu",

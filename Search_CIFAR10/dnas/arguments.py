@@ -68,6 +68,10 @@ def add_search_args(parser: argparse.ArgumentParser, stage: int = 1) -> None:
     h.add_argument("--memory_budget_kb", type=positive_float, default=None,
                    help="peak-RAM budget in KB; only the excess is penalised (default: none; the memory "
                         "filter has already removed options that overflow the analysis threshold)")
+    h.add_argument("--allow_unmet_budgets", action="store_true",
+                   help="search even when no network of the allowed precisions meets --memory_budget_kb or "
+                        "--latency_target_ms (refused otherwise, before any training); the result then misses it, "
+                        "and the run says so at the end and in summary.json")
 
     g.add_argument("--selection_fraction", type=non_negative_float, default=0.0,
                    help="hold this share of the validation images out of the α steps; supernet, derived and "
@@ -87,7 +91,10 @@ def add_search_args(parser: argparse.ArgumentParser, stage: int = 1) -> None:
     r.add_argument("--output_dir", default=None, help="run directory (default: runs/dnas/<name>)")
     r.add_argument("--resume", action="store_true",
                    help="continue the run in --output_dir from its checkpoint_last.pt, with its saved arguments")
-    r.add_argument("--seed", type=int, default=0, help="random seed (default %(default)s)")
+    r.add_argument("--overwrite", action="store_true",
+                   help="start a new run in --output_dir even if it holds files (a finished run's are replaced; "
+                        "a folder holding one of the run's inputs is refused all the same)")
+    r.add_argument("--seed", type=non_negative_int, default=0, help="random seed (default %(default)s)")
     r.add_argument("--compile", choices=("auto", "on", "off"), default=None,
                    help="fuse the element-wise precision mixture with torch.compile: auto (where a C "
                         "compiler works; the first steps then pay a one-time compilation), on, off "

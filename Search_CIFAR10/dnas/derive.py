@@ -8,11 +8,43 @@ precision that another of its options beats on both bits and latency takes that 
 """
 from __future__ import annotations
 
-from typing import Mapping, Optional
+from typing import Dict, List, Mapping, Optional, Tuple
 
 from models.precisions import PRECISIONS
 
 from .hardware_cost import HardwareCost
+
+# each budget flag: what it bounds, in which unit
+BUDGETS = {"memory_budget_kb": ("peak RAM", "KB"), "latency_target_ms": ("latency", "ms")}
+
+
+def budget_figures(hw: HardwareCost, mapping: Mapping[str, object]) -> Dict[str, float]:
+    """A mapping's figure for each budget flag: peak RAM in KB, latency in ms."""
+    return {"memory_budget_kb": hw.mapping_peak_ram_bytes(mapping) / 1024.0,
+            "latency_target_ms": hw.mapping_latency_ms(mapping)}
+
+
+def best_figures(hw: HardwareCost) -> Dict[str, float]:
+    """The best figure the layers' allowed options reach for each budget: the least-memory mapping's peak
+    RAM and the fastest mapping's latency (latency adds up per layer, so its minimum is exact)."""
+    return {"memory_budget_kb": budget_figures(hw, hw.smallest_choice())["memory_budget_kb"],
+            "latency_target_ms": budget_figures(hw, hw.cheapest_choice())["latency_target_ms"]}
+
+
+def missed_budgets(budgets: Mapping[str, Optional[float]], figures: Mapping[str, float]
+                   ) -> List[Tuple[str, float, float]]:
+    """(flag, budget, figure) of every budget given in ``budgets`` (flag → value) that ``figures`` exceed."""
+    return [(flag, budgets[flag], figures[flag]) for flag in BUDGETS
+            if budgets.get(flag) is not None and figures[flag] > budgets[flag]]
+
+
+def budget_text(flag: str, budget: float, figure: float, best: bool = False) -> str:
+    """'--memory_budget_kb 1: the network's peak RAM is 26.00 KB' (``best``: 'the best the allowed
+    precisions reach is 26.00 KB of peak RAM')."""
+    what, unit = BUDGETS[flag]
+    if best:
+        return f"--{flag} {budget:g}: the best the allowed precisions reach is {figure:.2f} {unit} of {what}"
+    return f"--{flag} {budget:g}: the network's {what} is {figure:.2f} {unit}"
 
 
 def enforce_budgets(choice: Mapping[str, str], hw: HardwareCost, memory_budget_kb: Optional[float] = None,

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
@@ -31,7 +32,8 @@ from models import formats
 from models.files import load_checkpoint
 from models.mapping import load_mapping, mapping_digest, mapping_document
 from models.network import allowed_precisions, arch_parameters, derive_mapping, mixed_layers, set_temperature
-from Search_CIFAR10.dnas.derive import enforce_budgets, replace_dominated
+from Search_CIFAR10.dnas.derive import (best_figures, budget_figures, budget_text, enforce_budgets, missed_budgets,
+                                        replace_dominated)
 from Search_CIFAR10.dnas.hardware_cost import HardwareCost
 from Search_CIFAR10.dnas.search import (SearchSettings, alpha_entropy, alpha_snapshot, apply_progressive, fault_point,
                                         progressive_min_bits, run_search_epoch, set_requires_grad, temperature_at)
@@ -47,7 +49,10 @@ ARCH_OPTIMIZER, PHASE, ALPHA_HISTORY = "arch_optimizer", "phase", "alpha_history
 EPOCH_LINE_KEYS = ("temperature", "train_loss", "train_acc", "val_acc", "hw_loss", "exp_latency_ms",
                    "argmax_latency_ms", "exp_peak_ram_kb", "argmax_peak_ram_kb", "alpha_entropy", "time_s")
 # flags a resumed run takes from its command line; every other one comes from the run's args.json
-RESUME_KEEP = ("resume", "output_dir", "device")
+RESUME_KEEP = ("resume", "output_dir", "device", "overwrite")
+# flags naming files and folders a run reads: its run directory may be none of them and hold none of them
+RUN_INPUTS = ("tensor_analysis_json", "latency_lut", "pretrained", "hardware", "stage1_dir", "dual_analysis_json",
+              "data_dir")
 
 
 @dataclass
@@ -83,7 +88,15 @@ def resolve_resume(args) -> Tuple[argparse.Namespace, Optional[dict]]:
         return args, None
     if not args.output_dir:
         raise ValueError("--resume needs --output_dir (the run directory to continue)")
+    if args.overwrite:
+        raise ValueError("--resume and --overwrite contradict each other; pass one")
+    if not os.path.isfile(os.path.join(args.output_dir, LAST)):
+        raise ValueError(f"--resume: {args.output_dir} holds no {LAST}, so there is nothing to continue; start the "
+                         f"run without --resume")
     ckpt = load_checkpoint(os.path.join(args.output_dir, LAST))
+    if PHASE not in ckpt:
+        raise ValueError(f"--resume: {os.path.join(args.output_dir, LAST)} is not a search's checkpoint (pretraining "
+                         f"writes one of that name too); give the folder of the search to continue")
     saved = dict(ckpt.get("args", {}))
     for key in RESUME_KEEP:
         saved[key] = getattr(args, key)
@@ -100,10 +113,21 @@ def alpha_loader(splits, args, runtime: Runtime, input_size: int) -> DeviceLoade
 
 
 def open_run_dir(args, default_dir: str, runtime: Runtime, resume: Optional[Mapping], splits,
-                 analysis: Mapping, lut: Mapping) -> RunDir:
-    """The run directory; a new run records its arguments and every input it searches with (the
-    analysis, the latency table, the data split), so nothing later has to find them elsewhere."""
-    run = RunDir(args.output_dir or default_dir, runtime.is_main)
+                 analysis: Mapping, lut: Mapping, hw: HardwareCost) -> RunDir:
+    """The run directory, claimed (training/run_dir.py) once a new run is known to be possible: a
+    budget no network of the allowed options meets stops it here, before anything is written or
+    trained, unless --allow_unmet_budgets. A new run records its arguments and every input it searches
+    with (the analysis, the latency table, the data split), so nothing later has to find them elsewhere."""
+    if resume is None:
+        missed = "; ".join(budget_text(*m, best=True) for m in missed_budgets(vars(args), best_figures(hw)))
+        if missed and not args.allow_unmet_budgets:
+            raise ValueError(f"{missed}: no network meets it, so nothing was trained; relax it, or pass "
+                             f"--allow_unmet_budgets to search for the closest network anyway")
+        if missed and runtime.is_main:
+            print(f"warning: {missed}: no network meets it; searching anyway (--allow_unmet_budgets)",
+                  file=sys.stderr, flush=True)
+    run = RunDir.claim(args.output_dir or default_dir, runtime.is_main, resume=resume is not None,
+                       overwrite=args.overwrite, inputs=[(f"--{k}", getattr(args, k, None)) for k in RUN_INPUTS])
     args.output_dir = run.dir
     if resume is None:
         run.json("args.json", vars(args))
@@ -333,9 +357,15 @@ def run_search(stage: SearchStage, args, loaders, runtime: Runtime, run: RunDir,
             stage.hw.mapping_peak_ram_bytes(chosen) <= args.memory_budget_kb * 1024
     if args.latency_target_ms is not None:
         summary["hardware"]["meets_latency_target"] = stage.hw.mapping_latency_ms(chosen) <= args.latency_target_ms
+    unmet = [budget_text(*m) for m in missed_budgets(vars(args), budget_figures(stage.hw, chosen))]
+    summary["hardware"]["unmet_budgets"] = unmet
+    summary["hardware"]["allow_unmet_budgets"] = bool(args.allow_unmet_budgets)
     run.json("summary.json", summary)
     run.checkpoint(LAST, {**ft_extra, BEST_VAL: best_val, PHASE: "done", EPOCH: 0, LOG_ROWS: rows})
     if runtime.is_main:
         stage.write_plots(run, summary)
         print(stage.summary_text(summary), flush=True)
+        if unmet:
+            print(f"warning: THE RESULT MISSES ITS BUDGET: {'; '.join(unmet)} (summary.json: "
+                  f"hardware.unmet_budgets)", file=sys.stderr, flush=True)
     return summary

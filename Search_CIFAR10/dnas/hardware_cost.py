@@ -129,6 +129,12 @@ class HardwareCost:
     def cheapest_choice(self) -> Dict[str, str]:
         return {n: self.option_labels[n][int(torch.argmin(self.latency_ms[n]))] for n in self.layer_names}
 
+    def smallest_choice(self) -> Dict[str, str]:
+        """Each layer's option with the fewest live bytes. With one precision per layer (stage 1) no
+        mapping has a lower peak: a tensor is stored at its consumers' widest format (design.md §6.4),
+        so narrowing any layer never makes a tensor larger."""
+        return {n: self.option_labels[n][int(torch.argmin(self.live_bytes[n]))] for n in self.layer_names}
+
     # -- the loss ---------------------------------------------------------------------------------
     def loss(self, model: nn.Module, weight: float, latency_target_ms: Optional[float] = None,
              memory_budget_kb: Optional[float] = None) -> Tuple[torch.Tensor, Dict[str, float]]:

@@ -14,8 +14,9 @@ import sys
 
 sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..")))
 
-from Search_CIFAR10.reporting.sweep import write_sweep  # noqa: E402
-from tensor_analysis.cli import Parser, run_cli  # noqa: E402
+from Search_CIFAR10.reporting.runs import run_files  # noqa: E402
+from Search_CIFAR10.reporting.sweep import SWEEP_JSON_OUTPUT, SWEEP_MD_OUTPUT, write_sweep  # noqa: E402
+from tensor_analysis.cli import Parser, add_overwrite_arg, check_outputs, run_cli  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -27,11 +28,17 @@ def build_parser() -> argparse.ArgumentParser:
                         help="hardware profile names or JSON paths to predict every network on "
                              "(default: %(default)s)")
     parser.add_argument("--output_dir", required=True, metavar="DIR", help="where sweep.md, sweep.json and the PNGs go")
+    add_overwrite_arg(parser)
     return parser
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    if os.path.exists(args.output_dir) and not os.path.isdir(args.output_dir):
+        raise ValueError(f"--output_dir {args.output_dir}: is a file; expected a folder")
+    check_outputs([("--output_dir", os.path.join(args.output_dir, "sweep.md"), SWEEP_MD_OUTPUT),
+                   ("--output_dir", os.path.join(args.output_dir, "sweep.json"), SWEEP_JSON_OUTPUT)],
+                  run_files(args.runs), args.overwrite)
     result = write_sweep(args.runs, args.hardware, args.output_dir)
     for note in result["notes"]:
         print(f"warning: {note}", file=sys.stderr)

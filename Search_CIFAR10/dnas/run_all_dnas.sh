@@ -239,6 +239,16 @@ if [[ $dry_run -eq 0 ]]; then
     command -v "$PY" > /dev/null || die "python not found: '$PY' (set PYTHON=/path/to/python)"
 fi
 
+# Every search would download a missing dataset at once, into the same folder; fetch it once here, and
+# offline stop with its one line instead of starting searches that all fail the same way.
+if [[ $dry_run -eq 0 ]]; then
+    data_flags=()
+    if [[ -n "$dataset" ]]; then data_flags+=(--dataset "$dataset"); fi
+    if [[ ${#extra_args[@]} -gt 0 ]]; then data_flags+=("${extra_args[@]}"); fi
+    PYTHONPATH="$(cd ../.. && pwd)${PYTHONPATH:+:$PYTHONPATH}" "$PY" -m Search_CIFAR10.training.data \
+        ${data_flags[@]+"${data_flags[@]}"} || exit $?
+fi
+
 log_dir="$output_root/logs"
 summary_cmd=("$PY" summarize_runs.py "$output_root" --csv "$output_root/summary.csv"
              --markdown "$output_root/summary.md")

@@ -24,8 +24,8 @@ from models.network import (allowed_precisions, calibrate_activation_clips, deri
 from models.registry import check_same_model, spec_differences
 from Search_CIFAR10 import REPO_ROOT
 from Search_CIFAR10.dnas.arguments import add_search_args, apply_constraints, parse_protect
-from Search_CIFAR10.dnas.driver import (SearchStage, alpha_loader, alphas_document, open_run_dir, resolve_resume,
-                                        run_search, search_settings)
+from Search_CIFAR10.dnas.driver import (PHASE, SearchStage, alpha_loader, alphas_document, open_run_dir,
+                                        resolve_resume, run_search, search_settings)
 from Search_CIFAR10.dnas.hardware_cost import HardwareCost
 from Search_CIFAR10.reporting.figures import plot_precision_map, plot_run_dir
 from Search_CIFAR10.training.data import add_data_args, build_loaders
@@ -97,6 +97,19 @@ def check_analysis_matches(analysis: Mapping, spec: Mapping, path: str, source: 
                          f"{'; '.join(diffs)}")
 
 
+def check_pretraining_checkpoint(ckpt: Mapping, path: str) -> None:
+    """--pretrained must be what pretraining writes; a search's own checkpoints (whose layers hold other
+    precisions, so other tensor shapes) are named for what they are."""
+    if ckpt.get("schema") == formats.PRETRAIN_CHECKPOINT and "spec" in ckpt and "model" in ckpt:
+        return
+    what = ("a search's resumable checkpoint (checkpoint_last.pt)" if PHASE in ckpt
+            else "a search's fine-tuned network (final.pt)" if "mapping_sha256" in ckpt
+            else "a search's supernet (supernet.pt)" if "allowed" in ckpt
+            else f"not a pretraining checkpoint (schema {ckpt.get('schema')!r})")
+    raise CheckpointError(f"--pretrained {path}: {what}; expected the FP32 network of Search_CIFAR10/pretrain/"
+                          f"pretrain_cifar10_mobilenetv2.py (its best.pt, schema {formats.PRETRAIN_CHECKPOINT!r})")
+
+
 def load_pretrained_into(model: nn.Module, ckpt: Mapping, path: str) -> None:
     """Copy a pretraining checkpoint's weights; the search-only tensors (α, clips) keep their init."""
     check_same_model(model.spec, ckpt["spec"], f"--pretrained {path}", keys=None, error=CheckpointError)
@@ -106,6 +119,11 @@ def load_pretrained_into(model: nn.Module, ckpt: Mapping, path: str) -> None:
     missing = [k for k in own if k not in state and not k.endswith(search_only)]
     if missing:
         raise CheckpointError(f"--pretrained {path}: checkpoint lacks {', '.join(missing[:5])}")
+    reshaped = [f"{k} {tuple(state[k].shape)} (the model's {tuple(v.shape)})" for k, v in own.items()
+                if k in state and not k.endswith(search_only) and getattr(state[k], "shape", None) != v.shape]
+    if reshaped:
+        raise CheckpointError(f"--pretrained {path}: tensors of another shape: {', '.join(reshaped[:3])}"
+                              + (f" and {len(reshaped) - 3} more" if len(reshaped) > 3 else ""))
     model.load_state_dict({k: v for k, v in state.items() if not k.endswith(search_only) and k in own},
                           strict=False)
 
@@ -118,8 +136,7 @@ def prepare_model(args, analysis: Mapping, num_classes: int, runtime) -> Tuple[n
     pretrained = None
     if args.pretrained:
         pretrained = load_checkpoint(args.pretrained)
-        if "spec" not in pretrained or "model" not in pretrained:
-            raise CheckpointError(f"--pretrained {args.pretrained}: not a pretraining checkpoint (no spec/model)")
+        check_pretraining_checkpoint(pretrained, args.pretrained)
         spec = dict(pretrained["spec"])
     else:
         warnings.warn("no --pretrained checkpoint: the supernet trains from scratch")
@@ -294,7 +311,7 @@ def prepare_stage1(args, default_dir) -> Stage1Inputs:
     fixed = resolve_mapping(args.mapping, model) if getattr(args, "mapping", None) else None
     if fixed is not None and runtime.is_main:
         report_fixed_mapping(fixed, hw, args)
-    run = open_run_dir(args, default_dir(args), runtime, resume, splits, analysis, lut)
+    run = open_run_dir(args, default_dir(args), runtime, resume, splits, analysis, lut, hw)
     model = runtime.prepare_model(model)
     hw.to(runtime.device)
     alpha_batches = alpha_loader(splits, args, runtime, model.spec["input_size"])

@@ -13,8 +13,14 @@ import sys
 
 sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..")))
 
-from Search_CIFAR10.reporting.run_table import collect_runs, format_table, write_csv, write_markdown  # noqa: E402
-from tensor_analysis.cli import Parser, run_cli  # noqa: E402
+from Search_CIFAR10.reporting.run_table import (COLUMNS, collect_runs, format_table, write_csv,  # noqa: E402
+                                                 write_markdown)
+from Search_CIFAR10.reporting.runs import run_files  # noqa: E402
+from tensor_analysis.cli import Parser, add_overwrite_arg, check_outputs, run_cli, text_kind  # noqa: E402
+
+CSV_OUTPUT = text_kind("a run table (summarize_runs.py --csv)", ",".join(key for key, _ in COLUMNS[:3]))
+MARKDOWN_OUTPUT = text_kind("a run table (summarize_runs.py --markdown)",
+                            "| " + " | ".join(header for _, header in COLUMNS[:3]) + " |")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,11 +34,14 @@ def build_parser() -> argparse.ArgumentParser:
                         help="also write the table as CSV (raw numbers, times in seconds)")
     parser.add_argument("--markdown", metavar="FILE", default=None,
                         help="also write the table as a Markdown table")
+    add_overwrite_arg(parser)
     return parser
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    check_outputs([("--csv", args.csv, CSV_OUTPUT), ("--markdown", args.markdown, MARKDOWN_OUTPUT)],
+                  run_files([args.folder]), args.overwrite)
     rows, problems = collect_runs(args.folder)
     for path, problem in problems:
         print(f"warning: {path}: {problem} (skipped)", file=sys.stderr)

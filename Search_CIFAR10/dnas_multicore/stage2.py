@@ -48,7 +48,7 @@ from Search_CIFAR10.training.data import add_data_args, build_loaders
 from Search_CIFAR10.training.run_dir import RunDir
 from Search_CIFAR10.training.runtime import add_runtime_args, setup_runtime
 from tensor_analysis.analysis_file import load_analysis_json
-from tensor_analysis.cli import non_negative_float, positive_int
+from tensor_analysis.cli import non_negative_float, positive_int, positive_mhz
 from tensor_analysis.dual import DEFAULT_SPLITS, dual_analysis_json, parse_splits
 from tensor_analysis.graph import as_analysis
 from tensor_analysis.lut import build_lut, load_lut_json, lut_entry_ms, lut_latency_ms
@@ -86,7 +86,8 @@ def add_stage2_args(parser: argparse.ArgumentParser) -> None:
                         "profile), or measured numbers in that format (default: built from --hardware)")
     g.add_argument("--hardware", default=None,
                    help="hardware profile with two processing units, name or JSON path (default: stage 1's)")
-    g.add_argument("--clock_mhz", type=float, default=None, help="override the first unit's clock (default: stage 1's)")
+    g.add_argument("--clock_mhz", type=positive_mhz, default=None,
+                   help="override the first unit's clock (default: stage 1's)")
     g.add_argument("--splits", default=None,
                    help="split ratios for the computed dual analysis / LUT, e.g. 0.25,0.5,0.75,balanced "
                         "(default: the dual analysis file's, else the analysis module's default)")
@@ -110,7 +111,7 @@ def add_stage2_args(parser: argparse.ArgumentParser) -> None:
     add_data_args(parser)
     # data flags default to the stage-1 run's (the same validation/test split is what makes the
     # accuracies comparable); only paths and limits may differ
-    parser.set_defaults(**{k: None for k in DATA_KEYS}, download=False)
+    parser.set_defaults(**{k: None for k in DATA_KEYS})
     add_search_args(parser, stage=2)
     parser.set_defaults(**STAGE2_DEFAULTS)
     add_runtime_args(parser)
@@ -541,7 +542,7 @@ def run_stage2(args) -> dict:
         if any(theirs.get(k) != mine.get(k) for k in compared):
             raise ValueError(f"{s1_split}: the data split differs from stage 1's (dataset, seed or --limit_eval); "
                              f"stage 2 must evaluate on the same validation/test images")
-    out = open_run_dir(args, default_output_dir(args, profile), runtime, resume, splits, dual_analysis, lut)
+    out = open_run_dir(args, default_output_dir(args, profile), runtime, resume, splits, dual_analysis, lut, hw)
     model = runtime.prepare_model(model)
     hw.to(runtime.device)
     if resume is None:

@@ -111,7 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="continue from <output_dir>/checkpoint_last.pt (exactly: same weights as an "
                         "uninterrupted run on CPU); starts a new run if there is none")
     o.add_argument("--overwrite", action="store_true",
-                   help="start a new run even if --output_dir holds one (its files are replaced)")
+                   help="start a new run even if --output_dir holds files (a finished run's are replaced)")
     add_runtime_args(p)
     return p
 
@@ -211,9 +211,6 @@ def run_pretrain(args: argparse.Namespace, on_step: Optional[Callable[[int, int,
     args = resolve_args(args)
     rt = runtime or setup_runtime(args)
     out = args.output_dir
-    if os.path.isfile(os.path.join(out, LAST)) and not (args.resume or args.overwrite):
-        raise ValueError(f"--output_dir {out} already holds a run ({LAST}); pass --resume to continue it, "
-                         f"--overwrite to start over, or another --output_dir")
     if rt.distributed and args.limit_train is not None and args.limit_train < rt.world_size:
         raise ValueError(f"--limit_train {args.limit_train} is smaller than the {rt.world_size} processes")
 
@@ -225,7 +222,8 @@ def run_pretrain(args: argparse.Namespace, on_step: Optional[Callable[[int, int,
 
     torch.manual_seed(args.seed)  # same initial weights on every rank (DDP also broadcasts rank 0's)
     model = build_fp32_model(args, splits.num_classes)
-    run = RunDir(out, rt.is_main)
+    run = RunDir.claim(out, rt.is_main, resume=args.resume, overwrite=args.overwrite,
+                       inputs=[("--data_dir", args.data_dir)])
     ckpt = _start(args, rt, run, model)
 
     model = rt.prepare_model(model)

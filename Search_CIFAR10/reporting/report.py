@@ -165,6 +165,7 @@ class Report:
     sweep: List[Run]
     points: List[Dict[str, Any]]
     result_rows: List[Dict[str, Any]]
+    skipped: List[Tuple[str, str]]      # (summary.json, why it was left out)
 
 
 def _png(path: str) -> Optional[bytes]:
@@ -372,11 +373,20 @@ def result_section(doc: Document, c: Context) -> None:
                      + (f", {sp:.3f}× stage 1" if sp else "") + ".")
     if fp32_row is not None and fp32_row["test"] is None:
         notes.append("FP32 accuracy: not measured (the stage-1 run had no --pretrained checkpoint).")
+    missed = [flag for key, flag in (("meets_memory_budget", "--memory_budget_kb"),
+                                     ("meets_latency_target", "--latency_target_ms")) if c.main.hardware.get(key) is False]
     repairs = c.main.summary.get("budget_repairs")
     if isinstance(repairs, list) and repairs:
         changes = ", ".join(f"`{r.get('layer')}` {r.get('from')}→{r.get('to')}" for r in repairs if isinstance(r, Mapping))
         notes.append(f"Stage 1's argmax network missed a budget; {len(repairs)} layer(s) were changed before "
-                     f"fine-tuning so that it meets it: {changes}.")
+                     f"fine-tuning " + ("to come closer, and it still misses it" if missed else "so that it meets it")
+                     + f": {changes}.")
+    if missed:
+        said = c.main.hardware.get("unmet_budgets")
+        notes.append("**Stage 1's network does not meet its budget**: "
+                     + ("; ".join(map(str, said)) if isinstance(said, list) and said else ", ".join(missed))
+                     + (" (the search ran with --allow_unmet_budgets)"
+                        if c.main.hardware.get("allow_unmet_budgets") else "") + ".")
     replaced = c.main.summary.get("dominated_replaced")
     if isinstance(replaced, list) and replaced:
         changes = ", ".join(f"`{r.get('layer')}` {r.get('from')}→{r.get('to')}" for r in replaced
@@ -550,4 +560,4 @@ def build_report(paths: Sequence[str], output_md: str, main: Optional[str] = Non
         atomic_write(os.path.join(assets, fig.file), lambda f, d=fig.data: f.write(d))
     write_text_atomic(doc.markdown(assets_name), output_md)
     write_text_atomic(doc.html(title), output_html)
-    return Report(doc, title, c.main, c.stage2, c.uniform, c.sweep, c.points, c.rows)
+    return Report(doc, title, c.main, c.stage2, c.uniform, c.sweep, c.points, c.rows, c.found.problems)

@@ -14,13 +14,13 @@ which every layer had one allowed precision, e.g. plain INT8 QAT, or ``--mapping
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from models import formats
+from models.files import FileFormatError, read_json
 from models.registry import spec_differences
 
 SUMMARY = "summary.json"
@@ -101,12 +101,9 @@ class RunReadError(ValueError):
 def _load_object(path: str) -> Dict[str, Any]:
     """A JSON object from ``path``; RunReadError otherwise."""
     try:
-        with open(path, encoding="utf-8") as f:
-            value = json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise RunReadError(path, f"not valid JSON ({exc})") from None
-    except OSError as exc:
-        raise RunReadError(path, f"unreadable ({exc.strerror or exc})") from None
+        value = read_json(path)
+    except FileFormatError as exc:
+        raise RunReadError(path, str(exc)[len(path) + 2:] if str(exc).startswith(path + ": ") else str(exc)) from None
     if not isinstance(value, Mapping):
         raise RunReadError(path, f"expected a JSON object, got {type(value).__name__}")
     return dict(value)
@@ -165,6 +162,20 @@ def find_summaries(root: str) -> List[str]:
         if SUMMARY in files:
             found.append(os.path.join(folder, SUMMARY))
     return sorted(found)
+
+
+def run_files(paths: Sequence[str]) -> List[Tuple[str, str]]:
+    """("a file of a run it reads", path) for every file in every run directory under ``paths``: what a
+    tool that reads runs must never write over (tensor_analysis.cli.check_outputs)."""
+    found = []
+    for path in paths:
+        summaries = [os.path.join(path, SUMMARY)] if os.path.isfile(os.path.join(path, SUMMARY)) else (
+            find_summaries(path) if os.path.isdir(path) else [])
+        for s in summaries:
+            folder = os.path.dirname(s)
+            found += [("a file of a run it reads", os.path.join(folder, f)) for f in sorted(os.listdir(folder))
+                      if os.path.isfile(os.path.join(folder, f))]
+    return found
 
 
 def collect(paths: Sequence[str], flag: str = "--runs") -> RunSet:

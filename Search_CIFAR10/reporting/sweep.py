@@ -17,9 +17,10 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
-from models.files import write_json_atomic, write_text_atomic
-from models.mapping import load_mapping
+from models.files import read_json, write_json_atomic, write_text_atomic
+from models.mapping import check_layer_names_match, load_mapping
 from models.registry import spec_differences
+from tensor_analysis.cli import OutputKind, text_kind
 from tensor_analysis.graph import analyze_network
 from tensor_analysis.lut import build_lut, lut_latency_ms
 from tensor_analysis.memory import peak_ram_bytes
@@ -30,6 +31,18 @@ from .runs import COMPARE_KEYS, collect
 
 MAPPING = "mapping.json"
 FP32_LABEL = "all-fp32 (pretrained)"
+SWEEP_MD_OUTPUT = text_kind("a sweep table (plot_sweep.py)", "# λ sweep:")
+
+
+def _is_sweep_json(path: str) -> bool:
+    try:
+        doc = read_json(path)
+    except ValueError:
+        return False
+    return isinstance(doc, dict) and {"profiles", "networks"} <= set(doc)
+
+
+SWEEP_JSON_OUTPUT = OutputKind("a sweep (plot_sweep.py)", _is_sweep_json)
 
 
 @dataclass
@@ -75,6 +88,7 @@ def sweep_networks(paths: Sequence[str]) -> Tuple[List[SweepNetwork], Dict[str, 
                          f"found")
     spec = dict(runs[0].model)
     dataset = runs[0].args.get("dataset")
+    layer_names = analyze_network(spec).layer_names
     networks: List[SweepNetwork] = []
     for run in runs:
         if spec_differences(spec, run.model, COMPARE_KEYS) or run.args.get("dataset") != dataset:
@@ -89,6 +103,7 @@ def sweep_networks(paths: Sequence[str]) -> Tuple[List[SweepNetwork], Dict[str, 
             notes.append(f"{run.dir}: no {MAPPING} (skipped)")
             continue
         _, mapping = load_mapping(path)
+        check_layer_names_match(layer_names, mapping, path)
         if run.kind == "uniform":
             networks.append(SweepNetwork(f"all-{run.uniform_precision}", "uniform", float(accuracy), mapping,
                                          run_dir=run.dir))
@@ -104,8 +119,7 @@ def sweep_networks(paths: Sequence[str]) -> Tuple[List[SweepNetwork], Dict[str, 
     fp32 = next((r.accuracy.get("fp32_test") for r in runs if isinstance(r.accuracy.get("fp32_test"), (int, float))),
                 None)
     if fp32 is not None:
-        names = list(networks[0].mapping)
-        networks.insert(0, SweepNetwork(FP32_LABEL, "uniform", float(fp32), {n: "fp32" for n in names}))
+        networks.insert(0, SweepNetwork(FP32_LABEL, "uniform", float(fp32), {n: "fp32" for n in layer_names}))
     return networks, spec, notes
 
 
