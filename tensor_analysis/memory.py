@@ -90,6 +90,11 @@ def operator_bytes(a: NetworkAnalysis, op: Operator, tensor_size: Callable[[int]
     return {"input": inputs, "output": output, "kept": kept, "live": live}
 
 
+def _output_precision(a: NetworkAnalysis, op: Operator) -> Optional[str]:
+    """'fp32' for the layer writing the network output (the float32 logits), else None."""
+    return "fp32" if op.output in a.output_ids else None
+
+
 def uniform_size(a: NetworkAnalysis, precision: str) -> Callable[[int], int]:
     """tensor id → bytes with every tensor at ``precision``, the network output at float32."""
     bits = precision_bits(precision)
@@ -104,7 +109,7 @@ def layer_bytes(a: NetworkAnalysis, op: Operator, precision: str) -> Dict[str, i
     b = operator_bytes(a, op, size)
     b["live_inplace"] = operator_bytes(a, op, size, True)["live"]
     b["weights"] = weight_bytes(op, precision) if op.weight_elements else 0
-    b["flash"] = layer_flash_bytes(op, precision) if op.weight_elements else 0
+    b["flash"] = layer_flash_bytes(op, precision, output_precision=_output_precision(a, op)) if op.weight_elements else 0
     return b
 
 
@@ -130,7 +135,8 @@ def dual_layer_bytes(a: NetworkAnalysis, op: Operator, parts: Sequence[Part], in
         else:
             inputs_by_precision[p.precision] = in_b
         per_unit[p.unit] = {"precision": p.precision, "channels": [p.c0, p.c1], "input": in_b,
-                            "output": out_b, "flash": layer_flash_bytes(op, p.precision, frac)}
+                            "output": out_b,
+                            "flash": layer_flash_bytes(op, p.precision, frac, _output_precision(a, op))}
     inputs = dw_inputs if op.op == "dwconv" else sum(inputs_by_precision.values())
     if op.output in a.output_ids:
         outputs = tensor_bytes(out_e, OUTPUT_BYTES_PER_ELEMENT, factor=True)

@@ -160,11 +160,18 @@ def test_two_block_mixed_mapping_stores_each_tensor_as_its_consumer_reads_it(two
                        512 + 256 + 1024,     # E1 + D1 (int4: 512 values) + X1 kept
                        256 + 1024 + 256]     # D1 + X1 (the fused add reads the fp32 copy) + Y1 (int8)
     assert peak_ram_bytes(a, m) == 1792
-    # Flash: packed weights + per-channel bias/scale (int: 8 B, float: 4 B per output channel)
+    # Flash, as the C export lays it out: packed weights + descriptors (part 60 B, output 64 B, buffer
+    # 20 B) + per output channel 17 B of fixed-point constants (int → int), 25 B with a fused residual,
+    # 8 B of float scale and offset otherwise (the logits are float32)
     layer = a.layer("b1_expand.0")
-    assert layer_flash_bytes(layer, "int4") == 16 + 8 * 8 and layer_flash_bytes(layer, "fp32") == 128 + 8 * 4
-    assert layer_flash_bytes(a.layer("fc"), "int2") == 5 + 3 * 8  # 18 weights at 2 bits → 5 bytes
-    assert flash_bytes(a, uniform(a, "int8")) == sum(o.params - o.bias_elements + 8 * o.out_channels for o in a.layers)
+    assert layer_flash_bytes(layer, "int4") == 16 + 144 + 8 * 17 and layer_flash_bytes(layer, "fp32") == 128 + 144 + 8 * 8
+    assert layer_flash_bytes(a.layer("fc"), "int2", output_precision="fp32") == 5 + 144 + 3 * 8  # 18 weights: 5 B
+    assert layer_flash_bytes(a.layer("b1_project.0"), "int8") == 32 + 144 + 6 + 4 * 25  # + the skip's slice
+    weights = sum(o.params - o.bias_elements for o in a.layers)
+    per_channel = sum((8 if o.name == "fc" else 25 if o.residual is not None else 17) * o.out_channels for o in a.layers)
+    image = 16 + 24 + 20  # the quantizer, its output, the image's buffer
+    assert flash_bytes(a, uniform(a, "int8")) == (weights + per_channel + 124 * len(a.layers) + 20 * len(a.layers)
+                                                  + 6 + image + 12 + 20)  # skip slice, pool + its buffer
 
 
 def test_dual_option_bytes_by_hand(two_block):
