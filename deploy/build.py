@@ -36,7 +36,7 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
 import torch
@@ -54,7 +54,7 @@ from models.layers import MIXED_LAYER_TYPES
 from models.mapping import Part, load_mapping
 from models.mixture import get_compile, set_compile
 from models.network import mixed_layers
-from models.precisions import PRECISION_ORDER, PRECISIONS
+from models.precisions import PRECISIONS
 from models.quantizers import dorefa_codes, dorefa_scale
 from models.registry import check_same_model
 from tensor_analysis.analysis_file import load_analysis_json

@@ -23,7 +23,6 @@ from typing import Dict, List, Optional, Sequence
 
 sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..")))
 
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from deploy import c_export  # noqa: E402
@@ -71,18 +70,25 @@ class ExportResult:
                 f"RAM of {self.ram_limit_bytes} bytes ({self.ram_limit_bytes / KB:.1f} KB)")
 
 
-def export_run(run_dir: str, output_dir: str, images: int = 200, hardware: Optional[str] = None,
+DEFAULT_IMAGES = 200
+
+
+def export_run(run_dir: str, output_dir: str, images: Optional[int] = None, hardware: Optional[str] = None,
                agreement_images: Optional[int] = None, data_dir: Optional[str] = None, measure_sizes: bool = True,
                targets: Sequence[str] = ()) -> ExportResult:
     """Convert, compare, write the C folder, measure its sizes and run ``targets`` (see module
-    docstring). ``agreement_images``: None compares on the whole test split, 0 skips the comparison."""
+    docstring). ``images``: None embeds DEFAULT_IMAGES, or the whole test split if it is smaller.
+    ``agreement_images``: None compares on the whole test split, 0 skips the comparison."""
     seconds: Dict[str, float] = {}
     start = time.monotonic()
+    c_export.check_replaceable(os.path.abspath(output_dir))
     run = load_run(run_dir, hardware)
     profile = load_profile(run.hardware)
     network = build_integer_network(run)
     test_x, test_y = load_test_images(run, data_dir)
-    if images > len(test_x):
+    if images is None:
+        images = min(DEFAULT_IMAGES, len(test_x))
+    elif images > len(test_x):
         raise ValueError(f"--images {images}: the run's test split has only {len(test_x)} images")
     seconds["convert"] = time.monotonic() - start
     agreement = None
@@ -147,8 +153,9 @@ def build_parser() -> Parser:
     p.add_argument("--output_dir", required=True,
                    help="the C folder to write; an existing export there is replaced as a whole, a folder holding "
                         "other files is refused")
-    p.add_argument("--images", type=positive_int, default=200,
-                   help="test images embedded in the harness (the first ones of the run's test split)")
+    p.add_argument("--images", type=positive_int, default=None,
+                   help=f"test images embedded in the harness, the first ones of the run's test split (default "
+                        f"{DEFAULT_IMAGES}, or the whole split if it is smaller)")
     p.add_argument("--hardware", default=None,
                    help="hardware profile (name or JSON path) whose RAM the arena is checked against (default: the "
                         "run's)")

@@ -18,7 +18,7 @@ at the multiplier's scale) instead of rounding it into the accumulator, and keep
 """
 from __future__ import annotations
 
-from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, Mapping, Optional, Sequence
 
 from models.mapping import Part
 from models.precisions import PRECISIONS, precision_bits, tensor_bytes
