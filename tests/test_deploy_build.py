@@ -2,6 +2,7 @@
 PyTorch, the C build is bit-exact with the reference on the host (always) and on the Cortex-M7 under QEMU
 (skipped without the toolchain, except with CI=true), stage-2 split layers run part after part, the
 Flash and RAM predictions match the build, and bad input ends in one line and a non-zero exit."""
+import copy
 import json
 import os
 import shutil
@@ -14,10 +15,10 @@ import torch
 import torch.nn as nn
 
 from data.splits import load_splits, save_split_info
-from deploy import c_export
+from deploy import c_export, reference
 from deploy.build import (UnsupportedNetwork, build_integer_network, compare_with_pytorch, load_run,
                           load_test_images)
-from deploy.export_c import export_run
+from deploy.export_c import export_run, main as export_main
 from deploy.ir import ConvPart, GlobalAvgPool
 from models import build_model
 from models.dual import apply_dual_mapping, dual_mapping
@@ -26,11 +27,11 @@ from models.mapping import mapping_document
 from models.network import calibrate_activation_clips, mixed_layers
 from models.precisions import PRECISION_ORDER
 from tensor_analysis.analysis_file import analysis_document
+from tensor_analysis.cli import run_cli
 from tensor_analysis.graph import analyze_network
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STAGE1 = os.path.join(REPO, "Search_CIFAR10", "dnas", "dnas_search_cifar10_mbv2.py")
-STAGE2 = os.path.join(REPO, "Search_CIFAR10", "dnas_multicore", "dnas_cifar10_search_multicore_mbv2.py")
 EXPORT = os.path.join(REPO, "deploy", "export_c.py")
 SPEC = {"type": "mobilenetv2", "num_classes": 10, "width_mult": 0.1, "input_size": 16}
 DATA = {"dataset": "digits", "split_seed": 0, "limit_eval": 32}
@@ -46,6 +47,20 @@ def run_script(script, *args, timeout=300):
 def error_line(result) -> str:
     lines = [line for line in result.stderr.strip().splitlines() if line.strip()]
     return lines[-1] if lines else ""
+
+
+class CliResult:
+    def __init__(self, returncode, stdout, stderr):
+        self.returncode, self.stdout, self.stderr = returncode, stdout, stderr
+
+
+def export_cli(capsys, *args) -> CliResult:
+    """deploy/export_c.py in this process (what the script runs, without a new interpreter's start-up)."""
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_:
+        run_cli(export_main, [str(a) for a in args])
+    out = capsys.readouterr()
+    return CliResult(exit_.value.code, out.out, out.err)
 
 
 @pytest.fixture
@@ -159,6 +174,30 @@ def test_split_layers_run_part_after_part_like_the_unsplit_network(split_run):
     assert agreement.max_abs_logit_difference <= 1e-3 * max(float(np.abs(agreement.pytorch_logits).max()), 1.0)
 
 
+def test_a_split_at_one_precision_computes_the_unsplit_networks_bytes(tmp_path):
+    """Parts run one after the other on one core: split at one precision, a layer's bytes are the
+    unsplit layer's."""
+    whole = random_network("mobilenetv2", lambda layers: {n: "int4" if i % 2 else "int8" for i, n in enumerate(layers)},
+                           **{k: v for k, v in SPEC.items() if k != "type"})
+    split = copy.deepcopy(whole)
+    layers = dict(mixed_layers(split))
+    names = list(layers)
+    mapping = dual_mapping(split)
+    for n in names[1:4] + names[-2:]:  # a depthwise, a projection with its residual, the head, the classifier
+        c, p = getattr(layers[n], "out_channels", None) or layers[n].out_features, mapping[n]
+        mapping[n] = {"split": 0.5, "units": {"m7": {"precision": p, "channels": [0, c // 2]},
+                                              "m4": {"precision": p, "channels": [c // 2, c]}}}
+    apply_dual_mapping(split, mapping)
+    nets = {}
+    for name, model in (("whole", whole), ("split", split)):
+        nets[name] = build_integer_network(load_run(make_run_dir(tmp_path / name, model)))
+    assert sum(isinstance(op, ConvPart) for op in nets["split"].ops) == sum(
+        isinstance(op, ConvPart) for op in nets["whole"].ops) + 5
+    images, _ = load_test_images(load_run(str(tmp_path / "whole")))
+    assert np.array_equal(reference.run(nets["whole"], images).view(np.uint32),
+                          reference.run(nets["split"], images).view(np.uint32))
+
+
 def export_and_check(run_dir, out, targets, images=IMAGES):
     result = export_run(str(run_dir), str(out), images=images, targets=targets)
     for target in targets:
@@ -214,7 +253,7 @@ def copy_run(src, dst):
     return dst
 
 
-def test_bad_run_directories_give_one_line_and_a_non_zero_exit(stage1_run, tmp_path):
+def test_bad_run_directories_give_one_line_and_a_non_zero_exit(stage1_run, tmp_path, capsys):
     cases = []
     missing_final = copy_run(stage1_run, tmp_path / "no_final")
     os.remove(missing_final / "final.pt")
@@ -239,17 +278,19 @@ def test_bad_run_directories_give_one_line_and_a_non_zero_exit(stage1_run, tmp_p
     (other_bits / "mapping.json").write_text(json.dumps(doc))
     cases.append(("mapping.json disagrees with final.pt", other_bits))
     for message, run_dir in cases:
-        r = run_script(EXPORT, "--run_dir", run_dir, "--output_dir", tmp_path / "out")
+        r = export_cli(capsys, "--run_dir", run_dir, "--output_dir", tmp_path / "out")
         assert r.returncode == 2, (message, r.stderr)
         assert len(r.stderr.strip().splitlines()) == 1 and message in error_line(r), (message, r.stderr)
-    r = run_script(EXPORT, "--run_dir", tmp_path / "nowhere", "--output_dir", tmp_path / "out")
+    r = export_cli(capsys, "--run_dir", tmp_path / "nowhere", "--output_dir", tmp_path / "out")
     assert r.returncode == 2 and "directory not found" in error_line(r)
-    r = run_script(EXPORT, "--run_dir", stage1_run, "--output_dir", tmp_path / "out", "--images", "0")
+    r = export_cli(capsys, "--run_dir", stage1_run, "--output_dir", tmp_path / "out", "--images", "0")
     assert r.returncode == 2 and "--images" in error_line(r)
+    r = export_cli(capsys, "--run_dir", stage1_run, "--output_dir", tmp_path / "out", "--images", "33")
+    assert r.returncode == 2 and error_line(r) == "error: --images 33: the run's test split has only 32 images"
     assert not (tmp_path / "out").exists()
 
 
-def test_output_folder_is_replaced_whole_or_left_alone(stage1_run, tmp_path, monkeypatch):
+def test_output_folder_is_replaced_whole_or_left_alone(stage1_run, tmp_path, monkeypatch, capsys):
     out = tmp_path / "c"
     export_run(str(stage1_run), str(out), images=4, agreement_images=0, measure_sizes=False)
     first = (out / "test_data.c").read_text()
@@ -268,17 +309,17 @@ def test_output_folder_is_replaced_whole_or_left_alone(stage1_run, tmp_path, mon
     foreign = tmp_path / "mine"
     foreign.mkdir()
     (foreign / "notes.txt").write_text("keep")
-    r = run_script(EXPORT, "--run_dir", stage1_run, "--output_dir", foreign, "--agreement_images", "0", "--no_sizes")
+    r = export_cli(capsys, "--run_dir", stage1_run, "--output_dir", foreign, "--agreement_images", "0", "--no_sizes")
     assert r.returncode == 2 and "holds files this exporter did not write" in error_line(r)
     assert [p.name for p in foreign.iterdir()] == ["notes.txt"]
 
 
-def test_arena_over_the_profiles_ram_is_exported_with_a_warning(stage1_run, tmp_path):
+def test_arena_over_the_profiles_ram_is_exported_with_a_warning(stage1_run, tmp_path, capsys):
     profile = json.loads(open(os.path.join(REPO, "tensor_analysis", "hardware", "stm32h747.json")).read())
     profile["ram_kb"] = 4
     (tmp_path / "small.json").write_text(json.dumps(profile))
-    r = run_script(EXPORT, "--run_dir", stage1_run, "--output_dir", tmp_path / "c", "--hardware", tmp_path / "small.json",
-                   "--images", "4", "--agreement_images", "0", "--no_sizes")
+    r = export_cli(capsys, "--run_dir", stage1_run, "--output_dir", tmp_path / "c", "--hardware",
+                   tmp_path / "small.json", "--images", "4", "--agreement_images", "0", "--no_sizes")
     assert r.returncode == 0, r.stderr
     warning = error_line(r)
     assert warning.startswith("warning: the arena needs ") and "RAM of 4096 bytes (4.0 KB)" in warning
