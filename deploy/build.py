@@ -180,10 +180,16 @@ def load_test_images(run: Run, data_dir: Optional[str] = None) -> Tuple[np.ndarr
     the evaluation loader does) and its labels."""
     args, split = run.args, run.split
     size = int(run.spec.get("input_size", 32))
-    splits = load_splits(args.get("dataset") or split.get("dataset"), data_dir or args.get("data_dir"),
-                         split_seed=int(args.get("split_seed", split.get("split_seed", 0))),
-                         limit_eval=args.get("limit_eval"), image_size=size)
-    if list(splits.test_indices) != list(split.get("test_indices", splits.test_indices)):
+    recorded = list(split.get("test_indices") or [])
+    # a stage-2 run may leave --limit_eval to stage 1 (None in its args.json); split.json's sizes say it
+    limits = [args.get("limit_eval"), max(len(split.get("val_indices") or []), len(recorded)) or None]
+    for limit in dict.fromkeys(limits):
+        splits = load_splits(args.get("dataset") or split.get("dataset"), data_dir or args.get("data_dir"),
+                             split_seed=int(args.get("split_seed", split.get("split_seed", 0)) or 0),
+                             limit_eval=limit, image_size=size)
+        if not recorded or list(splits.test_indices) == recorded:
+            break
+    else:
         raise ValueError(f"{run.run_dir}: split.json's test images differ from the ones its dataset and split "
                          f"seed give now")
     loader = DeviceLoader(splits.test_x, splits.test_y, TEST_BATCH, size, splits.mean, splits.std, shuffle=False,
