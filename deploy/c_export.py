@@ -286,7 +286,8 @@ QEMU is not cycle-accurate: measure latency on the chip.
 
 
 # -- the folder -------------------------------------------------------------------------------------------------
-def _check_replaceable(output_dir: str) -> None:
+def check_replaceable(output_dir: str) -> None:
+    """ValueError unless ``output_dir`` is absent or holds nothing but a previous export."""
     if not os.path.exists(output_dir):
         return
     if not os.path.isdir(output_dir):
@@ -325,7 +326,7 @@ def write_c_project(network: IntegerNetwork, output_dir: str, test_inputs: np.nd
                          f"{M7_TEST_DATA_LIMIT} bytes the M7 build can hold; pass fewer images")
 
     output_dir = os.path.abspath(output_dir)
-    _check_replaceable(output_dir)
+    check_replaceable(output_dir)
     parent = os.path.dirname(output_dir)
     os.makedirs(parent, exist_ok=True)
     staging = tempfile.mkdtemp(prefix=f".{os.path.basename(output_dir)}.tmp-", dir=parent)

@@ -7,13 +7,13 @@ PACT form (docs/design.md §2): ReLU and ReLU6 outputs are unsigned; hard-swish 
 """
 from __future__ import annotations
 
-from typing import Callable, List, Optional, Sequence, Type, Union
+from typing import Callable, List, Optional, Sequence, Tuple, Type, Union
 
 import torch
 import torch.nn as nn
 
-from .layers import MixedPrecisionConv2d
-from .precisions import PRECISION_ORDER
+from .layers import MIXED_LAYER_TYPES, MixedPrecisionConv2d, MixedPrecisionMixin
+from .precisions import PRECISION_ORDER, PRECISIONS
 
 # Whether an activation's output can be negative.
 ACTIVATION_SIGNED = {nn.ReLU: False, nn.ReLU6: False, nn.Hardswish: True, nn.SiLU: True}
@@ -157,3 +157,53 @@ def resolve_strides(strides: Union[str, Sequence[int]], input_size: int, n_stage
         raise ValueError(f"strides: expected {n_stages + 1} values of 1 or 2 (stem + {n_stages} stages), "
                          f"got {strides}")
     return strides
+
+
+# ----------------------------------------------------------------------------------------------------
+# What a residual add and the global pool read (docs/design.md §3.6)
+# ----------------------------------------------------------------------------------------------------
+def first_mixed_layer(module: nn.Module) -> MixedPrecisionMixin:
+    """The first mixed-precision layer inside ``module`` (registration order is execution order in
+    every registered network). Looked up at each call, because stage 2 replaces layers in place."""
+    for m in module.modules():
+        if isinstance(m, MIXED_LAYER_TYPES):
+            return m
+    raise ValueError(f"{type(module).__name__} holds no mixed-precision layer")
+
+
+def run_with_stored_input(body: nn.Module, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(body(x), x as body's first layer holds it for its op): the two operands of a residual add.
+
+    A deployed network stores the block input once, in the format its first layer reads, so the skip
+    path adds that, not the float x. The layer reports the tensor it computed in this very forward
+    pass (the same π sample while searching), so the skip and the branch see the same input."""
+    layer = first_mixed_layer(body)
+    seen: List[torch.Tensor] = []
+    layer._stored_input_sink = seen.append
+    try:
+        out = body(x)
+    finally:
+        layer._stored_input_sink = None
+    if len(seen) != 1:
+        raise RuntimeError(f"{type(body).__name__}: its first layer ran {len(seen)} times, expected once")
+    return out, seen[0]
+
+
+def global_pool_as_read(x: torch.Tensor, reader: MixedPrecisionMixin) -> torch.Tensor:
+    """(N, C, H, W) → (N, C): the mean over positions of x as ``reader`` (the classifier) holds it.
+
+    A deployed network stores the last feature map in the classifier's input format and pools that:
+    an int pool rounds Σcodes/(H·W) half to even onto the same grid, so with the reader fixed at an
+    integer precision the mean is snapped exactly there (straight-through gradient), and the reader's
+    own quantizer then keeps it unchanged. Floats and search mixtures pool the stored values."""
+    stored = reader.stored_input(x)
+    precision = reader.stored_precision()
+    if precision is None or PRECISIONS[precision].is_float:
+        return stored.mean(dim=(2, 3))
+    _, _, inv_step, step = reader.input_grid(precision)
+    # codes are exact integers and their mean is the correctly rounded Σq/(H·W), so rounding it is
+    # round-half-even of the exact quotient; one reduction keeps the graph tracer's single pool
+    y = stored * inv_step
+    codes = y + (torch.round(y) - y).detach()
+    mean = codes.mean(dim=(2, 3))
+    return (mean + (torch.round(mean) - mean).detach()) * step

@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from .layers import MIXED_LAYER_TYPES, MixedPrecisionConv2d, MixedPrecisionLinear, MixedPrecisionMixin
 from .mapping import Part, entry_parts, is_single_unit, option_entry, option_label
 from .network import mixed_layers
-from .precisions import PRECISIONS, canonical_precisions
+from .precisions import PRECISION_ORDER, PRECISIONS, canonical_precisions
 from .registry import build_from_spec
 
 DUAL_MODE = "dual"
@@ -62,6 +62,11 @@ def option_parts(layer: nn.Module, entry: Entry, where: str = "mapping", name: s
                          f"{[[p.c0, p.c1] for p in parts]} must fall on group boundaries (every "
                          f"{per_group} channels)")
     return parts
+
+
+def _widest(parts: Sequence[Part]) -> str:
+    """The part precision with the most bits (PRECISION_ORDER runs from widest to narrowest)."""
+    return min((p.precision for p in parts), key=PRECISION_ORDER.index)
 
 
 def _runs(parts: Sequence[Part]) -> List[Tuple[str, int, int]]:
@@ -154,6 +159,47 @@ class DualOptionMixin:
                                                   device=self.weight.device))
         self._init_options(options, alpha)
 
+    # -- the stored input (docs/design.md §3.6) ------------------------------------------------------
+    @property
+    def _reads_channel_slices(self) -> bool:
+        """A depthwise part reads only its own channels, so the input is held per channel as that
+        channel's part reads it; any other layer reads whole copies, and the widest is the one kept."""
+        return getattr(self, "op_kind", "") == "dwconv" and self.out_channels == self.in_channels
+
+    def _stored_split(self, x: torch.Tensor, parts: Sequence[Part]) -> torch.Tensor:
+        if not self._reads_channel_slices:
+            return self.quantize_input(x, _widest(parts))
+        return torch.cat([self.quantize_input(x[:, c0:c1], p) for p, c0, c1 in _runs(parts)], dim=1)
+
+    def stored_input(self, x: torch.Tensor, probs: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """x as this layer holds it: fixed split, each channel as its part reads it (depthwise) or the
+        widest part's copy; searching, the π-weighted mixture of those over the options."""
+        if self.mode == "fixed":
+            return super().stored_input(x)
+        if self.is_split_fixed:
+            return self._stored_split(x, self.option_parts[0])
+        pi = self.probs() if probs is None else probs
+        if self._reads_channel_slices:  # channel c at precision p with weight m_p[c], as the forward mixes
+            shares = (pi @ self.option_masks).view(len(self.precisions), -1)
+            terms = [self.quantize_input(x, p) * self._channel_view(shares[i], x)
+                     for i, p in enumerate(self.precisions)]
+        else:  # option o keeps its widest copy: weight Σ π_o over the options whose widest is p
+            weight = {p: 0.0 for p in self.precisions}
+            for i, parts in enumerate(self.option_parts):
+                weight[_widest(parts)] = weight[_widest(parts)] + pi[i]
+            terms = [self.quantize_input(x, p) * w for p, w in weight.items() if torch.is_tensor(w)]
+        return sum(terms[1:], terms[0])
+
+    def stored_precision(self) -> Optional[str]:
+        if self.mode == "fixed":
+            return super().stored_precision()
+        if not self.is_split_fixed:
+            return None
+        parts = self.option_parts[0]
+        if self._reads_channel_slices and len({p.precision for p in parts}) > 1:
+            return None
+        return _widest(parts)
+
     # -- forward ------------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.mode == "fixed":
@@ -163,6 +209,8 @@ class DualOptionMixin:
         return self._forward_options(x)
 
     def _forward_split(self, x: torch.Tensor, parts: Sequence[Part]) -> torch.Tensor:
+        if self._stored_input_sink is not None:
+            self._report_stored_input(self._stored_split(x, parts))
         runs = _runs(parts)
         if len(runs) == 1:
             p = runs[0][0]
@@ -171,7 +219,10 @@ class DualOptionMixin:
         return torch.cat(outs, dim=self._channel_dim)
 
     def _forward_options(self, x: torch.Tensor) -> torch.Tensor:
-        shares = (self.probs() @ self.option_masks).view(len(self.precisions), -1)
+        pi = self.probs()
+        if self._stored_input_sink is not None:
+            self._report_stored_input(self.stored_input(x, pi))
+        shares = (pi @ self.option_masks).view(len(self.precisions), -1)
         out = None
         for i, p in enumerate(self.precisions):
             y = self._op(self.quantize_input(x, p), self.quantize_weight(p))

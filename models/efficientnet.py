@@ -21,8 +21,9 @@ import torch
 import torch.nn as nn
 from torchvision.ops import StochasticDepth
 
-from .blocks import (ConvNormAct, SqueezeExcitation, check_model_args, init_like_torchvision, inverted_residual_layers,
-                     make_divisible, resolve_strides, stride_presets)
+from .blocks import (ConvNormAct, SqueezeExcitation, check_model_args, first_mixed_layer, global_pool_as_read,
+                     init_like_torchvision, inverted_residual_layers, make_divisible, resolve_strides,
+                     run_with_stored_input, stride_presets)
 from .layers import MixedPrecisionLinear
 from .network import name_layers
 from .precisions import PRECISION_ORDER
@@ -67,10 +68,10 @@ class MBConv(nn.Module):
         self.out_channels = oup
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        result = self.block(x)
-        if self.use_res_connect:
-            result = self.stochastic_depth(result) + x
-        return result
+        if not self.use_res_connect:
+            return self.block(x)
+        result, skip = run_with_stored_input(self.block, x)  # the skip adds x as the block stores it
+        return self.stochastic_depth(result) + skip
 
 
 class EfficientNet(nn.Module):
@@ -115,7 +116,7 @@ class EfficientNet(nn.Module):
         head = ConvNormAct(input_channel, head_channels, 1, activation=activation, signed_input=signed, **kw)
         features.append(head)
         self.features = nn.Sequential(*features)
-        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.avgpool = nn.AdaptiveAvgPool2d(1)  # torchvision's module tree; forward pools with global_pool_as_read
         self.last_channel = head_channels
         self.classifier = nn.Sequential(
             nn.Dropout(p=dropout),
@@ -127,7 +128,7 @@ class EfficientNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.features(x)
-        x = torch.flatten(self.avgpool(x), 1)
+        x = global_pool_as_read(x, first_mixed_layer(self.classifier))
         return self.classifier(x)
 
 

@@ -3,17 +3,19 @@
 Semantics a user relies on:
 * one precision per layer, applied to the layer's weights *and* its input activation;
 * every precision quantizes the same shared weight tensor in the forward pass, so every precision's
-  gradient reaches it.
+  gradient reaches it;
+* ``stored_input(x)`` is the input as the layer feeds it to its op: how a deployed network holds the
+  tensor, and so what a residual add and a global pool read (docs/design.md §3.6).
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .mixture import mix_inputs, quantize_input_at
+from .mixture import mix_inputs, pact_levels, pact_qparams, positive_clip, quantize_input_at
 from .precisions import PRECISION_ORDER, PRECISIONS, canonical_precisions
 from .quantizers import quantize_fp16, quantize_weight_scaled
 
@@ -114,10 +116,45 @@ class MixedPrecisionMixin:
     def quantize_input(self, x: torch.Tensor, precision: str) -> torch.Tensor:
         return quantize_input_at(x, precision, self.clip_for(precision), self.signed_input)
 
+    def input_grid(self, precision: str) -> Tuple[float, float, float, float]:
+        """(lo, a, L/a, a/L) of the PACT grid this layer reads its input on at an integer precision:
+        the float32 values the quantizer itself computes, so a deployed network reproduces its codes."""
+        bits = PRECISIONS[precision].bits
+        clip = positive_clip(self.clip_for(precision).detach().reshape(1).float())
+        return tuple(float(v) for v in pact_qparams(clip, (bits,), self.signed_input)[0])
+
+    def input_levels(self, precision: str) -> int:
+        return pact_levels(PRECISIONS[precision].bits, self.signed_input)
+
+    # -- the stored input (docs/design.md §3.6) ---------------------------------------------------------
+    # A block that adds its input back (a residual) must add what its first layer reads, not the float
+    # tensor: the deployed network holds only that. It asks the layer for the input of the forward pass
+    # it is running (same π sample), through this sink; see models.blocks.run_with_stored_input.
+    _stored_input_sink: Optional[Callable[[torch.Tensor], None]] = None
+
+    def stored_input(self, x: torch.Tensor, probs: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """x as this layer feeds it to its op: Q_p(x) when fixed, Σ_p π_p·Q_p(x) while searching (the
+        composite input; for ``exact`` the mixture of what each precision's op reads). ``probs``: the π
+        of the forward pass this belongs to (default: ``probs()``)."""
+        if self.mode == "fixed":
+            return self.quantize_input(x, self.fixed_precision)
+        pi = self.probs() if probs is None else probs
+        return mix_inputs(x, pi, self.act_clip, self.precisions, self.signed_input)
+
+    def stored_precision(self) -> Optional[str]:
+        """The one precision ``stored_input`` holds x at, or None while it is a mixture."""
+        return self.fixed_precision if self.mode == "fixed" else None
+
+    def _report_stored_input(self, xq: torch.Tensor) -> None:
+        if self._stored_input_sink is not None:
+            self._stored_input_sink(xq)
+
     def _forward_mixed(self, x: torch.Tensor) -> torch.Tensor:
         if self.mode == "fixed":
             p = self.fixed_precision
-            return self._op(self.quantize_input(x, p), self.quantize_weight(p))
+            xq = self.quantize_input(x, p)
+            self._report_stored_input(xq)
+            return self._op(xq, self.quantize_weight(p))
         pi = self.probs()
         if self.mode == "composite":
             w = None
@@ -125,8 +162,11 @@ class MixedPrecisionMixin:
                 term = pi[i] * self.quantize_weight(p)
                 w = term if w is None else w + term
             xq = mix_inputs(x, pi, self.act_clip, self.precisions, self.signed_input)
+            self._report_stored_input(xq)
             return self._op(xq, w)
         if self.mode == "exact":
+            if self._stored_input_sink is not None:
+                self._report_stored_input(self.stored_input(x, pi))
             out = None
             for i, p in enumerate(self.precisions):
                 term = pi[i] * self._op(self.quantize_input(x, p), self.quantize_weight(p))

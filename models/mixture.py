@@ -259,7 +259,7 @@ def _run_math(name: str, fn, x: torch.Tensor, probs, qparams, neg, *rest):
     return fn(x, eager_probs, rows, values[n_q], *rest)
 
 
-def _pact_qparams(clips: torch.Tensor, bits: Tuple[int, ...], signed: bool) -> torch.Tensor:
+def pact_qparams(clips: torch.Tensor, bits: Tuple[int, ...], signed: bool) -> torch.Tensor:
     """(K, 4) rows lo, a, L/a, a/L for the positive clips a, in float32 so that the eager and the
     compiled path see bit-identical scalars."""
     levels = torch.tensor([pact_levels(b, signed) for b in bits],
@@ -293,7 +293,7 @@ class QuantMix(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, probs, clips, kinds, bits, signed):
         x = _dense(x)
-        qparams = _pact_qparams(clips.detach(), bits, signed)
+        qparams = pact_qparams(clips.detach(), bits, signed)
         neg = torch.tensor(1.0 if signed else 0.0, dtype=x.dtype, device=x.device)
         probs_d = None if probs is None else probs.detach()
         out = _run_math("forward", _mix_forward_math, _flat(x), probs_d, qparams, neg, kinds)

@@ -15,8 +15,8 @@ from typing import List, Sequence, Union
 import torch
 import torch.nn as nn
 
-from .blocks import (ConvNormAct, check_model_args, init_like_torchvision, make_divisible, resolve_strides,
-                     stride_presets)
+from .blocks import (ConvNormAct, check_model_args, first_mixed_layer, global_pool_as_read, init_like_torchvision,
+                     make_divisible, resolve_strides, stride_presets)
 from .layers import MixedPrecisionLinear
 from .network import name_layers
 from .precisions import PRECISION_ORDER
@@ -82,8 +82,7 @@ class MobileNetV1(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.features(x)
-        x = nn.functional.adaptive_avg_pool2d(x, 1)
-        x = torch.flatten(x, 1)
+        x = global_pool_as_read(x, first_mixed_layer(self.classifier))
         return self.classifier(x)
 
 

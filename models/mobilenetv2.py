@@ -11,7 +11,8 @@ from typing import List, Sequence, Union
 import torch
 import torch.nn as nn
 
-from .blocks import ConvNormAct, check_model_args, init_like_torchvision, make_divisible, resolve_strides
+from .blocks import (ConvNormAct, check_model_args, first_mixed_layer, global_pool_as_read, init_like_torchvision,
+                     make_divisible, resolve_strides, run_with_stored_input)
 from .layers import MixedPrecisionConv2d, MixedPrecisionLinear
 from .network import name_layers
 from .precisions import PRECISION_ORDER
@@ -57,7 +58,8 @@ class InvertedResidual(nn.Module):
 
     def forward(self, x):
         if self.use_res_connect:
-            return x + self.conv(x)
+            out, skip = run_with_stored_input(self.conv, x)  # the skip adds x as the block stores it
+            return skip + out
         return self.conv(x)
 
 
@@ -94,8 +96,7 @@ class MobileNetV2(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.features(x)
-        x = nn.functional.adaptive_avg_pool2d(x, 1)
-        x = torch.flatten(x, 1)
+        x = global_pool_as_read(x, first_mixed_layer(self.classifier))
         return self.classifier(x)
 
 

@@ -13,8 +13,9 @@ from typing import List, Sequence, Union
 import torch
 import torch.nn as nn
 
-from .blocks import (ConvNormAct, SqueezeExcitation, check_model_args, init_like_torchvision, inverted_residual_layers,
-                     make_divisible, resolve_strides, stride_presets)
+from .blocks import (ConvNormAct, SqueezeExcitation, check_model_args, first_mixed_layer, global_pool_as_read,
+                     init_like_torchvision, inverted_residual_layers, make_divisible, resolve_strides,
+                     run_with_stored_input, stride_presets)
 from .layers import MixedPrecisionLinear
 from .network import name_layers
 from .precisions import PRECISION_ORDER
@@ -80,10 +81,10 @@ class InvertedResidual(nn.Module):
         self.out_channels = oup
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        result = self.block(x)
-        if self.use_res_connect:
-            result = result + x
-        return result
+        if not self.use_res_connect:
+            return self.block(x)
+        result, skip = run_with_stored_input(self.block, x)  # the skip adds x as the block stores it
+        return result + skip
 
 
 class MobileNetV3(nn.Module):
@@ -118,7 +119,7 @@ class MobileNetV3(nn.Module):
         features.append(ConvNormAct(input_channel, head_channels, 1, activation=nn.Hardswish, signed_input=signed,
                                     norm_layer=norm_layer, **kw))
         self.features = nn.Sequential(*features)
-        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.avgpool = nn.AdaptiveAvgPool2d(1)  # torchvision's module tree; forward pools with global_pool_as_read
         self.last_channel = scaled(hidden)
         # Both Linear inputs are (pooled) hard-swish outputs, which can be negative.
         self.classifier = nn.Sequential(
@@ -132,7 +133,7 @@ class MobileNetV3(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.features(x)
-        x = torch.flatten(self.avgpool(x), 1)
+        x = global_pool_as_read(x, first_mixed_layer(self.classifier))
         return self.classifier(x)
 
 

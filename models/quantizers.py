@@ -33,6 +33,11 @@ def dorefa_scale(w: torch.Tensor, per_channel: bool = True) -> torch.Tensor:
     return m.clamp_min(1e-8)
 
 
+def _dorefa_unit(w: torch.Tensor, per_channel: bool) -> torch.Tensor:
+    """tanh(w) mapped onto [0, 1] by the (per-channel) scale: what DoReFa rounds to L levels."""
+    return torch.tanh(w) / (2 * dorefa_scale(w, per_channel)) + 0.5
+
+
 def quantize_weight_dorefa(w: torch.Tensor, bits: int, per_channel: bool = True) -> torch.Tensor:
     """DoReFa weights (Zhou et al. 2016, eq. 9) on the grid {2i/(2^k-1) - 1}, i = 0..2^k-1.
 
@@ -41,9 +46,15 @@ def quantize_weight_dorefa(w: torch.Tensor, bits: int, per_channel: bool = True)
     """
     check_int_bits(bits, "quantize_weight_dorefa")
     levels = 2 ** bits - 1
-    t = torch.tanh(w)
-    t = t / (2 * dorefa_scale(w, per_channel)) + 0.5
-    return 2 * round_ste(levels * t) / levels - 1
+    return 2 * round_ste(levels * _dorefa_unit(w, per_channel)) / levels - 1
+
+
+def dorefa_codes(w: torch.Tensor, bits: int, per_channel: bool = True) -> torch.Tensor:
+    """The integer codes u in {0..L} (L = 2^k − 1) of ``quantize_weight_dorefa``: the quantized weight
+    is (2u − L)/L, times ``dorefa_scale`` in the layers. The same float32 operations, so the codes
+    are exactly the ones training used (round_ste's value is the rounded value)."""
+    check_int_bits(bits, "dorefa_codes")
+    return torch.round((2 ** bits - 1) * _dorefa_unit(w, per_channel))
 
 
 def least_squares_scale(w: torch.Tensor, grid: torch.Tensor, per_channel: bool = True) -> torch.Tensor:

@@ -37,7 +37,7 @@ def analysis_document(a: NetworkAnalysis, memory_threshold_kb: float,
         entry = {"name": op.name, "op": op.op, "in_shape": list(op.in_shape), "out_shape": list(op.out_shape),
                  "kernel": list(op.kernel), "stride": list(op.stride), "groups": op.groups,
                  "macs": op.macs, "params": op.params, "stage": a.stage_of(op),
-                 "activations": list(op.activations),
+                 "activations": list(op.activations), "fused": list(op.fused),
                  "bytes": per, "allowed_precisions": allowed, "min_live_bytes": need}
         if not allowed:
             cheapest = min(precisions, key=lambda p: (per[p][key], precisions.index(p)))

@@ -1,19 +1,55 @@
-"""The Flash model: what a deployed network stores besides its activations.
+"""The Flash model: what a deployed network stores besides its activations, counted the way the C
+export lays it out (deploy/c/adaptq.h, a 32-bit target), so that the prediction is what a build needs.
 
-Flash of a layer: packed weights (``ceil(n·bits/8)``) plus per-output-channel storage: an FP32 bias for
-float layers (BatchNorm folded), an INT32 bias and an FP32 requantisation scale for integer layers.
+* Per layer part (a whole layer is one part): its packed weights, ``ceil(n·bits/8)`` bytes (fp16: 2,
+  fp32: 4 bytes per weight), and a descriptor with its operator-table entry (``PART_BYTES``).
+* Per stored copy of the part's output (one per format its readers read, ``storage``): an output
+  descriptor and, per output channel, the epilogue's constants. An integer part writing an integer
+  copy requantises in fixed point: int32 multiplier, uint8 shift, int64 bias (BatchNorm folded), int16
+  clamp codes lo and hi, plus an int64 multiplier of the skip code with a fused residual add. Any other
+  pairing (float arithmetic, a float copy, the float32 logits) keeps a float32 scale and offset.
+* Per stored copy of any tensor: a buffer descriptor; a fused residual reads its skip through a slice
+  descriptor; the image quantizer and the pools add theirs.
+
+The network's Flash is the sum; the per-layer view (``layer_flash_bytes``, the memory filter's tables)
+counts one output copy at the layer's own precision. Why 17 bytes per integer channel and not the
+8 of a CMSIS-style int32 bias + float scale: the export adds BatchNorm's offset exactly (a 64-bit term
+at the multiplier's scale) instead of rounding it into the accumulator, and keeps the clamp per channel.
 """
 from __future__ import annotations
 
-from typing import Any, Dict, Mapping
+from typing import Any, Dict, Mapping, Optional, Sequence
 
+from models.mapping import Part
 from models.precisions import PRECISIONS, precision_bits, tensor_bytes
 
-from .graph import Operator, as_analysis
+from .graph import NetworkAnalysis, Operator, as_analysis
+from .storage import StoredCopy, skip_copy, storage_copies
 
-# per-output-channel bytes besides the weights (see module docstring)
-FLOAT_CHANNEL_BYTES = 4
-INT_CHANNEL_BYTES = 8
+# sizeof the C descriptors on a 32-bit target (deploy/c/adaptq.h; tests/test_deploy_build.py checks
+# the prediction against arm-none-eabi-size of real exports)
+PART_BYTES = 52 + 8          # adaptq_conv + its adaptq_op entry
+OUTPUT_BYTES = 64            # adaptq_output
+BUFFER_BYTES = 20            # adaptq_buffer
+SLICE_BYTES = 6              # adaptq_slice of a fused residual's skip
+QUANTIZE_BYTES = 8 + 8       # adaptq_quantize + its adaptq_op entry
+QUANTIZE_OUTPUT_BYTES = 24   # adaptq_quantize_output, per stored copy of the image
+POOL_BYTES = 4 + 8           # adaptq_pool + its adaptq_op entry, per pooled copy
+FIXED_CHANNEL_BYTES = 4 + 1 + 8 + 2 + 2
+RESIDUAL_CHANNEL_BYTES = 8
+FLOAT_CHANNEL_BYTES = 4 + 4
+
+
+def _is_int(precision: str) -> bool:
+    return not PRECISIONS[precision].is_float
+
+
+def channel_bytes(precision: str, output_precision: str, residual: bool, residual_int: bool = True) -> int:
+    """Epilogue constants per output channel of a part at ``precision`` writing a copy at
+    ``output_precision`` (module docstring)."""
+    if _is_int(precision) and _is_int(output_precision) and (not residual or residual_int):
+        return FIXED_CHANNEL_BYTES + (RESIDUAL_CHANNEL_BYTES if residual else 0)
+    return FLOAT_CHANNEL_BYTES
 
 
 def weight_bytes(op: Operator, precision: str, fraction: float = 1.0) -> int:
@@ -21,35 +57,71 @@ def weight_bytes(op: Operator, precision: str, fraction: float = 1.0) -> int:
     return tensor_bytes(op.weight_elements * fraction, precision_bits(precision))
 
 
-def layer_flash_bytes(op: Operator, precision: str, fraction: float = 1.0) -> int:
-    """Packed weights plus the per-output-channel bias / requantisation storage."""
-    per_channel = FLOAT_CHANNEL_BYTES if PRECISIONS[precision].is_float else INT_CHANNEL_BYTES
+def layer_flash_bytes(op: Operator, precision: str, fraction: float = 1.0,
+                      output_precision: Optional[str] = None) -> int:
+    """One part in the per-layer view: weights, descriptors, and one output copy at
+    ``output_precision`` (default: the layer's own; the network output is 'fp32')."""
     channels = int(round(op.out_channels * fraction))
-    return weight_bytes(op, precision, fraction) + per_channel * channels
+    residual = op.residual is not None
+    per_channel = channel_bytes(precision, output_precision or precision, residual)
+    return (weight_bytes(op, precision, fraction) + PART_BYTES + OUTPUT_BYTES + BUFFER_BYTES
+            + (SLICE_BYTES if residual else 0) + per_channel * channels)
+
+
+def _part_bytes(op: Operator, part: Part, out_copies: Sequence[StoredCopy],
+                skip_copies: Optional[Sequence[StoredCopy]]) -> int:
+    total = weight_bytes(op, part.precision, (part.c1 - part.c0) / op.out_channels) + PART_BYTES
+    residual = skip_copies is not None
+    residual_int = residual and all(_is_int(skip_copy(skip_copies, ch).precision) for ch in range(part.c0, part.c1))
+    if residual:
+        total += SLICE_BYTES * len({skip_copy(skip_copies, ch) for ch in range(part.c0, part.c1)})
+    for copy in out_copies:
+        n = min(part.c1, copy.c1) - max(part.c0, copy.c0)
+        if n > 0:
+            total += OUTPUT_BYTES + n * channel_bytes(part.precision, copy.precision, residual, residual_int)
+    return total
+
+
+def flash_by_operator(analysis, mapping: Mapping[str, Any]) -> Dict[str, int]:
+    """Flash bytes per operator under ``mapping`` (module docstring), in execution order: a layer's
+    parts with the buffers of its output; a pool's descriptors and pooled buffers; the image
+    quantizer and the image's buffers are counted with the first layer."""
+    a: NetworkAnalysis = as_analysis(analysis)
+    parts_of = a.check_mapping(mapping)
+    copies = storage_copies(a, parts_of)
+    out: Dict[str, int] = {}
+    for op in a.operators:
+        own = BUFFER_BYTES * len(copies[op.output])
+        if op.is_layer:
+            skip = copies[op.residual] if op.residual is not None else None
+            own += sum(_part_bytes(op, p, copies[op.output], skip) for p in parts_of[op.name])
+        elif op.op == "pool":
+            own += POOL_BYTES * len(copies[op.output])
+        if a.input_id in op.inputs:
+            image = len(copies[a.input_id])
+            own += QUANTIZE_BYTES + image * (QUANTIZE_OUTPUT_BYTES + BUFFER_BYTES)
+        out[op.name] = own
+    return out
 
 
 def flash_bytes(analysis, mapping: Mapping[str, Any]) -> int:
-    """Σ over layers of packed weights + per-channel bias/scale, each part at its precision;
-    ``analysis`` is a NetworkAnalysis or an analysis.json object."""
-    a = as_analysis(analysis)
-    parts_of = a.check_mapping(mapping)
-    total = 0
-    for op in a.layers:
-        for p in parts_of[op.name]:
-            total += layer_flash_bytes(op, p.precision, (p.c1 - p.c0) / op.out_channels)
-    return total
+    """The network's Flash under ``mapping`` (module docstring); ``analysis`` is a NetworkAnalysis or
+    an analysis.json object."""
+    return sum(flash_by_operator(analysis, mapping).values())
 
 
 def compression(analysis, mapping: Mapping[str, Any]) -> Dict[str, Any]:
     """Model size and compression vs FP32; precision histograms per op kind and per stage.
 
-    ``size_bytes`` is the deployed size (packed weights + per-channel bias/scale, as flash_bytes);
-    ``weight_bytes`` counts the packed weights alone. Dual-core layers count each part's weights.
+    ``size_bytes`` is the deployed size (flash_bytes); ``weight_bytes`` counts the packed weights
+    alone. Dual-core layers count each part's weights. Per-layer rows and groups count the layers'
+    share (flash_by_operator), the operators outside layers are in the totals only.
     """
     a = as_analysis(analysis)
     parts_of = a.check_mapping(mapping)
     fp32 = {n: "fp32" for n in a.layer_names}
-    size, fp32_size = flash_bytes(a, mapping), flash_bytes(a, fp32)
+    per_op, fp32_per_op = flash_by_operator(a, mapping), flash_by_operator(a, fp32)
+    size, fp32_size = sum(per_op.values()), sum(fp32_per_op.values())
     weights = fp32_weights = 0
     by_op: Dict[str, Dict[str, Any]] = {}
     by_stage: Dict[str, Dict[str, Any]] = {}
@@ -58,7 +130,7 @@ def compression(analysis, mapping: Mapping[str, Any]) -> Dict[str, Any]:
     for op in a.layers:
         parts = parts_of[op.name]
         w = sum(weight_bytes(op, p.precision, (p.c1 - p.c0) / op.out_channels) for p in parts)
-        f = sum(layer_flash_bytes(op, p.precision, (p.c1 - p.c0) / op.out_channels) for p in parts)
+        f, f32 = per_op[op.name], fp32_per_op[op.name]
         weights += w
         fp32_weights += weight_bytes(op, "fp32")
         label = parts[0].precision if len(parts) == 1 else "+".join(p.precision for p in parts)
@@ -67,7 +139,7 @@ def compression(analysis, mapping: Mapping[str, Any]) -> Dict[str, Any]:
             g["layers"] += 1
             g["params"] += op.params
             g["bytes"] += f
-            g["fp32_bytes"] += layer_flash_bytes(op, "fp32")
+            g["fp32_bytes"] += f32
             g["precisions"][label] = g["precisions"].get(label, 0) + 1
         for p in parts:
             frac = (p.c1 - p.c0) / op.out_channels
@@ -75,8 +147,7 @@ def compression(analysis, mapping: Mapping[str, Any]) -> Dict[str, Any]:
             h["layers"] += 1
             h["params"] += int(round(op.params * frac))
         rows.append({"name": op.name, "op": op.op, "stage": a.stage_of(op), "params": op.params,
-                     "precision": label, "bytes": f, "fp32_bytes": layer_flash_bytes(op, "fp32"),
-                     "ratio": layer_flash_bytes(op, "fp32") / f})
+                     "precision": label, "bytes": f, "fp32_bytes": f32, "ratio": f32 / f})
     for g in list(by_op.values()) + list(by_stage.values()):
         g["ratio"] = g["fp32_bytes"] / g["bytes"] if g["bytes"] else float("inf")
     return {"size_bytes": size, "fp32_size_bytes": fp32_size, "ratio": fp32_size / size,
@@ -84,5 +155,3 @@ def compression(analysis, mapping: Mapping[str, Any]) -> Dict[str, Any]:
             "weight_ratio": fp32_weights / weights if weights else float("inf"),
             "params": a.layer_params, "by_precision": by_precision, "by_op": by_op, "by_stage": by_stage,
             "layers": rows}
-
-

@@ -9,6 +9,12 @@ execution order and the activation tensors between them:
   concatenations. BatchNorm, activations, dropout and reshapes are fused into the operator before them
   (they run in its epilogue or are views), so they own no buffer.
 
+A residual add whose one operand is a layer's output that nothing else reads is fused into that layer
+(``fuse_residual_adds``): the layer adds the skip tensor in its epilogue, as the integer network does
+(deploy/), so the pre-add tensor never exists. The layer then reads the skip tensor
+(``Operator.residual``, one of its consumers), writes the add's output, and records ``"add"`` in
+``Operator.fused`` so the latency model charges the add's element-wise work to it.
+
 Activations that cost arithmetic per element (hard-swish, hard-sigmoid, sigmoid, SiLU: see
 ``ACTIVATION_FUNCTIONS``) are still fused, but recorded on the operator whose output they transform
 (``Operator.activations``) so the latency model can charge them per output element. ReLU / ReLU6 are
@@ -66,6 +72,10 @@ class Operator:
     groups: int = 1
     # element-wise activations fused into this operator's epilogue, in order (ACTIVATION_KINDS)
     activations: List[str] = field(default_factory=list)
+    # a fused residual add: the skip tensor read in the epilogue (not an input: kept alive for it)
+    residual: Optional[int] = None
+    # kinds of the operators fused into this one (["add"]), charged by the latency model
+    fused: List[str] = field(default_factory=list)
 
     @property
     def params(self) -> int:
@@ -103,6 +113,10 @@ class Operator:
                      kernel=list(self.kernel), stride=list(self.stride), groups=self.groups)
         if self.activations:
             d["activations"] = list(self.activations)
+        if self.residual is not None:
+            d["residual"] = self.residual
+        if self.fused:
+            d["fused"] = list(self.fused)
         return d
 
 
@@ -280,14 +294,57 @@ def trace_model(model: nn.Module, input_shape: Sequence[int], device="meta"):
     return tracer.ops, [tracer.tensors[i] for i in range(len(tracer.tensors))], input_id, outputs
 
 
+def fuse_residual_adds(operators: List[Operator], tensors: List[Tensor], output_ids: Sequence[int]
+                       ) -> Tuple[List[Operator], List[Tensor]]:
+    """Fold every two-operand add whose one operand is a layer's output read by nothing else into that
+    layer (module docstring); the operators are renumbered. A graph with nothing to fold (or already
+    folded) comes back unchanged."""
+    by_id = {t.id: t for t in tensors}
+    removed_ops, removed_tensors = set(), set()
+    for add in operators:
+        if add.op != "add" or len(add.inputs) != 2:
+            continue
+        candidates = [t for t in add.inputs
+                      if by_id[t].producer >= 0 and operators[by_id[t].producer].is_layer
+                      and by_id[t].consumers == [add.index] and t not in output_ids
+                      and operators[by_id[t].producer].residual is None]
+        if not candidates:
+            continue
+        branch = max(candidates, key=lambda t: by_id[t].producer)  # the later one: the block's last layer
+        skip = next(t for t in add.inputs if t != branch)
+        layer = operators[by_id[branch].producer]
+        layer.output = add.output
+        layer.residual = skip
+        layer.fused.append("add")
+        layer.activations.extend(add.activations)
+        by_id[add.output].producer = layer.index
+        by_id[skip].consumers = [layer.index if c == add.index else c for c in by_id[skip].consumers]
+        removed_ops.add(add.index)
+        removed_tensors.add(branch)
+    if not removed_ops:
+        return operators, tensors
+    kept = [o for o in operators if o.index not in removed_ops]
+    new_index = {o.index: i for i, o in enumerate(kept)}
+    for o in kept:
+        o.index = new_index[o.index]
+    tensors = [t for t in tensors if t.id not in removed_tensors]
+    for t in tensors:
+        t.producer = new_index.get(t.producer, t.producer)
+        t.consumers = [new_index[c] for c in t.consumers]
+    return kept, tensors
+
+
 # ----------------------------------------------------------------------------------------------------
 # The graph
 # ----------------------------------------------------------------------------------------------------
 class NetworkAnalysis:
-    """Operators (execution order) and tensors of one network, and when each tensor is last read."""
+    """Operators (execution order) and tensors of one network, and when each tensor is last read.
+    Residual adds are fused into the layers before them (``fuse_residual_adds``), also when the graph
+    comes from an analysis.json written before that rule."""
 
     def __init__(self, spec: Mapping, operators: List[Operator], tensors: List[Tensor], input_id: int,
                  output_ids: List[int], model_params: Optional[int] = None):
+        operators, tensors = fuse_residual_adds(operators, tensors, output_ids)
         self.spec = dict(spec)
         self.operators = operators
         self.tensors = {t.id: t for t in tensors}
@@ -347,7 +404,8 @@ class NetworkAnalysis:
                                 weight_elements=int(o.get("weight_elements", 0)),
                                 bias_elements=int(o.get("bias_elements", 0)),
                                 kernel=tuple(o.get("kernel", (1, 1))), stride=tuple(o.get("stride", (1, 1))),
-                                groups=int(o.get("groups", 1)), activations=list(o.get("activations", []))))
+                                groups=int(o.get("groups", 1)), activations=list(o.get("activations", [])),
+                                residual=o.get("residual"), fused=list(o.get("fused", []))))
         tensors = [Tensor(t["id"], tuple(t["shape"]), t["producer"], list(t["consumers"])) for t in d["tensors"]]
         return cls(d["model"], ops, tensors, d["input_tensor"], d["output_tensors"],
                    d.get("totals", {}).get("params"))

@@ -27,7 +27,9 @@ costs it as ``elementwise_cycles.other``.
 
 Non-layer operators (residual adds, SE multiplications, pooling) cost ``overhead + elements ·
 elementwise_cycles[kind]`` (plus their fused activations at INT8) on the primary unit; they are not
-searched and form the LUT's ``fixed_ms``.
+searched and form the LUT's ``fixed_ms``. A residual add fused into a layer (graph.fuse_residual_adds)
+costs the same, charged to that layer at every precision (a split layer's units each pay their share
+of it), so fusing moves the add from ``fixed_ms`` into the layer rows and leaves totals unchanged.
 
 Dual-core: a layer's output channels are split between two units, each at its own precision. Each
 unit pays its own overhead and stages the whole input (a depthwise unit: its channel slice). The layer
@@ -57,7 +59,7 @@ def _as_operator(layer) -> Operator:
                         in_shape=tuple(layer["in_shape"]), out_shape=tuple(layer["out_shape"]),
                         macs=int(layer["macs"]), kernel=tuple(layer.get("kernel", (1, 1))),
                         stride=tuple(layer.get("stride", (1, 1))), groups=int(layer.get("groups", 1)),
-                        activations=list(layer.get("activations", [])))
+                        activations=list(layer.get("activations", [])), fused=list(layer.get("fused", [])))
     raise ValueError(f"expected a layer (Operator or analysis.json layer entry), got {type(layer).__name__}")
 
 
@@ -90,7 +92,13 @@ def layer_cycles(layer, precision: str, unit: Unit, fraction: float = 1.0) -> fl
             * lane_padding(vector_channels, unit.simd_lanes[precision])
             + op.out_elements * fraction * (unit.cycles_per_output[precision]
                                             + activation_cycles_per_element(op, precision, unit))
-            + staged * unit.cycles_per_im2col[precision])
+            + staged * unit.cycles_per_im2col[precision]
+            + fraction * fused_operator_cycles(op, unit))
+
+
+def fused_operator_cycles(op: Operator, unit: Unit) -> float:
+    """Cycles of the operators fused into ``op`` (a residual add), as they cost on their own."""
+    return sum(unit.overhead_cycles + op.out_elements * unit.elementwise_cycles[kind] for kind in op.fused)
 
 
 def activation_cycles_per_element(op: Operator, precision: str, unit: Unit) -> float:

@@ -16,13 +16,19 @@ of ``features.2``: 112·112·96 + 56·56·96 bytes) layer-wise, and 1,404,928 B 
 expansion conv of ``features.2``: 112·112·16 + 112·112·96) — the published figures in docs/hardware.md.
 "KB" is 1024 bytes throughout, as in MCUNet and X-CUBE-AI's KiB.
 
-Storage precision of an activation under a precision mapping: a layer's precision applies to its
-weights and to its *input* activation (docs/design.md §2), so the producer writes a tensor in the format
-its consumer reads; a tensor read by several layers (a block input feeding both the expansion conv and
-the residual add) is stored at the widest of them; operators that are not layers (adds, pooling)
-pass their consumers' format through. A tensor nobody reads (the logits) keeps its producer's format.
-In the per-layer tables (the memory filter's view) every tensor the operator touches is at the layer's
-own precision.
+Storage precision of an activation under a precision mapping (docs/design.md §6.4): a layer's
+precision applies to its weights and to its *input* activation (docs/design.md §2), so the producer
+writes a tensor in the format its consumer reads. A tensor read by layers is stored at the widest of
+their read formats, and whatever else reads it (a residual add fused into a layer, a pool) reads that
+copy; a tensor only other operators read (the last feature map, read by the pool) takes the format
+their outputs are stored in (the pooled vector's: the classifier's input format). A layer split over
+two units reads one copy per distinct precision (a depthwise split: each part its channel slice). The
+network's output is float32 logits: 4 bytes per element. In the per-layer tables (the memory filter's
+view) every other tensor the operator touches is at the layer's own precision.
+
+A residual add is fused into the layer that produces its branch (graph.fuse_residual_adds): that
+layer holds its input, the skip tensor (kept alive for it) and the add's output; the pre-add tensor
+never exists.
 """
 from __future__ import annotations
 
@@ -38,6 +44,7 @@ from .flash import layer_flash_bytes, weight_bytes
 from .graph import NetworkAnalysis, Operator, as_analysis
 
 KB = 1024
+OUTPUT_BYTES_PER_ELEMENT = 4.0  # the network's output: float32 logits
 
 
 def layer_input_factor(op: "Operator", parts: Sequence[Part]) -> float:
@@ -48,11 +55,6 @@ def layer_input_factor(op: "Operator", parts: Sequence[Part]) -> float:
     if op.op == "dwconv":
         return sum(precision_bits(p.precision) / 8.0 * (p.c1 - p.c0) / op.out_channels for p in parts)
     return sum(precision_bits(pr) / 8.0 for pr in {p.precision for p in parts})
-
-
-def layer_output_factor(op: "Operator", parts: Sequence[Part]) -> float:
-    """Bytes per element of a layer's output when nothing reads it later (the network output)."""
-    return sum(precision_bits(p.precision) / 8.0 * (p.c1 - p.c0) / op.out_channels for p in parts)
 
 
 def _inplace_ok(a: NetworkAnalysis, op: Operator) -> bool:
@@ -88,10 +90,17 @@ def operator_bytes(a: NetworkAnalysis, op: Operator, tensor_size: Callable[[int]
     return {"input": inputs, "output": output, "kept": kept, "live": live}
 
 
+def _output_precision(a: NetworkAnalysis, op: Operator) -> Optional[str]:
+    """'fp32' for the layer writing the network output (the float32 logits), else None."""
+    return "fp32" if op.output in a.output_ids else None
+
+
 def uniform_size(a: NetworkAnalysis, precision: str) -> Callable[[int], int]:
-    """tensor id → bytes with every tensor at ``precision``."""
+    """tensor id → bytes with every tensor at ``precision``, the network output at float32."""
     bits = precision_bits(precision)
-    return lambda t: tensor_bytes(a.tensors[t].elements, bits)
+    outputs = set(a.output_ids)
+    return lambda t: (tensor_bytes(a.tensors[t].elements, OUTPUT_BYTES_PER_ELEMENT, factor=True) if t in outputs
+                      else tensor_bytes(a.tensors[t].elements, bits))
 
 
 def layer_bytes(a: NetworkAnalysis, op: Operator, precision: str) -> Dict[str, int]:
@@ -100,7 +109,7 @@ def layer_bytes(a: NetworkAnalysis, op: Operator, precision: str) -> Dict[str, i
     b = operator_bytes(a, op, size)
     b["live_inplace"] = operator_bytes(a, op, size, True)["live"]
     b["weights"] = weight_bytes(op, precision) if op.weight_elements else 0
-    b["flash"] = layer_flash_bytes(op, precision) if op.weight_elements else 0
+    b["flash"] = layer_flash_bytes(op, precision, output_precision=_output_precision(a, op)) if op.weight_elements else 0
     return b
 
 
@@ -126,8 +135,11 @@ def dual_layer_bytes(a: NetworkAnalysis, op: Operator, parts: Sequence[Part], in
         else:
             inputs_by_precision[p.precision] = in_b
         per_unit[p.unit] = {"precision": p.precision, "channels": [p.c0, p.c1], "input": in_b,
-                            "output": out_b, "flash": layer_flash_bytes(op, p.precision, frac)}
+                            "output": out_b,
+                            "flash": layer_flash_bytes(op, p.precision, frac, _output_precision(a, op))}
     inputs = dw_inputs if op.op == "dwconv" else sum(inputs_by_precision.values())
+    if op.output in a.output_ids:
+        outputs = tensor_bytes(out_e, OUTPUT_BYTES_PER_ELEMENT, factor=True)
     widest = max(precision_bits(p.precision) for p in parts)
     kept = sum(tensor_bytes(a.tensors[t].elements, widest) for t in a.alive(op.index)
                if t not in op.inputs and t != op.output)
@@ -140,31 +152,29 @@ def dual_layer_bytes(a: NetworkAnalysis, op: Operator, parts: Sequence[Part], in
 
 def storage_factors(a: NetworkAnalysis, parts_of: Mapping[str, Sequence[Part]]) -> Dict[int, float]:
     """Bytes per element of every tensor under a mapping (module docstring: storage precision)."""
-    return resolve_storage_factors(
-        a, lambda op: layer_input_factor(op, parts_of[op.name]),
-        lambda op: layer_output_factor(op, parts_of[op.name]), max, 4.0)
+    return resolve_storage_factors(a, lambda op: layer_input_factor(op, parts_of[op.name]), max,
+                                   OUTPUT_BYTES_PER_ELEMENT)
 
 
-def resolve_storage_factors(a: NetworkAnalysis, input_factor, output_factor, combine, default):
-    """Each tensor's bytes per element: the widest of what its consumers read (a layer reads at
-    ``input_factor(op)``, any other operator passes on its output's factor); a tensor nobody reads
-    is stored as its producer layer writes it (``output_factor(op)``), else ``default``. ``combine``
-    takes the list of consumer factors, so the same walk serves plain numbers and the search's
-    differentiable expectations."""
+def resolve_storage_factors(a: NetworkAnalysis, input_factor, combine, output_factor):
+    """Each tensor's bytes per element (module docstring): the widest of its layer readers'
+    ``input_factor(op)``; without a layer reader, the widest of the factors its other readers' outputs
+    are stored at (a fused residual read passes on the fusing layer's output); a tensor nobody reads
+    (the network output) ``output_factor``. ``combine`` takes the list of factors, so the same walk
+    serves plain numbers and the search's differentiable expectations."""
     factor: Dict[int, Any] = {}
     # consumers come later than producers: resolve from the last tensor backwards
     for tid in sorted(a.tensors, key=lambda i: -a.tensors[i].producer):
         t = a.tensors[tid]
-        vals = []
+        layer_reads, other_reads = [], []
         for c in t.consumers:
             op = a.operators[c]
-            vals.append(input_factor(op) if op.is_layer else factor[op.output])
-        if vals:
-            factor[tid] = combine(vals)
-        elif t.producer >= 0 and a.operators[t.producer].is_layer:
-            factor[tid] = output_factor(a.operators[t.producer])
-        else:
-            factor[tid] = default
+            if op.is_layer and op.inputs[0] == tid:
+                layer_reads.append(input_factor(op))
+            else:
+                other_reads.append(factor[op.output])
+        reads = layer_reads or other_reads
+        factor[tid] = combine(reads) if reads else output_factor
     return factor
 
 
@@ -187,7 +197,7 @@ def peak_ram_bytes(analysis, mapping: Mapping[str, Any], inplace_depthwise: bool
 class ExpectedPeak:
     """Peak RAM as a differentiable function of π: the memory model above (every tensor alive while an
     operator runs, each stored at the widest precision its consumers read) with each layer's
-    read/write width replaced by its expectation under π. At one-hot π it is exactly
+    read width replaced by its expectation under π. At one-hot π it is exactly
     ``peak_ram_bytes`` of that mapping; a per-layer estimate is not, because a tensor is stored at
     its *consumer's* precision and residual inputs stay alive across blocks."""
 
@@ -195,25 +205,22 @@ class ExpectedPeak:
                  inplace_depthwise: bool = False):
         self.analysis = analysis
         self.inplace = inplace_depthwise
-        self.read, self.write = {}, {}
+        self.read = {}
         for name, labels in option_labels.items():
             op = analysis.layer(name)
             parts = [entry_parts(name, op.out_channels, label) for label in labels]
             self.read[name] = torch.tensor([layer_input_factor(op, p) for p in parts])
-            self.write[name] = torch.tensor([layer_output_factor(op, p) for p in parts])
         self.elements = {tid: float(t.elements) for tid, t in analysis.tensors.items()}
 
     def to(self, device) -> "ExpectedPeak":
         self.read = {k: v.to(device) for k, v in self.read.items()}
-        self.write = {k: v.to(device) for k, v in self.write.items()}
         return self
 
     def __call__(self, probs: Mapping[str, torch.Tensor]) -> torch.Tensor:
         read = {n: (probs[n] * v).sum() for n, v in self.read.items()}
-        write = {n: (probs[n] * v).sum() for n, v in self.write.items()}
-        default = torch.tensor(4.0, device=next(iter(read.values())).device)
+        default = torch.tensor(OUTPUT_BYTES_PER_ELEMENT, device=next(iter(read.values())).device)
         factor = resolve_storage_factors(
-            self.analysis, lambda op: read[op.name], lambda op: write[op.name],
+            self.analysis, lambda op: read[op.name],
             lambda vals: vals[0] if len(vals) == 1 else torch.stack(vals).max(), default)
         size = lambda t: self.elements[t] * factor[t]  # noqa: E731
         live = [operator_bytes(self.analysis, op, size, self.inplace)["live"] for op in self.analysis.operators]

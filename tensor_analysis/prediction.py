@@ -7,7 +7,7 @@ from typing import Any, Dict, List, Mapping, Optional
 
 from models.mapping import Part, dual_option_key
 
-from .flash import layer_flash_bytes
+from .flash import flash_by_operator
 from .graph import as_analysis
 from .latency import fixed_operator_ms, layer_cycles, parts_latency
 from .memory import mapping_live_bytes
@@ -30,6 +30,7 @@ def predict_network(analysis, mapping: Mapping[str, Any], profile, clock_mhz: Op
             if p.unit is not None:
                 prof.unit(p.unit)
     live = dict((op.name, b) for op, b in mapping_live_bytes(a, mapping))
+    flash_of = flash_by_operator(a, mapping)
     live_inplace = dict((op.name, b) for op, b in mapping_live_bytes(a, mapping, inplace_depthwise=True))
     busy_total = {n: 0.0 for n in prof.units}
     rows, total = [], 0.0
@@ -45,19 +46,18 @@ def predict_network(analysis, mapping: Mapping[str, Any], profile, clock_mhz: Op
             else:
                 ms, busy = parts_latency(a, op, parts, prof, clock_mhz)
             label = parts[0].precision if len(parts) == 1 else dual_option_key(parts)
-            flash = sum(layer_flash_bytes(op, p.precision, (p.c1 - p.c0) / op.out_channels) for p in parts)
             where = parts[0].unit if len(parts) == 1 else "+".join(p.unit for p in parts)
         else:
             ms = fixed_operator_ms(op, prof, clock_mhz, run_on)
             busy = {run_on: ms}
-            label, flash, where = "-", 0, run_on
+            label, where = "-", run_on
         for k, v in busy.items():
             busy_total[k] += v
         total += ms
         rows.append({"name": op.name, "op": op.op, "layer": op.is_layer, "precision": label, "unit": where,
                      "out_shape": list(op.out_shape), "macs": op.macs, "mmacs": op.macs / 1e6, "ms": ms,
                      "units_ms": busy, "live_bytes": live[op.name], "live_bytes_inplace": live_inplace[op.name],
-                     "flash_bytes": flash})
+                     "flash_bytes": flash_of[op.name]})
     peak = max(live.values())
     peak_in = max(live_inplace.values())
     flash_total = sum(r["flash_bytes"] for r in rows)

@@ -39,25 +39,26 @@ def test_se_block_operators_activations_and_macs(se_block):
         ("block.2.fc1", "pwconv", ["silu"]),       # SiLU inside B0's SE
         ("block.2.fc2", "pwconv", ["sigmoid"]),
         ("block.2.mul", "mul", []),
-        ("block.3.0", "pwconv", []),               # linear projection
-        ("add", "add", [])]                        # stochastic depth is the identity: no operator
+        ("block.3.0", "pwconv", [])]               # linear projection, the residual add fused into it
+    # stochastic depth is the identity: no operator, so the add's operand is the projection's output
+    assert a.layer("block.3.0").fused == ["add"]
     assert a.macs == 16 * 96 * 64 + 96 * 9 * 64 + 96 * 4 + 4 * 96 + 96 * 16 * 64
 
 
 def test_se_block_live_bytes_by_hand(se_block):
     """INT8 bytes = elements. X block input 1024, E expanded 6144, D depthwise output 6144, p pooled 96,
-    s1 squeezed 4, s scale 96, M = D·s 6144, P projection 1024, Y sum 1024. X stays alive to the add;
-    D stays alive from the pool through fc1, fc2 to the multiply."""
+    s1 squeezed 4, s scale 96, M = D·s 6144, Y sum 1024 (the projection adds X in its epilogue: no
+    pre-add tensor). X stays alive to the add; D stays alive from the pool through fc1, fc2 to the
+    multiply."""
     a = se_block
-    X, E, D, p, s1, s, M, P, Y = 1024, 6144, 6144, 96, 4, 96, 6144, 1024, 1024
+    X, E, D, p, s1, s, M, Y = 1024, 6144, 6144, 96, 4, 96, 6144, 1024
     layerwise = [X + E,                # expand (X is its input)
                  E + D + X,            # depthwise, X kept
                  D + p + X,            # pool
                  p + s1 + D + X,       # fc1: D and X kept
                  s1 + s + D + X,       # fc2
                  s + D + M + X,        # multiply: scale, D, product, X kept
-                 M + P + X,            # projection
-                 X + P + Y]            # residual add
+                 M + X + 4 * Y]        # projection with the residual add; Y is this graph's output: float32
     inplace = list(layerwise)
     inplace[1] = X + max(E, D) + 64    # in-place depthwise: one 8×8 output channel extra
     inplace[5] = s + D + X             # the SE product overwrites D (a 1×1 depthwise product)
@@ -151,8 +152,10 @@ def test_efficientnet_b0_graph_counts():
     ops = [o.op for o in a.operators]
     # 16 MBConv blocks, each with SE (pool + multiply); residual adds where stride 1 and in == out:
     # Σ (repeats − 1) over the stages (1, 2, 2, 3, 3, 4, 1) = 9 at width 1.0 (narrower widths round
-    # some channel counts together and gain residuals, as torchvision's); plus the head's pool
-    assert ops.count("mul") == 16 and ops.count("add") == 9 and ops.count("pool") == 17
+    # some channel counts together and gain residuals, as torchvision's), each fused into its
+    # projection; plus the head's pool
+    assert ops.count("mul") == 16 and ops.count("add") == 0 and ops.count("pool") == 17
+    assert sum(o.fused == ["add"] for o in a.operators) == 9
     assert sum(1 for o in a.operators if "silu" in o.activations) == 1 + 16 * 2 - 1 + 16 + 1  # stem, expand+dw, fc1, head
     assert not any("stochastic" in o.name for o in a.operators)
 

@@ -148,10 +148,13 @@ def test_split_latency_is_max_of_parts_plus_overhead_by_hand(tmp_path):
     macs, outs, k = cout * ho * wo * cin, cout * ho * wo, cout * 3 // 4
     assert op.macs == macs
     key = dual_option_key([Part("a", "int8", 0, k), Part("b", "int4", k, cout)])
+    # the block's residual add is fused into this projection: each unit pays its share of the add's
+    # cost as an operator of its own (overhead only: the profile has no element-wise cycles)
+    assert op.fused == ["add"]
     # unit a: 3/4 of the channels at 2 cycles/MAC and 4 cycles/output, 100 MHz
-    t_a = (1000 + macs * 0.75 * 2.0 + outs * 0.75 * 4.0) / 100e3
+    t_a = (1000 + macs * 0.75 * 2.0 + outs * 0.75 * 4.0 + 0.75 * 1000) / 100e3
     # unit b: 1/4 at 3 cycles/MAC, 8 cycles/output, 50 MHz
-    t_b = (500 + macs * 0.25 * 3.0 + outs * 0.25 * 8.0) / 50e3
+    t_b = (500 + macs * 0.25 * 3.0 + outs * 0.25 * 8.0 + 0.25 * 500) / 50e3
     # hand-over: fixed sync + 0.5 cycle per byte b reads (whole input, int4) and writes (its output, int4)
     moved = math.ceil(cin * h * w / 2) + math.ceil(outs / 4 / 2)
     expected = max(t_a, t_b) * 1.1 + (2000 + 0.5 * moved) / 100e3

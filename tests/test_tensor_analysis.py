@@ -114,25 +114,28 @@ def two_block():
 
 def test_two_block_operators_and_live_bytes_by_hand(two_block):
     a = two_block
+    # the residual add is fused into b1_project.0: it reads X1 (the stem's output) in its epilogue
     assert [(o.name, o.op) for o in a.operators] == [
         ("stem.0", "conv"), ("b1_expand.0", "pwconv"), ("b1_dw.0", "dwconv"), ("b1_project.0", "pwconv"),
-        ("add", "add"), ("b2_expand.0", "pwconv"), ("b2_dw.0", "dwconv"), ("b2_project.0", "pwconv"),
+        ("b2_expand.0", "pwconv"), ("b2_dw.0", "dwconv"), ("b2_project.0", "pwconv"),
         ("pool", "pool"), ("fc", "linear")]
+    project = a.layer("b1_project.0")
+    assert project.fused == ["add"] and project.residual == a.operators[0].output
+    assert a.operators[4].inputs == [project.output]
     assert a.macs == 8 * 8 * 4 * 3 * 9 + 2048 + 8 * 8 * 8 * 9 + 2048 + 2048 + 4 * 4 * 8 * 9 + 4 * 4 * 6 * 8 + 18
     # INT8 bytes = elements. X1 = stem output (256) stays alive through block 1 for the residual add.
     layerwise = [192 + 256,            # stem: image + X1
                  256 + 512,            # expand: X1 + E1
                  512 + 512 + 256,      # depthwise: E1 + D1 + X1 kept
-                 512 + 256 + 256,      # project: D1 + P1 + X1 kept
-                 256 + 256 + 256,      # add: X1 + P1 + Y1
+                 512 + 256 + 256,      # project with the add: D1 + X1 kept + Y1 (no pre-add tensor)
                  256 + 512,            # expand: Y1 + E2
                  512 + 128,            # depthwise stride 2: E2 + D2 (8×4×4)
                  128 + 96,             # project: D2 + P2 (6×4×4)
                  96 + 6,               # pool
-                 6 + 3]                # linear
+                 6 + 3 * 4]            # linear: the logits are float32
     inplace = list(layerwise)
     inplace[2] = 256 + 512 + 64        # X1 kept + max(E1, D1) + one 8×8 output channel
-    inplace[6] = 512 + 16              # max(E2, D2) + one 4×4 output channel
+    inplace[5] = 512 + 16              # max(E2, D2) + one 4×4 output channel
     got = [b for _, b in mapping_live_bytes(a, uniform(a, "int8"))]
     assert got == layerwise
     assert [b for _, b in mapping_live_bytes(a, uniform(a, "int8"), inplace_depthwise=True)] == inplace
@@ -148,20 +151,26 @@ def test_two_block_operators_and_live_bytes_by_hand(two_block):
 def test_two_block_mixed_mapping_stores_each_tensor_as_its_consumer_reads_it(two_block):
     a = two_block
     m = uniform(a, "int8")
-    m["b1_expand.0"] = "fp32"     # X1 feeds this layer (fp32) and the add → next expand (int8): stored fp32
+    m["b1_expand.0"] = "fp32"     # X1 feeds this layer (fp32) and the fused add: stored fp32, the add reads it
     m["b1_project.0"] = "int4"    # D1 is read by this layer: stored int4
     got = [b for _, b in mapping_live_bytes(a, m)]
-    assert got[:5] == [192 + 1024,           # image (int8) + X1 (fp32)
+    assert got[:4] == [192 + 1024,           # image (int8) + X1 (fp32)
                        1024 + 512,           # X1 + E1 (int8, read by the depthwise)
                        512 + 256 + 1024,     # E1 + D1 (int4: 512 values) + X1 kept
-                       256 + 256 + 1024,     # D1 + P1 (int8) + X1
-                       1024 + 256 + 256]     # add: X1 + P1 + Y1
+                       256 + 1024 + 256]     # D1 + X1 (the fused add reads the fp32 copy) + Y1 (int8)
     assert peak_ram_bytes(a, m) == 1792
-    # Flash: packed weights + per-channel bias/scale (int: 8 B, float: 4 B per output channel)
+    # Flash, as the C export lays it out: packed weights + descriptors (part 60 B, output 64 B, buffer
+    # 20 B) + per output channel 17 B of fixed-point constants (int → int), 25 B with a fused residual,
+    # 8 B of float scale and offset otherwise (the logits are float32)
     layer = a.layer("b1_expand.0")
-    assert layer_flash_bytes(layer, "int4") == 16 + 8 * 8 and layer_flash_bytes(layer, "fp32") == 128 + 8 * 4
-    assert layer_flash_bytes(a.layer("fc"), "int2") == 5 + 3 * 8  # 18 weights at 2 bits → 5 bytes
-    assert flash_bytes(a, uniform(a, "int8")) == sum(o.params - o.bias_elements + 8 * o.out_channels for o in a.layers)
+    assert layer_flash_bytes(layer, "int4") == 16 + 144 + 8 * 17 and layer_flash_bytes(layer, "fp32") == 128 + 144 + 8 * 8
+    assert layer_flash_bytes(a.layer("fc"), "int2", output_precision="fp32") == 5 + 144 + 3 * 8  # 18 weights: 5 B
+    assert layer_flash_bytes(a.layer("b1_project.0"), "int8") == 32 + 144 + 6 + 4 * 25  # + the skip's slice
+    weights = sum(o.params - o.bias_elements for o in a.layers)
+    per_channel = sum((8 if o.name == "fc" else 25 if o.residual is not None else 17) * o.out_channels for o in a.layers)
+    image = 16 + 24 + 20  # the quantizer, its output, the image's buffer
+    assert flash_bytes(a, uniform(a, "int8")) == (weights + per_channel + 124 * len(a.layers) + 20 * len(a.layers)
+                                                  + 6 + image + 12 + 20)  # skip slice, pool + its buffer
 
 
 def test_dual_option_bytes_by_hand(two_block):
