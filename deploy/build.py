@@ -9,7 +9,7 @@ PyTorch (eval mode) on the test split. The conversion, layer by layer (docs/desi
 * **Integer layers** (int8/4/2): the int32 accumulator is ``Σ q·(2u − L_w)`` over the input codes q
   (PACT) and the DoReFa weight codes u exactly as training rounded them (``models.quantizers.
   dorefa_codes``), so a weight is never re-rounded. Its real value is ``acc · step_in · s_c / L_w``
-  (``s_c`` the channel's DoReFa scale); BatchNorm folds into that per-channel multiplier and a bias:
+  (``s_c`` the channel's least-squares scale, ``models.quantizers.weight_scale``); BatchNorm folds into that per-channel multiplier and a bias:
   ``y_c = A_c·acc + C_c``. Written to an int buffer, the part requantises in fixed point
   (``ir.requantizer``) with the consumer's PACT grid and the activation folded into the clamp.
 * **Float layers**: fp16 layers hold weights and the tensors they read as IEEE half and accumulate in
@@ -51,11 +51,11 @@ from deploy import reference
 from models.dual import build_dual_network
 from models.files import load_checkpoint, read_json
 from models.layers import MIXED_LAYER_TYPES
-from models.mapping import Part, load_mapping
+from models.mapping import Part, check_final_matches, load_mapping
 from models.mixture import get_compile, set_compile
 from models.network import mixed_layers
 from models.precisions import PRECISIONS
-from models.quantizers import dorefa_codes, dorefa_scale
+from models.quantizers import dorefa_codes, weight_scale
 from models.registry import check_same_model
 from tensor_analysis.analysis_file import load_analysis_json
 from tensor_analysis.graph import NetworkAnalysis, Operator, analyze_network, as_analysis
@@ -125,6 +125,7 @@ def _check_mapping_matches_checkpoint(run_dir: str, checkpoint: Mapping[str, Any
                                       summary: Mapping[str, Any]) -> None:
     """What a checkpoint or summary.json records of the mapping must be mapping.json's."""
     where = f"{run_dir}: mapping.json disagrees with final.pt"
+    check_final_matches(checkpoint, mapping, os.path.join(run_dir, "mapping.json"))
     recorded = checkpoint.get("mapping")
     if isinstance(recorded, Mapping):
         differ = sorted(n for n in set(recorded) | set(mapping) if recorded.get(n) != mapping.get(n))
@@ -318,7 +319,7 @@ def _int_weights(layer, precision: str, c0: int, c1: int) -> Tuple[np.ndarray, n
     with torch.no_grad():
         w = layer.weight.detach().float()
         codes = dorefa_codes(w, bits, layer.weight_per_channel)
-        scale = dorefa_scale(w, layer.weight_per_channel).reshape(-1)
+        scale = weight_scale(w, bits, layer.weight_per_channel).reshape(-1)
     if scale.numel() == 1:
         scale = scale.expand(w.shape[0])
     codes = codes[c0:c1].numpy().astype(np.int64)

@@ -51,7 +51,7 @@ def quantize_weight_dorefa(w: torch.Tensor, bits: int, per_channel: bool = True)
 
 def dorefa_codes(w: torch.Tensor, bits: int, per_channel: bool = True) -> torch.Tensor:
     """The integer codes u in {0..L} (L = 2^k − 1) of ``quantize_weight_dorefa``: the quantized weight
-    is (2u − L)/L, times ``dorefa_scale`` in the layers. The same float32 operations, so the codes
+    is (2u − L)/L, times ``weight_scale`` in the layers. The same float32 operations, so the codes
     are exactly the ones training used (round_ste's value is the rounded value)."""
     check_int_bits(bits, "dorefa_codes")
     return torch.round((2 ** bits - 1) * _dorefa_unit(w, per_channel))
@@ -73,6 +73,12 @@ def quantize_weight_scaled(w: torch.Tensor, bits: int, per_channel: bool = True)
     requantisation multiplier."""
     q = quantize_weight_dorefa(w, bits, per_channel)
     return q * least_squares_scale(w, q, per_channel)
+
+
+def weight_scale(w: torch.Tensor, bits: int, per_channel: bool = True) -> torch.Tensor:
+    """The per-channel multiplier s of ``quantize_weight_scaled``: its weights are s·(2u − L)/L with the
+    codes u of ``dorefa_codes``. What an integer kernel folds into its requantisation."""
+    return least_squares_scale(w, quantize_weight_dorefa(w, bits, per_channel), per_channel)
 
 
 def quantize_activation_pact(x: torch.Tensor, clip: torch.Tensor, bits: int,

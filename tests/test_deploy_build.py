@@ -84,7 +84,8 @@ def stage1_run(tmp_path_factory):
     (folder / "analysis.json").write_text(json.dumps(doc))
     r = run_script(STAGE1, "--tensor_analysis_json", folder / "analysis.json", "--epochs", "1", "--warmup_epochs", "0",
                    "--finetune_epochs", "0", "--batch_size", "16", "--limit_train", "64", "--limit_eval", "32",
-                   "--output_dir", folder / "run", "--device", "cpu", "--compile", "off", "--threads", "1")
+                   "--output_dir", folder / "run", "--device", "cpu", "--compile", "off", "--threads", "1",
+                   "--dataset", "digits")
     assert r.returncode == 0, r.stderr[-3000:]
     return folder / "run"
 
@@ -138,6 +139,17 @@ def split_run(tmp_path_factory):
 # ----------------------------------------------------------------------------------------------------
 # The reference against PyTorch, the C build against the reference
 # ----------------------------------------------------------------------------------------------------
+def assert_logits_agree(agreement):
+    """PyTorch rounds activations from float32, the reference from a fixed-point product: a value within
+    float error of a rounding boundary may land one LSB apart, which moves that image's logits by up to
+    a few per cent. Most images must match to float precision, and none may be far off."""
+    scale = max(float(np.abs(agreement.pytorch_logits).max()), 1.0)
+    per_image = np.abs(agreement.reference_logits.astype(np.float64)
+                       - agreement.pytorch_logits.astype(np.float64)).max(axis=1)
+    assert (per_image <= 1e-4 * scale).mean() >= 0.9, np.sort(per_image)[::-1][:5]
+    assert per_image.max() <= 0.1 * scale
+
+
 def test_stage1_run_converts_and_the_reference_agrees_with_pytorch(stage1_run):
     run = load_run(str(stage1_run))
     net = build_integer_network(run)
@@ -150,8 +162,7 @@ def test_stage1_run_converts_and_the_reference_agrees_with_pytorch(stage1_run):
     images, labels = load_test_images(run)
     agreement = compare_with_pytorch(net, run.model, images, labels)
     assert agreement.images == 32 and agreement.top1_agreement >= 0.995
-    scale = float(np.abs(agreement.pytorch_logits).max())
-    assert agreement.max_abs_logit_difference <= 1e-3 * max(scale, 1.0)
+    assert_logits_agree(agreement)
     # the memory model's peak is the arena the planner finds
     from tensor_analysis.memory import peak_ram_bytes
     assert net.arena_bytes == peak_ram_bytes(run.analysis, run.mapping)
@@ -171,7 +182,7 @@ def test_split_layers_run_part_after_part_like_the_unsplit_network(split_run):
     images, labels = load_test_images(run)
     agreement = compare_with_pytorch(net, run.model, images, labels)
     assert agreement.top1_agreement >= 0.995
-    assert agreement.max_abs_logit_difference <= 1e-3 * max(float(np.abs(agreement.pytorch_logits).max()), 1.0)
+    assert_logits_agree(agreement)
 
 
 def test_a_split_at_one_precision_computes_the_unsplit_networks_bytes(tmp_path):
@@ -274,11 +285,11 @@ def test_bad_run_directories_give_one_line_and_a_non_zero_exit(stage1_run, tmp_p
     save_checkpoint({"spec": checkpoint["spec"], "model": checkpoint["model"]}, str(other_kind / "final.pt"))
     os.remove(other_kind / "summary.json")
     cases.append(("mapping.json disagrees with final.pt", other_kind))
-    # int8 → int4 loads into the same tensors: what the run recorded (summary.json) still says int8
+    # int8 → int4 loads into the same tensors: final.pt records the digest of the mapping it was trained with
     other_bits = copy_run(stage1_run, tmp_path / "other_bits")
     doc["layers"][name] = "int4"
     (other_bits / "mapping.json").write_text(json.dumps(doc))
-    cases.append(("mapping.json disagrees with final.pt", other_bits))
+    cases.append(("mapping.json: does not belong to final.pt's network", other_bits))
     for message, run_dir in cases:
         r = export_cli(capsys, "--run_dir", run_dir, "--output_dir", tmp_path / "out")
         assert r.returncode == 2, (message, r.stderr)
