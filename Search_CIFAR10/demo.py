@@ -14,6 +14,8 @@ INT8 fits everywhere. Steps, each one of the user-facing command-line tools with
   int8        uniform INT8 reference: the same script restricted to int8 (plain QAT) → search/int8/
   sweep_*     short stage-1 runs over λ without a target (the accuracy/latency trade-off) → search/lam*/
   stage2      dual-core search on the stage-1 result         → stage2/
+  export      the stage-1 network as integer C, built and run on the host (gcc) and, when the ARM
+              toolchain is installed, on a Cortex-M7 under QEMU; bit-exact check → deploy/stage1_c/
   summary     one table of the stage-1 runs (summarize_runs.py)
   report      report.md + report.html (make_report.py)
 
@@ -48,6 +50,7 @@ STAGE1 = "Search_CIFAR10/dnas/dnas_search_cifar10_mbv2.py"
 STAGE2 = "Search_CIFAR10/dnas_multicore/dnas_cifar10_search_multicore_mbv2.py"
 SUMMARIZE = "Search_CIFAR10/dnas/summarize_runs.py"
 REPORT = "Search_CIFAR10/make_report.py"
+EXPORT_C = "deploy/export_c.py"
 
 
 @dataclass
@@ -221,13 +224,20 @@ def plan(cfg: DemoConfig) -> List[Step]:
             resume_file=os.path.join(out, "checkpoint_last.pt"),
             resume_argv=lambda out=out: [STAGE1, "--resume", "--output_dir", out]))
     searches = [s.name for s in steps if s.name not in ("pretrain", "filter", "dual", "lut")]
+    steps.append(Step(
+        "export", "integer C export of the stage-1 network, built and run on the host"
+                  + (" and on a Cortex-M7 (QEMU)" if m7_toolchain_installed() else
+                     " (no ARM toolchain: the Cortex-M7 build is skipped, README 'Deployment')"),
+        lambda: [EXPORT_C, "--run_dir", p("search", "stage1"), "--output_dir", p("deploy", "stage1_c"),
+                 "--run", "host"] + (["--run", "m7"] if m7_toolchain_installed() else []),
+        p("deploy", "stage1_c", "deployment.json"), needs=("stage1",)))
     steps += [
         Step("summary", "one table of the stage-1 runs",
              lambda: [SUMMARIZE, p("search"), "--markdown", p("search", "runs.md")],
              p("search", "runs.md"), needs=tuple(searches), always=True),
         Step("report", "the report: report.md and a self-contained report.html",
              lambda: [REPORT, "--runs", cfg.output_dir, "--output", p("report.md")],
-             p("report.html"), needs=tuple(searches), always=True),
+             p("report.html"), needs=tuple(searches) + ("export",), always=True),
     ]
     return steps
 
@@ -235,6 +245,11 @@ def plan(cfg: DemoConfig) -> List[Step]:
 # ----------------------------------------------------------------------------------------------------
 # What the demo says between steps
 # ----------------------------------------------------------------------------------------------------
+def m7_toolchain_installed() -> bool:
+    """The Cortex-M7 cross-compiler and the emulator the export's m7 target needs."""
+    return all(shutil.which(tool) for tool in ("arm-none-eabi-gcc", "arm-none-eabi-size", "qemu-system-arm"))
+
+
 def print_filter_effect(cfg: DemoConfig) -> None:
     effect = memory_filter_effect(cfg.analysis_file)
     peaks = effect["uniform_peak_kb"]

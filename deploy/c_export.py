@@ -41,8 +41,9 @@ KERNEL_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "c")
 KERNEL_FILES = ("adaptq.h", "adaptq.c", "main.c", "startup_m7.c", "mps2_an500.ld", "Makefile")
 GUARD_BYTES = 16  # the Makefile's GUARD_BYTES
 # Everything the exporter writes; an existing folder holding anything else is not replaced.
+DEPLOYMENT_FILE = "deployment.json"  # export_c.py's record of what it measured
 EXPORT_FILES = set(KERNEL_FILES) | {"model.h", "model.c", "test_data.h", "test_data.c", "network.json", "README.md",
-                                    "build"}
+                                    "build", DEPLOYMENT_FILE}
 # PSRAM of mps2-an500 less room for the stack, which QEMU's semihosting puts at its top.
 M7_TEST_DATA_LIMIT = 15 * 2 ** 20
 KINDS = {"int": "ADAPTQ_INT", "fp16": "ADAPTQ_FP16", "fp32": "ADAPTQ_FP32"}

@@ -11,7 +11,9 @@ run's whole test split (top-1 agreement, largest |logit difference|), writes the
 first --images test images and the reference's outputs for them, and prints the model's Flash and RAM
 next to what the analysis the run was searched with predicts (Flash measured with arm-none-eabi-size
 when the toolchain is there). A network whose arena exceeds the profile's RAM is still exported, with
-a warning that gives both figures. The output folder is replaced as a whole or not at all.
+a warning that gives both figures. The output folder is replaced as a whole or not at all; what was
+measured (agreement, sizes, each --run target's bit-exact count) goes to its deployment.json, which
+the report reads.
 """
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ import os
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..")))
 
@@ -28,12 +30,14 @@ import torch  # noqa: E402
 from deploy import c_export  # noqa: E402
 from deploy.build import Agreement, Run, build_integer_network, compare_with_pytorch, load_run, load_test_images  # noqa: E402
 from deploy.ir import IntegerNetwork  # noqa: E402
+from models.files import write_json_atomic  # noqa: E402
 from tensor_analysis.cli import Parser, non_negative_int, positive_int, run_cli  # noqa: E402
 from tensor_analysis.flash import flash_bytes  # noqa: E402
 from tensor_analysis.memory import KB, peak_ram_bytes  # noqa: E402
 from tensor_analysis.profiles import load_profile  # noqa: E402
 
 TARGETS = ("host", "m7")
+DEPLOYMENT_FILE = c_export.DEPLOYMENT_FILE
 SIZE_TOLERANCE = 0.05  # measured vs predicted: the bound the tests hold the Flash and RAM models to
 
 
@@ -116,7 +120,30 @@ def export_run(run_dir: str, output_dir: str, images: Optional[int] = None, hard
                           int(profile.ram_kb * KB) if profile.ram_kb else None, seconds=seconds)
     for target in targets:
         result.harness[target] = c_export.run_harness(folder, target)
+    write_json_atomic(deployment_record(result), os.path.join(folder, DEPLOYMENT_FILE))
     return result
+
+
+def deployment_record(result: ExportResult) -> Dict[str, Any]:
+    """``deployment.json``: what the export measured, for the report (docs/file_formats.md)."""
+    a = result.agreement
+    return {
+        "format": "adaptqnet/deployment/1",
+        "run_dir": result.run.run_dir,
+        "model": result.run.spec.get("type"),
+        "hardware": result.run.hardware,
+        "images": result.images,
+        "agreement": None if a is None else {
+            "images": a.images, "top1_agreement": a.top1_agreement,
+            "max_abs_logit_difference": a.max_abs_logit_difference,
+            "reference_accuracy": a.reference_accuracy, "pytorch_accuracy": a.pytorch_accuracy},
+        "sizes": [{"what": row.what, "measured_bytes": row.measured, "predicted_bytes": row.predicted}
+                  for row in result.sizes],
+        "ram_limit_bytes": result.ram_limit_bytes,
+        "targets": {target: {"passed": h.passed, "bit_exact": h.bit_exact, "images": h.count, "correct": h.correct,
+                             "build_seconds": h.build_seconds, "run_seconds": h.run_seconds}
+                    for target, h in result.harness.items()},
+    }
 
 
 def report(result: ExportResult) -> str:

@@ -33,6 +33,9 @@ def parser_for(script: str) -> argparse.ArgumentParser:
     if script == demo.REPORT:
         from Search_CIFAR10.make_report import build_parser
         return build_parser()
+    if script == demo.EXPORT_C:
+        from deploy.export_c import build_parser
+        return build_parser()
     parser = argparse.ArgumentParser()
     if script == demo.STAGE1:
         from Search_CIFAR10.dnas.stage1 import add_stage1_args
@@ -55,7 +58,9 @@ def test_every_demo_command_is_accepted_by_its_tool(tmp_path, monkeypatch):
     steps = plan(cfg)
     names = [s.name for s in steps]
     assert names[:4] == ["pretrain", "filter", "dual", "lut"] and names[-2:] == ["summary", "report"]
-    assert {"stage1", "stage2", "int8"} <= set(names) and sum(n.startswith("sweep_") for n in names) >= 3
+    assert {"stage1", "stage2", "int8", "export"} <= set(names) and sum(n.startswith("sweep_") for n in names) >= 3
+    export = next(s for s in steps if s.name == "export")
+    assert "stage1" in export.needs and "export" in next(s for s in steps if s.name == "report").needs
 
     def fail(self, message):
         raise AssertionError(f"{self.prog}: {message}")
@@ -71,6 +76,8 @@ def test_every_demo_command_is_accepted_by_its_tool(tmp_path, monkeypatch):
                 assert args.memory_budget_kb == cfg.memory_budget_kb
             if step.name == "int8" and build is step.argv:
                 assert args.int_only and args.protect == ["*=int8"]
+            if step.name == "export":
+                assert args.run_dir == cfg.path("search", "stage1") and "host" in args.run
     # the budget sits between the all-INT8 and the all-FP32 peak of the demo's network, so the filter
     # removes options without leaving a layer none
     peaks = totals(analyze_network({"type": cfg.model, "width_mult": cfg.width_mult, "input_size": cfg.input_size,

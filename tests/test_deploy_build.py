@@ -215,6 +215,12 @@ def export_and_check(run_dir, out, targets, images=IMAGES, agreement_images=None
         h = result.harness[target]
         assert h.returncode == 0, (h.output + h.errors)[-3000:]
         assert h.output.strip().splitlines()[-1] == f"bit-exact: {images}/{images}"
+    # what the report reads: the same figures, in the folder it describes
+    record = json.loads((out / "deployment.json").read_text())
+    assert record["run_dir"] == os.path.abspath(run_dir) and record["images"] == images
+    assert {t: (r["passed"], r["bit_exact"], r["images"]) for t, r in record["targets"].items()} == \
+        {t: (True, images, images) for t in targets}
+    assert [r["predicted_bytes"] for r in record["sizes"]] == [row.predicted for row in result.sizes]
     return result
 
 

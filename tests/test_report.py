@@ -169,6 +169,7 @@ def test_report_without_stage2(runs):
     assert "The test split has 200 images: one image is 0.50 percentage points" in md
     assert "1 layer(s) were changed before fine-tuning so that it meets it: `features.0.0` fp16→fp32." in md
     assert "No stage-2 run was given" in md and "no dual-core timeline" in md
+    assert "No integer export was given" in md
     # the memory filter removed fp32 from the one layer whose FP32 live bytes exceed 128 KB
     removed = table_row(md, "`features.1.conv.0.0`")
     assert removed[1:4] == ["dwconv", "160.0", "fp32"]
@@ -212,6 +213,32 @@ def test_report_with_stage2_and_cli(run_python, runs):
     files = sorted(os.listdir(tmp_path / "rep" / "demo_files"))
     assert "dual_timeline.png" in files and "precision_map_stage2.png" in files
     assert len(parsed.images) == len(files)
+
+
+def test_report_shows_the_integer_export_of_the_main_run(runs):
+    tmp_path, dirs = runs
+    export = tmp_path / "runs" / "deploy" / "stage1_c"
+    export.mkdir(parents=True)
+    (export / "deployment.json").write_text(json.dumps({
+        "format": "adaptqnet/deployment/1", "run_dir": dirs["stage1"], "model": "mobilenetv2",
+        "hardware": "stm32h747", "images": 200,
+        "agreement": {"images": 216, "top1_agreement": 1.0, "max_abs_logit_difference": 2.5e-6,
+                      "reference_accuracy": 0.97, "pytorch_accuracy": 0.97},
+        "sizes": [{"what": "Flash: model (weights + constants)", "measured_bytes": 45056, "predicted_bytes": 44032},
+                  {"what": "RAM: activation arena", "measured_bytes": 106496, "predicted_bytes": 106496}],
+        "ram_limit_bytes": 1048576,
+        "targets": {"host": {"passed": True, "bit_exact": 200, "images": 200, "correct": 193},
+                    "m7": {"passed": False, "bit_exact": 199, "images": 200, "correct": 193}}}))
+    (tmp_path / "runs" / "deploy" / "other").mkdir()
+    (tmp_path / "runs" / "deploy" / "other" / "deployment.json").write_text("[1, 2]")
+    out = tmp_path / "out" / "report.md"
+    build_report([str(tmp_path / "runs")], str(out))
+    md = out.read_text()
+    row = table_row(md, "`../runs/deploy/stage1_c`")
+    assert row[1:] == ["stage 1 (main)", "host: yes (200/200); m7: NO (199/200)", "96.50% (200 images)",
+                       "100.00% of 216, largest logit difference 2.5e-06", "44.0 KB vs 43.0 KB (+2.3%)",
+                       "104.0 KB vs 104.0 KB (+0.0%)"]
+    assert "`../runs/deploy/other/deployment.json` (not an export record" in md
 
 
 def test_report_refuses_unreadable_named_run_and_skips_unreadable_found_one(runs):

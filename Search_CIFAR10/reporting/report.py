@@ -507,6 +507,53 @@ def dual_section(doc: Document, c: Context) -> None:
                "grey = idle; numbers are layer indices).", "The stage-2 run has no dual_timeline.png.")
 
 
+def _bytes_vs(measured: Any, predicted: Any) -> str:
+    m, p = number(measured), number(predicted)
+    if p is None:
+        return "–"
+    if m is None:
+        return f"not measured (predicted {p / 1024:.1f} KB)"
+    return f"{m / 1024:.1f} KB vs {p / 1024:.1f} KB ({100 * (m - p) / p:+.1f}%)" if p else f"{m:.0f} B vs 0 B"
+
+
+def deployment_section(doc: Document, c: Context) -> None:
+    """The integer C exports (deploy/export_c.py's deployment.json) of the runs in the report."""
+    doc.heading(2, "Deployment (integer C)")
+    if not c.found.deployments:
+        doc.note("No integer export was given: `python deploy/export_c.py --run_dir RUN --output_dir OUT --run host` "
+                 "writes the C program and the deployment.json this section reads.")
+        return
+    roles = {os.path.realpath(c.main.dir): "stage 1 (main)"}
+    if c.stage2 is not None:
+        roles[os.path.realpath(c.stage2.dir)] = "stage 2"
+    rows = []
+    for path, d in c.found.deployments:
+        run_dir = str(d.get("run_dir", ""))
+        targets = section(d, "targets")
+        exact = "; ".join(f"{t}: {'yes' if section(targets, t).get('passed') else 'NO'} "
+                          f"({section(targets, t).get('bit_exact')}/{section(targets, t).get('images')})"
+                          for t in targets) or "not built"
+        first = next((section(targets, t) for t in targets if number(section(targets, t).get("images"))), {})
+        c_acc = (fmt(100 * first["correct"] / first["images"], 2, "%") + f" ({first['images']} images)"
+                 if number(first.get("correct")) is not None else "–")
+        a = section(d, "agreement")
+        agree = (f"{fmt(100 * (number(a.get('top1_agreement')) or 0), 2, '%')} of {a.get('images')}, "
+                 f"largest logit difference {number(a.get('max_abs_logit_difference')) or 0:.3g}" if a else "not measured")
+        sizes = [row for row in d.get("sizes", []) if isinstance(row, Mapping)]
+        flash = next((r for r in sizes if str(r.get("what", "")).startswith("Flash")), {})
+        arena = next((r for r in sizes if str(r.get("what", "")).startswith("RAM")), {})
+        rows.append([f"`{_rel(os.path.dirname(path), c.out_dir)}`",
+                     roles.get(os.path.realpath(run_dir), f"`{_rel(run_dir, c.out_dir)}`"), exact, c_acc, agree,
+                     _bytes_vs(flash.get("measured_bytes"), flash.get("predicted_bytes")),
+                     _bytes_vs(arena.get("measured_bytes"), arena.get("predicted_bytes"))])
+    doc.table(["C folder", "network", "bit-exact with the numpy reference", "C program test acc",
+               "reference vs PyTorch top-1", "model Flash: measured vs predicted", "arena vs predicted peak RAM"], rows)
+    doc.text("Bit-exact: the C program's float32 logits equal the numpy reference's byte for byte on the embedded "
+             "test images (host: gcc; m7: arm-none-eabi-gcc for a Cortex-M7, run on QEMU's mps2-an500, which "
+             "checks correctness and sizes, not speed). Flash measured with arm-none-eabi-size; the arena is the "
+             "planned static buffer. Predictions: the analysis the run was searched with (tensor_analysis).")
+
+
 def runs_section(doc: Document, c: Context) -> None:
     doc.heading(2, "Runs")
     keys = ("hardware_weight", "int_only", "test_acc", "val_acc", "latency_ms", "peak_ram_kb", "flash_kb",
@@ -534,7 +581,7 @@ def runs_section(doc: Document, c: Context) -> None:
 
 
 SECTIONS = (overview_section, result_section, memory_filter_section, precision_section, pareto_section,
-            dynamics_section, dual_section, runs_section)
+            dynamics_section, dual_section, deployment_section, runs_section)
 
 
 def build_report(paths: Sequence[str], output_md: str, main: Optional[str] = None,

@@ -24,6 +24,7 @@ from models.files import FileFormatError, read_json
 from models.registry import spec_differences
 
 SUMMARY = "summary.json"
+DEPLOYMENT = "deployment.json"   # deploy/export_c.py's record of an integer export
 # what must agree for two runs' accuracies and latencies to compare (strides: older summaries lack it)
 COMPARE_KEYS = ("type", "width_mult", "input_size", "num_classes")
 
@@ -88,6 +89,7 @@ class RunSet:
     runs: List[Run]
     pretrain: List[Run] = field(default_factory=list)
     problems: List[Tuple[str, str]] = field(default_factory=list)   # (path, why it was skipped)
+    deployments: List[Tuple[str, Dict[str, Any]]] = field(default_factory=list)   # (path, deployment.json)
 
 
 class RunReadError(ValueError):
@@ -215,6 +217,18 @@ def collect(paths: Sequence[str], flag: str = "--runs") -> RunSet:
                 raise ValueError(f"{s}: {run.problem}")
             else:
                 found.problems.append((s, run.problem))
+        for folder, _, files in os.walk(path):
+            if DEPLOYMENT in files:
+                where = os.path.join(folder, DEPLOYMENT)
+                try:
+                    doc = read_json(where, "integer-export record")
+                except (OSError, ValueError) as exc:
+                    found.problems.append((where, str(exc).split(": ", 1)[-1]))
+                    continue
+                if not isinstance(doc, dict) or doc.get("format") != "adaptqnet/deployment/1":
+                    found.problems.append((where, "not an export record (format adaptqnet/deployment/1)"))
+                else:
+                    found.deployments.append((where, doc))
     return found
 
 
