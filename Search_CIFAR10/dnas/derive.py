@@ -108,7 +108,7 @@ def replace_dominated(choice: Mapping[str, str], hw: HardwareCost, memory_budget
 
     The α gradient cannot tell apart precisions whose accuracy differs by less than its noise, so such a
     layer ends wherever the noise of the α steps took it, sometimes at a precision both coarser and slower
-    than one it may use (docs/experiments.md §9). A finer grid never represents less (INT2 ⊂ INT4 ⊂ INT8
+    than one it may use (docs/experiments.md §10). A finer grid never represents less (INT2 ⊂ INT4 ⊂ INT8
     on DoReFa's grid), so the change costs no accuracy in principle and saves time; the fine-tuning that
     follows measures it. Only precision options are compared (a stage-2 split option is left alone).
     Returns (mapping, list of changes)."""
