@@ -71,6 +71,16 @@ def zero_point(fmt) -> int:
     return 0 if fmt.signed else -128
 
 
+def clamp_codes(to_int, channels: int) -> Tuple[np.ndarray, np.ndarray]:
+    """The codes a FloatToInt's clamp bounds round to, as the IR rounds them (rne of the float32 product):
+    a PACT clip lands a hair below a code (254.9999997 → 255), which a floor would lose."""
+    def code(v):
+        return int(np.round(np.float32(v) * np.float32(to_int.inv_scale)))
+    lo = min(max(code(to_int.lo_r), to_int.lo), to_int.hi)
+    hi = min(max(code(to_int.hi_r), lo), to_int.hi)
+    return np.full(channels, lo, np.int64), np.full(channels, hi, np.int64)
+
+
 class _Graph:
     """Nodes and initializers, with the network's buffers as ONNX tensors."""
 
@@ -167,10 +177,8 @@ class _Graph:
             b = self.buffers[out.buffer]
             x = self.slice(INPUT, b.channels[0], b.num_channels, self.net.input_shape[0], f"{b.name}.in")
             lo, hi = self.code_range(b.name, b.num_channels)
-            if out.to_int is not None:   # PACT's own clamp, where it is tighter than the codes
-                lo = np.maximum(lo, int(np.ceil(out.to_int.lo_r / b.format.scale - 1e-6)))
-                hi = np.minimum(hi, int(np.floor(out.to_int.hi_r / b.format.scale + 1e-6)))
-                lo, hi = np.maximum(lo, out.to_int.lo), np.minimum(hi, out.to_int.hi)
+            if out.to_int is not None:
+                lo, hi = clamp_codes(out.to_int, b.num_channels)
             self.store(b.name, x, 0, lo, hi, b.name)
 
     def _multipliers(self, part: ConvPart) -> Tuple[np.ndarray, np.ndarray]:
@@ -241,9 +249,7 @@ class _Graph:
             if isinstance(ep, FixedPointEpilogue):
                 lo, hi = ep.lo.astype(np.int64), ep.hi.astype(np.int64)
             elif ep.to_int is not None:
-                fmt = self.buffers[out.buffer].format
-                lo = np.full(o1 - o0, max(ep.to_int.lo, int(np.ceil(ep.to_int.lo_r / fmt.scale - 1e-6))))
-                hi = np.full(o1 - o0, min(ep.to_int.hi, int(np.floor(ep.to_int.hi_r / fmt.scale + 1e-6))))
+                lo, hi = clamp_codes(ep.to_int, o1 - o0)
             else:
                 lo, hi = self.code_range(out.buffer, o1 - o0)
             self.store(out.buffer, z, out.channel_offset, lo, hi, f"{part.name}>{out.buffer}")
@@ -260,7 +266,7 @@ class OnnxExport:
     model: onnx.ModelProto
     opset: int
     weight_layers: Dict[str, int]          # 'int8', 'int4', 'int2', 'fp16', 'fp32' → parts
-    buffer_outputs: Dict[str, str]         # with debug_outputs: int buffer → the output holding its codes
+    buffer_outputs: Dict[str, str]         # with debug_outputs: buffer → the output holding what it stores
 
     def summary(self) -> str:
         held = ", ".join(f"{k} {v}" for k, v in self.weight_layers.items() if v)
@@ -270,7 +276,7 @@ class OnnxExport:
 def to_onnx(network: IntegerNetwork, metadata: Optional[Dict[str, Any]] = None,
             debug_outputs: bool = False) -> OnnxExport:
     """The QDQ model of ``network`` (see the module docstring), checked with ``onnx.checker``.
-    ``debug_outputs`` adds every int buffer's int8 codes as an output (named like the buffer), for tests."""
+    ``debug_outputs`` adds every buffer's stored tensor (int8 codes, float16, float32) as an output, for tests."""
     check_exportable(network)
     network.validate()
     g = _Graph(network)
@@ -288,10 +294,11 @@ def to_onnx(network: IntegerNetwork, metadata: Optional[Dict[str, Any]] = None,
     outputs = [helper.make_tensor_value_info(logits, TensorProto.FLOAT, [BATCH, network.buffer(network.output).elements])]
     buffer_outputs = {}
     if debug_outputs:
+        elem = {"int": TensorProto.INT8, "fp16": TensorProto.FLOAT16, "fp32": TensorProto.FLOAT}
         for b in network.buffers:
-            if b.format.is_int:
+            if b.name != network.output:
                 buffer_outputs[b.name] = g.stored_tensor(b.name)
-                outputs.append(helper.make_tensor_value_info(buffer_outputs[b.name], TensorProto.INT8,
+                outputs.append(helper.make_tensor_value_info(buffer_outputs[b.name], elem[b.format.kind],
                                                              [BATCH, b.num_channels, b.height, b.width]))
     graph = helper.make_graph(g.nodes, "adaptqnet", [helper.make_tensor_value_info(INPUT, TensorProto.FLOAT,
                                                                                    [BATCH, c, h, w])],

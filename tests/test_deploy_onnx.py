@@ -143,3 +143,14 @@ def test_a_symmetric_stage1_run_records_its_grid_and_exports(tmp_path, capsys):
 
 def test_the_c_export_runs_the_symmetric_grid_bit_exactly(mixed_run, tmp_path):
     export_and_check(mixed_run, tmp_path / "c", ["host"], images=8, agreement_images=0)
+
+
+def test_a_pact_clip_just_below_a_code_keeps_that_code():
+    """A trained clip a gives a·(L/a) = 254.9999997 exactly, 255 in the IR's float32 product: the export
+    must take the IR's code (a floor of the exact quotient made every saturated activation of a trained
+    run one LSB low)."""
+    from deploy.ir import FloatToInt
+    to_int = FloatToInt(lo_r=0.0, hi_r=0.9197608828544617, inv_scale=277.2459716796875, lo=0, hi=255)
+    assert to_int.hi_r * to_int.inv_scale < 255 <= float(np.float32(to_int.hi_r) * np.float32(to_int.inv_scale))
+    lo, hi = onnx_export.clamp_codes(to_int, 3)
+    assert lo.tolist() == [0, 0, 0] and hi.tolist() == [255, 255, 255]
