@@ -13,6 +13,7 @@ symmetric, or use deploy/export_c.py, which runs every grid. The file is replace
 """
 from __future__ import annotations
 
+import importlib.util
 import os
 import sys
 import time
@@ -124,11 +125,9 @@ def build_parser() -> Parser:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     torch.set_num_threads(args.threads)
-    try:
-        import onnx  # noqa: F401
-        import onnxruntime  # noqa: F401
-    except ImportError as exc:
-        raise ValueError(f"{exc.name} is not installed: pip install -r requirements.txt") from None
+    for package in ("onnx", "onnxruntime"):   # one line, not a traceback, where requirements.txt was skipped
+        if importlib.util.find_spec(package) is None:
+            raise ValueError(f"{package} is not installed: pip install -r requirements.txt")
     result = export_run(args.run_dir, args.output_file, agreement_images=args.agreement_images,
                         data_dir=args.data_dir, overwrite=args.overwrite)
     print(report(result))

@@ -3,7 +3,6 @@ onnx.checker, its weights are the integer network's codes at the bit width the m
 (graph optimisation off) agrees with the numpy reference to one LSB, DoReFa layers are refused with one
 line, and the C export runs the symmetric grid bit-exactly too."""
 import json
-import os
 import re
 
 import numpy as np
@@ -154,3 +153,11 @@ def test_a_pact_clip_just_below_a_code_keeps_that_code():
     assert to_int.hi_r * to_int.inv_scale < 255 <= float(np.float32(to_int.hi_r) * np.float32(to_int.inv_scale))
     lo, hi = onnx_export.clamp_codes(to_int, 3)
     assert lo.tolist() == [0, 0, 0] and hi.tolist() == [255, 255, 255]
+
+
+def test_an_output_file_that_is_not_an_export_is_left_alone(mixed_run, tmp_path, capsys):
+    notes = tmp_path / "notes.onnx"
+    notes.write_text("my notes")
+    code, _, stderr = cli(capsys, "--run_dir", mixed_run, "--output_file", notes, "--agreement_images", "0")
+    assert code == 2 and "exists and is not an ONNX model written by this tool" in stderr
+    assert notes.read_text() == "my notes"
