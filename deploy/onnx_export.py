@@ -23,7 +23,7 @@ tensor per IR buffer. How the IR's pieces become ONNX:
 
 The opset is 21 (INT4 in Q/DQ) or 25 when an INT2 layer is present (INT2 came with opset 25). ONNX
 Runtime requantises in float, not in the IR's fixed point, so its codes may land one LSB from the
-reference's at a rounding boundary; run it with graph optimisation disabled (``ort_session``), since its
+reference's at a rounding boundary (the int pool's exact ties among them, which the IR sends to even); run it with graph optimisation disabled (``ort_session``), since its
 optimiser rewrites DequantizeLinear → MatMul into ``MatMulNBits`` and changes the numbers.
 """
 from __future__ import annotations

@@ -161,3 +161,37 @@ def test_an_output_file_that_is_not_an_export_is_left_alone(mixed_run, tmp_path,
     code, _, stderr = cli(capsys, "--run_dir", mixed_run, "--output_file", notes, "--agreement_images", "0")
     assert code == 2 and "exists and is not an ONNX model written by this tool" in stderr
     assert notes.read_text() == "my notes"
+
+
+def test_split_layers_export_and_agree(tmp_path):
+    """Stage-2 parts: each part's channels, a depthwise split reading its own input slice, joined again."""
+    def mapping_of(layers):
+        names = list(layers)
+        mapping = {n: ["int8", "int4", "fp16"][i % 3] for i, n in enumerate(names)}
+        for n in names[1:4] + names[-2:-1]:  # the first block's layers (dw among them), the head
+            c = layers[n].out_channels
+            mapping[n] = {"split": 0.5, "units": {"m7": {"precision": "int4", "channels": [0, c // 2]},
+                                                  "m4": {"precision": "int8", "channels": [c // 2, c]}}}
+        return mapping
+    model = random_network("mobilenetv2", mapping_of, weight_grid="symmetric", **SIZE)
+    from models.network import mixed_layers
+    assert all(layer.weight_grid == "symmetric" for _, layer in mixed_layers(model))  # kept by the split layers
+    run = load_run(make_run_dir(tmp_path / "run", model))
+    net = build_integer_network(run)
+    assert sum(isinstance(op, ConvPart) for op in net.ops) > len(run.mapping)
+    exported = onnx_export.to_onnx(net, debug_outputs=True)
+    images, _ = load_test_images(run)
+    names = list(exported.buffer_outputs)
+    got = onnx_export.run_ort(onnx_export.ort_session(exported.model), images,
+                              outputs=[onnx_export.OUTPUT] + [exported.buffer_outputs[n] for n in names])
+    expected, buffers = reference.run(net, images, return_buffers=True)
+    assert (got[0].argmax(1) == expected.argmax(1)).mean() >= 0.95
+    # every int buffer, the joined split outputs among them, within one LSB; float buffers to float error.
+    # (The int pool's ties, Σq/HW exactly k + 1/2, go to even in the IR and by float error in onnxruntime.)
+    for name, held in zip(names, got[1:]):
+        fmt = net.buffer(name).format
+        if fmt.is_int:
+            assert np.abs(held.astype(np.int64) - onnx_export.zero_point(fmt) - buffers[name]).max() <= 1, name
+        else:
+            ref = buffers[name].astype(np.float32)
+            assert np.allclose(held.astype(np.float32), ref, rtol=1e-2, atol=1e-2 * np.abs(ref).max()), name
