@@ -10,8 +10,8 @@ PyTorch (eval mode) on the test split. The conversion, layer by layer (docs/desi
   (PACT) and the DoReFa weight codes u exactly as training rounded them (``models.quantizers.
   weight_codes``), so a weight is never re-rounded; on the symmetric grid (``--weight_grid
   symmetric``) it is ``Σ q·c`` with the signed codes c and L_w becomes M = 2^(k−1) − 1. Its real value
-  is ``acc · step_in · s_c / L_w``
-  (``s_c`` the channel's least-squares scale, ``models.quantizers.weight_scale``); BatchNorm folds into that per-channel multiplier and a bias:
+  is ``acc · step_in · s_c / L_w`` (``s_c`` the channel's least-squares scale, ``models.quantizers.
+  weight_scale``); BatchNorm folds into that per-channel multiplier and a bias:
   ``y_c = A_c·acc + C_c``. Written to an int buffer, the part requantises in fixed point
   (``ir.requantizer``) with the consumer's PACT grid and the activation folded into the clamp.
 * **Float layers**: fp16 layers hold weights and the tensors they read as IEEE half and accumulate in

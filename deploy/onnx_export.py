@@ -23,7 +23,8 @@ tensor per IR buffer. How the IR's pieces become ONNX:
 
 The opset is 21 (INT4 in Q/DQ) or 25 when an INT2 layer is present (INT2 came with opset 25). ONNX
 Runtime requantises in float, not in the IR's fixed point, so its codes may land one LSB from the
-reference's at a rounding boundary (the int pool's exact ties among them, which the IR sends to even); run it with graph optimisation disabled (``ort_session``), since its
+reference's at a rounding boundary (the int pool's exact ties among them, which the IR sends to even);
+run it with graph optimisation disabled (``ort_session``), since its
 optimiser rewrites DequantizeLinear → MatMul into ``MatMulNBits`` and changes the numbers.
 """
 from __future__ import annotations
@@ -291,7 +292,8 @@ def to_onnx(network: IntegerNetwork, metadata: Optional[Dict[str, Any]] = None,
             raise NotExportable(f"{type(op).__name__} {getattr(op, 'name', '')}: no ONNX form")
     logits = g.node("Flatten", [g.real(network.output)], OUTPUT, axis=1)
     c, h, w = network.input_shape
-    outputs = [helper.make_tensor_value_info(logits, TensorProto.FLOAT, [BATCH, network.buffer(network.output).elements])]
+    classes = network.buffer(network.output).elements
+    outputs = [helper.make_tensor_value_info(logits, TensorProto.FLOAT, [BATCH, classes])]
     buffer_outputs = {}
     if debug_outputs:
         elem = {"int": TensorProto.INT8, "fp16": TensorProto.FLOAT16, "fp32": TensorProto.FLOAT}

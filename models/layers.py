@@ -109,9 +109,9 @@ class MixedPrecisionMixin:
             return w
         if precision == "fp16":
             return quantize_fp16(w)
-        # the grids (DoReFa or symmetric) live on [-1, 1]; the least-squares scale returns it to the float weight's range, so all
-        # precisions share the float weight's scale (BN statistics and the fp32 branch stay meaningful)
-        # without giving a coarse grid more norm than the weight (docs/design.md §2.2)
+        # both grids (DoReFa, symmetric) live on [-1, 1]; the least-squares scale returns them to the float
+        # weight's range, so all precisions share the float weight's scale (BN statistics and the fp32 branch
+        # stay meaningful) without giving a coarse grid more norm than the weight (docs/design.md §2.2)
         return quantize_weight_scaled(w, PRECISIONS[precision].bits, self.weight_per_channel, self.weight_grid)
 
     def quantize_input(self, x: torch.Tensor, precision: str) -> torch.Tensor:

@@ -95,7 +95,8 @@ def test_onnxruntime_agrees_with_the_reference_within_one_lsb(tmp_path):
     assert differing <= 0.01 * total   # a 1-LSB miss downstream moves a few codes more, rarely
     # the logits: at most what one LSB of every classifier input moves them by
     head = [op for op in net.ops if isinstance(op, ConvPart)][-1]
-    lsb = np.abs(head.outputs[0].epilogue.scale) * np.abs(head.effective_weights()).reshape(head.out_channels, -1).sum(1)
+    weights = np.abs(head.effective_weights()).reshape(head.out_channels, -1)
+    lsb = np.abs(head.outputs[0].epilogue.scale) * weights.sum(1)
     assert np.all(np.abs(got[0] - expected) <= lsb[None, :] * 1.0001), np.abs(got[0] - expected).max()
 
 

@@ -73,8 +73,9 @@ def add_stage2_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--stage1_dir", default=None,
                    help="run directory of a finished stage-1 search (args.json, mapping.json, summary.json, "
                         "final.pt, supernet.pt; alphas.json for --select entropy); required except with --resume. "
-                        "Its weight grid (stage 1's --weight_grid, in its model spec) carries over. The data flags and --memory_budget_kb default to that run's values (whatever the data "
-                        "group below says): both stages must see the same validation and test images")
+                        "Its weight grid (stage 1's --weight_grid, in its model spec) carries over. The data flags "
+                        "and --memory_budget_kb default to that run's values (whatever the data group below says): "
+                        "both stages must see the same validation and test images")
     g.add_argument("--start_from", choices=("final", "supernet"), default="final",
                    help="stage-1 weights to start from: the fine-tuned network (final.pt) or the searched "
                         "supernet fixed at the stage-1 mapping (default %(default)s)")
