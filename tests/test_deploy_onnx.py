@@ -17,7 +17,7 @@ from deploy.export_onnx import main as onnx_main  # noqa: E402
 from deploy.ir import ConvPart  # noqa: E402
 from models.precisions import PRECISION_ORDER, PRECISIONS  # noqa: E402
 from tensor_analysis.cli import run_cli  # noqa: E402
-from test_deploy_build import SPEC, STAGE1, export_and_check, make_run_dir, random_network, run_script  # noqa: E402
+from test_deploy_build import SPEC, STAGE1, export_and_check, make_run_dir, random_network  # noqa: E402
 from tensor_analysis.analysis_file import analysis_document  # noqa: E402
 from tensor_analysis.graph import analyze_network  # noqa: E402
 
@@ -122,16 +122,16 @@ def test_files_of_another_grid_do_not_meet(mixed_run, tmp_path, capsys):
     assert code == 2 and "weight grid 'dorefa'" in stderr and "'symmetric'" in stderr, stderr
 
 
-def test_a_symmetric_stage1_run_records_its_grid_and_exports(tmp_path, capsys):
+def test_a_symmetric_stage1_run_records_its_grid_and_exports(tmp_path, capsys, run_python):
     """The user's path: the stage-1 script with --weight_grid symmetric, then the ONNX export."""
     doc = analysis_document(analyze_network(SPEC), memory_threshold_kb=1024)
     for i, layer in enumerate(doc["layers"]):
         layer["allowed_precisions"] = [PRECISION_ORDER[i % 5]]
     (tmp_path / "analysis.json").write_text(json.dumps(doc))
-    r = run_script(STAGE1, "--tensor_analysis_json", tmp_path / "analysis.json", "--epochs", "1", "--warmup_epochs",
-                   "0", "--finetune_epochs", "1", "--batch_size", "16", "--limit_train", "64", "--limit_eval", "32",
-                   "--output_dir", tmp_path / "run", "--device", "cpu", "--compile", "off", "--threads", "1",
-                   "--dataset", "digits", "--weight_grid", "symmetric")
+    r = run_python([STAGE1, "--tensor_analysis_json", tmp_path / "analysis.json", "--epochs", "1", "--warmup_epochs",
+                    "0", "--finetune_epochs", "1", "--batch_size", "16", "--limit_train", "64", "--limit_eval", "32",
+                    "--output_dir", tmp_path / "run", "--device", "cpu", "--compile", "off", "--threads", "1",
+                    "--dataset", "digits", "--weight_grid", "symmetric"])
     assert r.returncode == 0, r.stderr[-3000:]
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     mapping = json.loads((tmp_path / "run" / "mapping.json").read_text())
