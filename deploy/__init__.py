@@ -1,1 +1,2 @@
-"""Deployment: the integer network (IR), its numpy reference executor and its C99 export."""
+"""Deployment: the integer network (IR), its numpy reference executor, its C99 export, and its ONNX QDQ
+export for stock tools (symmetric weight grid only; ``onnx_export.py``, ``export_onnx.py``)."""

@@ -8,8 +8,10 @@ PyTorch (eval mode) on the test split. The conversion, layer by layer (docs/desi
 
 * **Integer layers** (int8/4/2): the int32 accumulator is ``Σ q·(2u − L_w)`` over the input codes q
   (PACT) and the DoReFa weight codes u exactly as training rounded them (``models.quantizers.
-  dorefa_codes``), so a weight is never re-rounded. Its real value is ``acc · step_in · s_c / L_w``
-  (``s_c`` the channel's least-squares scale, ``models.quantizers.weight_scale``); BatchNorm folds into that per-channel multiplier and a bias:
+  weight_codes``), so a weight is never re-rounded; on the symmetric grid (``--weight_grid
+  symmetric``) it is ``Σ q·c`` with the signed codes c and L_w becomes M = 2^(k−1) − 1. Its real value
+  is ``acc · step_in · s_c / L_w`` (``s_c`` the channel's least-squares scale, ``models.quantizers.
+  weight_scale``); BatchNorm folds into that per-channel multiplier and a bias:
   ``y_c = A_c·acc + C_c``. Written to an int buffer, the part requantises in fixed point
   (``ir.requantizer``) with the consumer's PACT grid and the activation folded into the clamp.
 * **Float layers**: fp16 layers hold weights and the tensors they read as IEEE half and accumulate in
@@ -55,8 +57,8 @@ from models.mapping import Part, check_final_matches, load_mapping
 from models.mixture import get_compile, set_compile
 from models.network import mixed_layers
 from models.precisions import PRECISIONS
-from models.quantizers import dorefa_codes, weight_scale
-from models.registry import check_same_model
+from models.quantizers import grid_divisor, weight_codes, weight_scale
+from models.registry import check_same_grid, check_same_model, spec_weight_grid
 from tensor_analysis.analysis_file import load_analysis_json
 from tensor_analysis.graph import NetworkAnalysis, Operator, analyze_network, as_analysis
 from tensor_analysis.storage import StoredCopy, layer_reads, storage_copies
@@ -156,6 +158,10 @@ def load_run(run_dir: str, hardware: Optional[str] = None) -> Run:
     mapping_spec, mapping = load_mapping(mapping_path)
     if mapping_spec is not None:
         check_same_model(spec, mapping_spec, mapping_path)
+        check_same_grid(spec, mapping_spec, mapping_path)
+    if isinstance(summary.get("weight_grid"), str) and summary["weight_grid"] != spec_weight_grid(spec):
+        raise ValueError(f"{summary_path}: says weight grid {summary['weight_grid']!r}, final.pt's network uses "
+                         f"{spec_weight_grid(spec)!r}")
     _check_mapping_matches_checkpoint(run_dir, checkpoint, mapping, summary)
     try:
         model = build_dual_network(spec, mapping)
@@ -314,12 +320,13 @@ def _affine(layer, epilogue: LayerEpilogue, scale_in: np.ndarray, c0: int, c1: i
 
 
 def _int_weights(layer, precision: str, c0: int, c1: int) -> Tuple[np.ndarray, np.ndarray]:
-    """DoReFa codes (out, in/groups, kh, kw) of output channels [c0, c1) and each channel's scale s_c."""
+    """Weight codes (out, in/groups, kh, kw) on the layer's grid of output channels [c0, c1) and each
+    channel's scale s_c."""
     bits = PRECISIONS[precision].bits
     with torch.no_grad():
         w = layer.weight.detach().float()
-        codes = dorefa_codes(w, bits, layer.weight_per_channel)
-        scale = weight_scale(w, bits, layer.weight_per_channel).reshape(-1)
+        codes = weight_codes(w, bits, layer.weight_per_channel, layer.weight_grid)
+        scale = weight_scale(w, bits, layer.weight_per_channel, layer.weight_grid).reshape(-1)
     if scale.numel() == 1:
         scale = scale.expand(w.shape[0])
     codes = codes[c0:c1].numpy().astype(np.int64)
@@ -456,9 +463,9 @@ class _Converter:
                 compute, weights, bits, grid = part.precision, _float_weights(layer, part.precision, c0, c1), 0, ""
                 scale_in = np.ones(c1 - c0)
             else:
-                compute, grid, bits = "int", "dorefa", PRECISIONS[part.precision].bits
+                compute, grid, bits = "int", layer.weight_grid, PRECISIONS[part.precision].bits
                 weights, s = _int_weights(layer, part.precision, c0, c1)
-                scale_in = float(held_in.format.scale) * s / (2 ** bits - 1)
+                scale_in = float(held_in.format.scale) * s / grid_divisor(bits, grid)
             if depthwise:
                 weights = weights.reshape(c1 - c0, 1, *weights.shape[2:])
             A, C = _affine(layer, epilogue, scale_in, c0, c1)

@@ -299,7 +299,7 @@ def _clone_layer(src: MixedPrecisionMixin, cls, precisions: Sequence[str]) -> nn
                   signed_input=src.signed_input, name=src.layer_name)
     new.weight = src.weight
     new.bias = src.bias
-    for attr in ("temperature", "gumbel", "weight_per_channel", "training"):
+    for attr in ("temperature", "gumbel", "weight_per_channel", "weight_grid", "training"):
         setattr(new, attr, getattr(src, attr))
     return new.to(src.weight.device)
 

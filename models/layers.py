@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from .mixture import mix_inputs, pact_levels, pact_qparams, positive_clip, quantize_input_at
 from .precisions import PRECISION_ORDER, PRECISIONS, canonical_precisions
-from .quantizers import quantize_fp16, quantize_weight_scaled
+from .quantizers import DEFAULT_WEIGHT_GRID, quantize_fp16, quantize_weight_scaled
 
 # The seed artifact's α initialisation (it favours int8 so the search starts near a deployable net).
 SEED_ALPHA_BIAS = {"int8": 1.0, "int4": 0.5, "fp16": 0.3, "int2": 0.2, "fp32": 0.1}
@@ -50,6 +50,7 @@ class MixedPrecisionMixin:
         self.mode = "composite" if len(self.precisions) > 1 else "fixed"
         self.fixed_precision: Optional[str] = self.precisions[0] if len(self.precisions) == 1 else None
         self.weight_per_channel = True
+        self.weight_grid = DEFAULT_WEIGHT_GRID  # models.quantizers.WEIGHT_GRIDS; set by the registry from the spec
         # progressive search: a bool mask over α entries; locked entries get π = 0 (None = all open)
         self.active_mask: Optional[torch.Tensor] = None
 
@@ -108,10 +109,10 @@ class MixedPrecisionMixin:
             return w
         if precision == "fp16":
             return quantize_fp16(w)
-        # DoReFa lives on [-1, 1]; the least-squares scale returns it to the float weight's range, so all
-        # precisions share the float weight's scale (BN statistics and the fp32 branch stay meaningful)
-        # without giving a coarse grid more norm than the weight (docs/design.md §2.2)
-        return quantize_weight_scaled(w, PRECISIONS[precision].bits, self.weight_per_channel)
+        # both grids (DoReFa, symmetric) live on [-1, 1]; the least-squares scale returns them to the float
+        # weight's range, so all precisions share the float weight's scale (BN statistics and the fp32 branch
+        # stay meaningful) without giving a coarse grid more norm than the weight (docs/design.md §2.2)
+        return quantize_weight_scaled(w, PRECISIONS[precision].bits, self.weight_per_channel, self.weight_grid)
 
     def quantize_input(self, x: torch.Tensor, precision: str) -> torch.Tensor:
         return quantize_input_at(x, precision, self.clip_for(precision), self.signed_input)
@@ -177,7 +178,8 @@ class MixedPrecisionMixin:
     def extra_repr(self) -> str:
         return (super().extra_repr() + f", precisions={list(self.precisions)}, mode={self.mode}"
                 + (f", fixed={self.fixed_precision}" if self.mode == "fixed" else "")
-                + f", signed_input={self.signed_input}")
+                + f", signed_input={self.signed_input}"
+                + (f", weight_grid={self.weight_grid}" if self.weight_grid != DEFAULT_WEIGHT_GRID else ""))
 
 
 class MixedPrecisionConv2d(MixedPrecisionMixin, nn.Conv2d):

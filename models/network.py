@@ -10,6 +10,7 @@ import torch.nn as nn
 from .layers import MIXED_LAYER_TYPES, MixedPrecisionMixin
 from .mapping import check_layer_names_match
 from .precisions import PRECISIONS, canonical_precisions
+from .quantizers import check_weight_grid
 
 
 def mixed_layers(model: nn.Module) -> Iterator[Tuple[str, MixedPrecisionMixin]]:
@@ -23,6 +24,13 @@ def name_layers(model: nn.Module) -> None:
     """Give each mixed layer its module path, so errors and reports name it the way users see it."""
     for name, m in mixed_layers(model):
         m.layer_name = name
+
+
+def set_weight_grid(model: nn.Module, grid: str) -> None:
+    """Round every layer's integer weights to ``grid`` (models.quantizers.WEIGHT_GRIDS)."""
+    check_weight_grid(grid)
+    for _, m in mixed_layers(model):
+        m.weight_grid = grid
 
 
 def set_temperature(model: nn.Module, temperature: float) -> None:

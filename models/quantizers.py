@@ -2,7 +2,8 @@
 only decide which of them to apply and how to mix them). docs/design.md §2.
 
 * round to nearest with straight-through gradients, never floor;
-* DoReFa's weight grid, scaled per output channel by the least-squares fit to the float weight;
+* DoReFa's weight grid (or, ``symmetric``, the narrow-range signed grid stock int kernels run), scaled
+  per output channel by the least-squares fit to the float weight;
 * inputs that can be negative use signed (symmetric) PACT instead of being clamped at zero.
 """
 from __future__ import annotations
@@ -67,18 +68,82 @@ def least_squares_scale(w: torch.Tensor, grid: torch.Tensor, per_channel: bool =
     return (w * q).sum(dim=dims, keepdim=True) / (q * q).sum(dim=dims, keepdim=True).clamp_min(1e-12)
 
 
-def quantize_weight_scaled(w: torch.Tensor, bits: int, per_channel: bool = True) -> torch.Tensor:
-    """A layer's k-bit weights: the DoReFa grid point of each weight times the least-squares scale of its
-    output channel (``least_squares_scale``). On an MCU the scale folds into the per-channel
-    requantisation multiplier."""
-    q = quantize_weight_dorefa(w, bits, per_channel)
+# The integer weight grids a layer can round to (docs/design.md §2.2). ``dorefa``: the odd integers
+# 2u − L (L = 2^k − 1), no zero, so a k-bit DoReFa layer needs k+1 signed bits on a stock kernel.
+# ``symmetric``: the narrow-range signed integers −M..M (M = 2^(k−1) − 1) that int8/int4 kernels
+# (CMSIS-NN, TFLite, ONNX QDQ) take as they are; INT2 is ternary {−1, 0, 1}.
+WEIGHT_GRIDS = ("dorefa", "symmetric")
+DEFAULT_WEIGHT_GRID = "dorefa"
+
+
+def check_weight_grid(grid: str, where: str = "weight_grid") -> str:
+    if grid not in WEIGHT_GRIDS:
+        raise ValueError(f"{where}: unknown weight grid {grid!r}; expected one of {', '.join(WEIGHT_GRIDS)}")
+    return grid
+
+
+def symmetric_levels(bits: int) -> int:
+    """M = 2^(k−1) − 1: the largest code of the narrow-range signed k-bit grid."""
+    return 2 ** (bits - 1) - 1
+
+
+def _symmetric_unit(w: torch.Tensor, per_channel: bool) -> torch.Tensor:
+    """tanh(w) / max|tanh(w)| on [−1, 1]: DoReFa's normalisation, kept so both grids see the same input."""
+    return torch.tanh(w) / dorefa_scale(w, per_channel)
+
+
+def quantize_weight_symmetric(w: torch.Tensor, bits: int, per_channel: bool = True) -> torch.Tensor:
+    """DoReFa's normalised weight rounded to {−M..M}/M (M = 2^(k−1) − 1): a grid with a zero and no
+    −2^(k−1), which symmetric int kernels need; straight-through gradient."""
+    check_int_bits(bits, "quantize_weight_symmetric")
+    m = symmetric_levels(bits)
+    return round_ste(m * _symmetric_unit(w, per_channel)) / m
+
+
+def symmetric_codes(w: torch.Tensor, bits: int, per_channel: bool = True) -> torch.Tensor:
+    """The signed codes c in {−M..M} of ``quantize_weight_symmetric`` (weight c/M), from the same float32
+    operations, so they are the codes training used."""
+    check_int_bits(bits, "symmetric_codes")
+    return torch.round(symmetric_levels(bits) * _symmetric_unit(w, per_channel))
+
+
+def quantize_weight_grid(w: torch.Tensor, bits: int, per_channel: bool = True,
+                         grid: str = DEFAULT_WEIGHT_GRID) -> torch.Tensor:
+    """The unscaled grid value of each weight on ``grid`` (in [−1, 1])."""
+    if check_weight_grid(grid) == "symmetric":
+        return quantize_weight_symmetric(w, bits, per_channel)
+    return quantize_weight_dorefa(w, bits, per_channel)
+
+
+def weight_codes(w: torch.Tensor, bits: int, per_channel: bool = True,
+                 grid: str = DEFAULT_WEIGHT_GRID) -> torch.Tensor:
+    """The integer codes of ``quantize_weight_grid``: DoReFa's u in {0..L} (weight (2u − L)/L) or the
+    symmetric c in {−M..M} (weight c/M)."""
+    if check_weight_grid(grid) == "symmetric":
+        return symmetric_codes(w, bits, per_channel)
+    return dorefa_codes(w, bits, per_channel)
+
+
+def grid_divisor(bits: int, grid: str = DEFAULT_WEIGHT_GRID) -> int:
+    """What the integer weight (2u − L, or c) is divided by to give the grid value: L or M."""
+    return symmetric_levels(bits) if check_weight_grid(grid) == "symmetric" else 2 ** bits - 1
+
+
+def quantize_weight_scaled(w: torch.Tensor, bits: int, per_channel: bool = True,
+                           grid: str = DEFAULT_WEIGHT_GRID) -> torch.Tensor:
+    """A layer's k-bit weights: the grid point of each weight (DoReFa or symmetric) times the
+    least-squares scale of its output channel (``least_squares_scale``). On an MCU the scale folds into
+    the per-channel requantisation multiplier."""
+    q = quantize_weight_grid(w, bits, per_channel, grid)
     return q * least_squares_scale(w, q, per_channel)
 
 
-def weight_scale(w: torch.Tensor, bits: int, per_channel: bool = True) -> torch.Tensor:
-    """The per-channel multiplier s of ``quantize_weight_scaled``: its weights are s·(2u − L)/L with the
-    codes u of ``dorefa_codes``. What an integer kernel folds into its requantisation."""
-    return least_squares_scale(w, quantize_weight_dorefa(w, bits, per_channel), per_channel)
+def weight_scale(w: torch.Tensor, bits: int, per_channel: bool = True,
+                 grid: str = DEFAULT_WEIGHT_GRID) -> torch.Tensor:
+    """The per-channel multiplier s of ``quantize_weight_scaled``: its weights are s·(2u − L)/L (DoReFa)
+    or s·c/M (symmetric) with the codes of ``weight_codes``. What an integer kernel folds into its
+    requantisation."""
+    return least_squares_scale(w, quantize_weight_grid(w, bits, per_channel, grid), per_channel)
 
 
 def quantize_activation_pact(x: torch.Tensor, clip: torch.Tensor, bits: int,

@@ -11,8 +11,14 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Union
 
 import torch.nn as nn
 
-from .network import name_layers, restrict_precisions
+from .network import name_layers, restrict_precisions, set_weight_grid
 from .precisions import PRECISION_ORDER, canonical_precisions
+from .quantizers import DEFAULT_WEIGHT_GRID, check_weight_grid
+
+# The spec key of the integer weight grid (models.quantizers.WEIGHT_GRIDS). A quantizer setting, not a
+# builder argument: written only when it is not the default, so every file written before the option
+# existed reads as what it is (DoReFa), and the FP32 pretraining checkpoint a search starts from has none.
+WEIGHT_GRID = "weight_grid"
 
 _REGISTRY: Dict[str, Callable[..., nn.Module]] = {}
 _TORCHVISION_NAMES: Dict[str, str] = {}
@@ -41,13 +47,15 @@ def _check_name(name: str) -> None:
 
 
 def build_model(name: str, precisions: Union[Sequence[str], Mapping[str, Sequence[str]]] = PRECISION_ORDER,
-                **kwargs) -> nn.Module:
+                weight_grid: str = DEFAULT_WEIGHT_GRID, **kwargs) -> nn.Module:
     """Build a registered model.
 
     ``precisions`` is either one list for every layer or a dict layer name → allowed list (as in an
-    analysis.json); with a dict, names must match the model exactly.
+    analysis.json); with a dict, names must match the model exactly. ``weight_grid``: the grid every
+    layer rounds its integer weights to (recorded in the spec when not the default).
     """
     _check_name(name)
+    check_weight_grid(weight_grid, f"model {name}: weight_grid")
     builder = _REGISTRY[name]
     accepted = inspect.signature(builder).parameters
     unknown = [k for k in kwargs if k not in accepted]
@@ -61,6 +69,7 @@ def build_model(name: str, precisions: Union[Sequence[str], Mapping[str, Sequenc
     if per_layer:
         restrict_precisions(model, precisions, where=f"precisions for {name}")
     name_layers(model)
+    set_weight_grid(model, weight_grid)
     spec = {"type": name}
     for k, p in accepted.items():
         if k in ("precisions", "alpha_init"):
@@ -69,6 +78,8 @@ def build_model(name: str, precisions: Union[Sequence[str], Mapping[str, Sequenc
         if k == "strides" and hasattr(model, "strides"):
             v = list(model.strides)
         spec[k] = list(v) if isinstance(v, tuple) else v
+    if weight_grid != DEFAULT_WEIGHT_GRID:
+        spec[WEIGHT_GRID] = weight_grid
     model.spec = spec
     return model
 
@@ -110,3 +121,22 @@ def check_same_model(expected: Mapping[str, Any], found: Mapping[str, Any], what
     diffs = spec_differences(expected, found, keys)
     if diffs:
         raise error(f"{what} was made for another model ({'; '.join(diffs)})")
+
+
+def spec_weight_grid(spec: Mapping[str, Any]) -> str:
+    """The weight grid a spec records (absent: the default, DoReFa)."""
+    return str(spec.get(WEIGHT_GRID, DEFAULT_WEIGHT_GRID))
+
+
+def architecture_spec(spec: Mapping[str, Any]) -> Dict[str, Any]:
+    """The spec without its quantizer settings: what an FP32 network (a pretraining checkpoint) records."""
+    return {k: v for k, v in spec.items() if k != WEIGHT_GRID}
+
+
+def check_same_grid(expected: Mapping[str, Any], found: Mapping[str, Any], what: str, error=ValueError) -> None:
+    """Raise ``error`` naming ``what`` when ``found`` (a file's spec) rounds weights to another grid than
+    ``expected``: the integer codes of one grid are not those of the other, so the files do not belong
+    together. Compared with the default filled in, unlike ``check_same_model``'s absent keys."""
+    a, b = spec_weight_grid(expected), spec_weight_grid(found)
+    if a != b:
+        raise error(f"{what} was made with weight grid {b!r}, this network uses {a!r} (--weight_grid)")

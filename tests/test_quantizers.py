@@ -269,3 +269,70 @@ def test_mixture_keeps_channels_last_layout_and_values(compile_mode):
     assert y.is_contiguous(memory_format=torch.channels_last)
     assert cl.grad.is_contiguous(memory_format=torch.channels_last)
     assert torch.equal(y.detach(), plain[0]) and torch.equal(cl.grad, plain[1])
+
+
+# -- the symmetric weight grid (issue 14) ------------------------------------------------------------------
+@pytest.mark.parametrize("bits", INT_BITS)
+def test_symmetric_weights_lie_on_the_narrow_signed_grid(bits):
+    torch.manual_seed(bits)
+    w = torch.randn(8, 4, 3, 3) * 0.3
+    m = 2 ** (bits - 1) - 1
+    q = quantizers.quantize_weight_symmetric(w, bits)
+    codes = quantizers.symmetric_codes(w, bits)
+    assert torch.allclose(q * m, codes, atol=1e-5)
+    assert codes.min() >= -m and codes.max() <= m
+    # tanh(w)/max|tanh(w)| reaches ±1 in every channel, so each channel uses its extreme code
+    assert torch.equal(codes.abs().flatten(1).amax(1), torch.full((8,), float(m)))
+    # the scaled weight is the grid times the least-squares scale, and weight_codes / grid_divisor say so
+    s = quantizers.weight_scale(w, bits, grid="symmetric")
+    scaled = quantizers.quantize_weight_scaled(w, bits, grid="symmetric")
+    assert torch.allclose(scaled, s * quantizers.weight_codes(w, bits, grid="symmetric")
+                          / quantizers.grid_divisor(bits, "symmetric"), atol=1e-6)
+
+
+def test_symmetric_int2_is_ternary_with_zero_and_dorefa_int2_has_no_zero():
+    torch.manual_seed(0)
+    w = torch.randn(16, 32) * 0.2
+    sym = quantizers.quantize_weight_grid(w, 2, grid="symmetric")
+    assert set(sym.unique().tolist()) == {-1.0, 0.0, 1.0}
+    dorefa = quantizers.quantize_weight_grid(w, 2, grid="dorefa")
+    assert 0.0 not in set(torch.round(dorefa * 3).unique().tolist())
+
+
+def test_symmetric_weight_gradient_reaches_the_float_weight():
+    torch.manual_seed(1)
+    w = (torch.randn(4, 8) * 0.3).requires_grad_()
+    out = quantizers.quantize_weight_scaled(w, 4, grid="symmetric")
+    (out * torch.randn_like(out)).sum().backward()
+    assert w.grad is not None and torch.isfinite(w.grad).all() and w.grad.abs().sum() > 0
+    # straight through the rounding: the unscaled grid's gradient is that of M·tanh(w)/max|tanh| / M
+    w2 = w.detach().clone().requires_grad_()
+    quantizers.quantize_weight_symmetric(w2, 4).sum().backward()
+    w3 = w.detach().clone().requires_grad_()
+    (torch.tanh(w3) / quantizers.dorefa_scale(w3)).sum().backward()
+    assert torch.allclose(w2.grad, w3.grad, atol=1e-6)
+
+
+def test_unknown_weight_grid_is_refused():
+    with pytest.raises(ValueError, match="unknown weight grid 'odd'"):
+        quantizers.quantize_weight_scaled(torch.ones(2, 2), 4, grid="odd")
+
+
+def test_layers_and_spec_carry_the_symmetric_grid():
+    from models import build_from_spec, build_model
+    from models.network import mixed_layers
+    from models.registry import check_same_grid
+    model = build_model("mobilenetv2", width_mult=0.25, input_size=32, num_classes=10, weight_grid="symmetric")
+    assert model.spec["weight_grid"] == "symmetric"
+    assert all(layer.weight_grid == "symmetric" for _, layer in mixed_layers(model))
+    rebuilt = build_from_spec(model.spec)
+    assert all(layer.weight_grid == "symmetric" for _, layer in mixed_layers(rebuilt))
+    dorefa = build_model("mobilenetv2", width_mult=0.25, input_size=32, num_classes=10)
+    assert "weight_grid" not in dorefa.spec  # files from before the option read as DoReFa
+    with pytest.raises(ValueError, match="weight grid 'dorefa'.*'symmetric'"):
+        check_same_grid(model.spec, dorefa.spec, "mapping.json")
+    layer = next(layer for _, layer in mixed_layers(model))
+    layer.set_precision("int2")
+    w = layer.quantize_weight("int2")
+    s = quantizers.weight_scale(layer.weight, 2, grid="symmetric")
+    assert torch.allclose(torch.round(w / s), w / s, atol=1e-4) and set(torch.round(w / s).unique().tolist()) <= {-1., 0., 1.}

@@ -424,3 +424,26 @@ def test_layer_selection_by_latency_entropy_and_names(stage1_dir):
     args.layers = "features.99.conv"
     with pytest.raises(ValueError, match="--layers: unknown layers features.99.conv"):
         select_layers(args, run, model, dual_doc, lut)
+
+
+def test_stage2_refuses_a_stage1_mapping_of_another_weight_grid(tmp_path):
+    """Stage 2 takes stage 1's grid from final.pt's spec; a mapping.json written for the other grid does not
+    belong to those weights."""
+    from models.files import save_checkpoint, write_json_atomic
+    from models.mapping import mapping_digest
+    from Search_CIFAR10.dnas_multicore.stage2 import STAGE1_FILES, Stage1Run
+    model = build_model("mobilenetv2", width_mult=0.1, input_size=16, num_classes=10, precisions=["int8"],
+                        weight_grid="symmetric")
+    mapping = {n: "int8" for n, _ in mixed_layers(model)}
+    save_checkpoint({"spec": model.spec, "model": model.state_dict(), "mapping_sha256": mapping_digest(mapping)},
+                    str(tmp_path / "final.pt"))
+    save_checkpoint({"spec": model.spec, "model": model.state_dict()}, str(tmp_path / "supernet.pt"))
+    dorefa_spec = {k: v for k, v in model.spec.items() if k != "weight_grid"}
+    write_json_atomic(mapping_document(dorefa_spec, mapping), str(tmp_path / "mapping.json"))
+    for name in STAGE1_FILES:
+        if not (tmp_path / name).exists():
+            write_json_atomic({"stage": 1} if name == "summary.json" else {}, str(tmp_path / name))
+    with pytest.raises(ValueError, match="weight grid 'dorefa', this network uses 'symmetric'"):
+        Stage1Run(str(tmp_path))
+    write_json_atomic(mapping_document(model.spec, mapping), str(tmp_path / "mapping.json"))
+    assert Stage1Run(str(tmp_path)).spec["weight_grid"] == "symmetric"

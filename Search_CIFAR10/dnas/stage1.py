@@ -21,7 +21,8 @@ from models.files import CheckpointError, load_checkpoint
 from models.mapping import check_layer_names_match, precision_histogram
 from models.network import (allowed_precisions, calibrate_activation_clips, derive_fixed_network, mixed_layers,
                             restrict_precisions, set_gumbel, set_mode)
-from models.registry import check_same_model, spec_differences
+from models.quantizers import DEFAULT_WEIGHT_GRID, WEIGHT_GRIDS
+from models.registry import architecture_spec, check_same_model, spec_differences, spec_weight_grid
 from Search_CIFAR10 import REPO_ROOT
 from Search_CIFAR10.dnas.arguments import add_search_args, apply_constraints, parse_protect
 from Search_CIFAR10.dnas.driver import (PHASE, SearchStage, alpha_loader, alphas_document, open_run_dir,
@@ -68,6 +69,10 @@ def add_stage1_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--input_size", type=positive_int, default=None,
                    help="input resolution; must match the analysis file (default: the analysis file's)")
     g.add_argument("--int_only", action="store_true", help="allow only int8/int4/int2 in every layer")
+    g.add_argument("--weight_grid", choices=WEIGHT_GRIDS, default=DEFAULT_WEIGHT_GRID,
+                   help="integer weight grid: dorefa (the seed's odd levels 2u-(2^k-1), exported by the C export) "
+                        "or symmetric (narrow-range signed -(2^(k-1)-1)..2^(k-1)-1 with a zero, INT2 ternary: what "
+                        "stock int kernels and deploy/export_onnx.py take) (default %(default)s)")
     g.add_argument("--mapping", default=None, metavar="FILE|uniform:PRECISION",
                    help="do not search: fine-tune this mapping (a mapping.json, e.g. one you edited, or "
                         "uniform:int4 for every layer at one precision) and finish like a searched run; each "
@@ -112,7 +117,9 @@ def check_pretraining_checkpoint(ckpt: Mapping, path: str) -> None:
 
 def load_pretrained_into(model: nn.Module, ckpt: Mapping, path: str) -> None:
     """Copy a pretraining checkpoint's weights; the search-only tensors (α, clips) keep their init."""
-    check_same_model(model.spec, ckpt["spec"], f"--pretrained {path}", keys=None, error=CheckpointError)
+    # the FP32 network has no weight grid: the search chooses it
+    check_same_model(architecture_spec(model.spec), ckpt["spec"], f"--pretrained {path}", keys=None,
+                     error=CheckpointError)
     state = ckpt["model"]
     own = model.state_dict()
     search_only = (".alpha", ".act_clip")
@@ -152,7 +159,9 @@ def prepare_model(args, analysis: Mapping, num_classes: int, runtime) -> Tuple[n
         raise ValueError(f"the model has {spec.get('num_classes')} classes but --dataset {args.dataset} has {num_classes}")
     check_analysis_matches(analysis, spec, a_path,
                            f"--pretrained {args.pretrained}" if pretrained else "the command line")
-    model = build_from_spec(spec, alpha_init=args.alpha_init)
+    # args.json of a run started before --weight_grid existed has none: those runs were DoReFa
+    model = build_from_spec(architecture_spec(spec), alpha_init=args.alpha_init,
+                            weight_grid=getattr(args, "weight_grid", DEFAULT_WEIGHT_GRID))
     if pretrained is not None:
         load_pretrained_into(model, pretrained, args.pretrained)
     allowed = {entry["name"]: list(entry["allowed_precisions"]) for entry in analysis["layers"]}
@@ -231,6 +240,7 @@ def build_summary(args, spec, mapping, net_analysis, lut, profile, fp32_acc, acc
         "schema": formats.SUMMARY,
         "stage": 1,
         "model": dict(spec),
+        "weight_grid": spec_weight_grid(spec),
         "args": {k: v for k, v in vars(args).items() if isinstance(v, (str, int, float, bool, type(None), list))},
         "accuracy": {**fp32_acc, **accuracy},
         "hardware": {

@@ -36,7 +36,7 @@ from models.files import CheckpointError, load_checkpoint, read_json
 from models.mapping import check_final_matches, check_layer_names_match, load_mapping, option_label
 from models.network import calibrate_activation_clips, mixed_layers, restrict_precisions
 from models.precisions import PRECISION_ORDER, PRECISIONS, canonical_precisions
-from models.registry import check_same_model, spec_differences
+from models.registry import check_same_grid, check_same_model, spec_differences
 from Search_CIFAR10 import REPO_ROOT
 from Search_CIFAR10.dnas.arguments import add_search_args, apply_constraints, parse_protect
 from Search_CIFAR10.dnas.driver import (SearchStage, alpha_loader, open_run_dir, resolve_resume, run_search,
@@ -73,8 +73,9 @@ def add_stage2_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--stage1_dir", default=None,
                    help="run directory of a finished stage-1 search (args.json, mapping.json, summary.json, "
                         "final.pt, supernet.pt; alphas.json for --select entropy); required except with --resume. "
-                        "The data flags and --memory_budget_kb default to that run's values (whatever the data "
-                        "group below says): both stages must see the same validation and test images")
+                        "Its weight grid (stage 1's --weight_grid, in its model spec) carries over. The data flags "
+                        "and --memory_budget_kb default to that run's values (whatever the data group below says): "
+                        "both stages must see the same validation and test images")
     g.add_argument("--start_from", choices=("final", "supernet"), default="final",
                    help="stage-1 weights to start from: the fine-tuned network (final.pt) or the searched "
                         "supernet fixed at the stage-1 mapping (default %(default)s)")
@@ -150,6 +151,8 @@ class Stage1Run:
         if spec is not None and spec_differences(self.spec, spec):
             raise ValueError(f"{self.path('mapping.json')}: does not belong to final.pt's network (model "
                              f"{'; '.join(spec_differences(self.spec, spec))})")
+        if spec is not None:
+            check_same_grid(self.spec, spec, self.path("mapping.json"))
         self.final, self.supernet = final, supernet
         self.allowed: Dict[str, List[str]] = {n: list(v) for n, v in supernet.get("allowed", {}).items()} or \
             {n: [p] for n, p in self.mapping.items()}
