@@ -265,10 +265,10 @@ def selected(steps: List[Step], prefixes: Sequence[str] = None) -> List[Step]:
     return [s for s in steps if s.name in wanted]
 
 
-def main(argv=None) -> int:
-    p = Parser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1])
-    p.add_argument("--output_dir", default=os.path.join(REPO_ROOT, "runs", "search_quality"),
-                   help="where every run, the tables and the plots go")
+def experiment_parser(doc: str, output_dir: str, output_help: str, steps_help: str, table_help: str) -> Parser:
+    """The flags every multi-seed experiment of benchmarks/ shares (this one and weight_grid.py)."""
+    p = Parser(description=doc.split("\n\n")[0], epilog=doc.split("\n\n", 1)[1])
+    p.add_argument("--output_dir", default=os.path.join(REPO_ROOT, "runs", output_dir), help=output_help)
     p.add_argument("--seeds", type=non_negative_int, nargs="+", default=[0, 1, 2], help="seeds of every run")
     p.add_argument("--width_mult", type=positive_float, default=0.35, help="MobileNetV2 width")
     p.add_argument("--input_size", type=positive_int, default=32, help="input side in pixels")
@@ -279,9 +279,14 @@ def main(argv=None) -> int:
                    help="validation images held out of the α steps to choose every run's network")
     p.add_argument("--jobs", type=positive_int, default=2, help="runs at once, one thread each")
     p.add_argument("--steps", nargs="+", default=None, metavar="PREFIX",
-                   help="run only the steps whose names start with these (pretrain, uniform, lam0, dnas, random, "
-                        "...) and what they need")
-    p.add_argument("--table", action="store_true", help="only write the tables and plots of finished runs")
+                   help=f"run only the steps whose names start with these ({steps_help}) and what they need")
+    p.add_argument("--table", action="store_true", help=table_help)
+    return p
+
+
+def main(argv=None) -> int:
+    p = experiment_parser(__doc__, "search_quality", "where every run, the tables and the plots go",
+                          "pretrain, uniform, lam0, dnas, random, ...", "only write the tables and plots of finished runs")
     args = p.parse_args(argv)
     plan = Plan(args)
     if not args.table and not Runner(selected(plan.steps(), args.steps), args.jobs).run():

@@ -18,12 +18,11 @@ from typing import List
 
 sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..")))
 
-from benchmarks.search_quality import LATENCY, MEMORY_FILTER, mean_std, selected  # noqa: E402
+from benchmarks.search_quality import LATENCY, MEMORY_FILTER, experiment_parser, mean_std, selected  # noqa: E402
 from models.files import read_json, write_text_atomic  # noqa: E402
 from models.quantizers import WEIGHT_GRIDS  # noqa: E402
-from Search_CIFAR10 import REPO_ROOT  # noqa: E402
 from Search_CIFAR10.demo import PRETRAIN, STAGE1, Runner, Step  # noqa: E402
-from tensor_analysis.cli import Parser, non_negative_int, positive_float, positive_int, run_cli  # noqa: E402
+from tensor_analysis.cli import positive_float, run_cli  # noqa: E402
 
 PROFILE = "stm32h747"
 UNIFORM = ("int8", "int4", "int2")
@@ -111,23 +110,9 @@ def table(plan: Plan) -> str:
 
 
 def main(argv=None) -> int:
-    p = Parser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1])
-    p.add_argument("--output_dir", default=os.path.join(REPO_ROOT, "runs", "weight_grid"),
-                   help="where every run and the table go")
-    p.add_argument("--seeds", type=non_negative_int, nargs="+", default=[0, 1, 2], help="seeds of every run")
-    p.add_argument("--width_mult", type=positive_float, default=0.35, help="MobileNetV2 width")
-    p.add_argument("--input_size", type=positive_int, default=32, help="input side in pixels")
-    p.add_argument("--pretrain_epochs", type=positive_int, default=20, help="FP32 pretraining epochs")
-    p.add_argument("--search_epochs", type=positive_int, default=4, help="search epochs (the first a warm-up)")
-    p.add_argument("--finetune_epochs", type=positive_int, default=2, help="fine-tuning epochs of every run")
+    p = experiment_parser(__doc__, "weight_grid", "where every run and the table go",
+                          "pretrain, uniform_int4, dnas, ...", "only write the table of finished runs")
     p.add_argument("--hardware_weight", type=positive_float, default=0.5, help="λ of the DNAS runs")
-    p.add_argument("--selection_fraction", type=positive_float, default=0.5,
-                   help="validation images held out of the α steps to choose every run's network")
-    p.add_argument("--jobs", type=positive_int, default=2, help="runs at once, one thread each")
-    p.add_argument("--steps", nargs="+", default=None, metavar="PREFIX",
-                   help="run only the steps whose names start with these (pretrain, uniform_int4, dnas, ...) and "
-                        "what they need")
-    p.add_argument("--table", action="store_true", help="only write the table of finished runs")
     args = p.parse_args(argv)
     plan = Plan(args)
     if not args.table and not Runner(selected(plan.steps(), args.steps), args.jobs).run():

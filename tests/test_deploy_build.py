@@ -121,18 +121,20 @@ def random_network(name: str, mapping_of, seed: int = 0, **spec) -> nn.Module:
     return model
 
 
+def split_mapping(layers):
+    """A stage-2 mapping: splits over two units at different precisions, a depthwise split among them."""
+    names = list(layers)
+    mapping = {n: ["int8", "int4", "fp16"][i % 3] for i, n in enumerate(names)}
+    for n in names[1:4] + names[-2:-1]:  # the first block's layers (dw among them), the head
+        c = layers[n].out_channels
+        mapping[n] = {"split": 0.5, "units": {"m7": {"precision": "int4", "channels": [0, c // 2]},
+                                              "m4": {"precision": "int8", "channels": [c // 2, c]}}}
+    return mapping
+
+
 @pytest.fixture(scope="module")
 def split_run(tmp_path_factory):
-    """A stage-2 network: splits over two units at different precisions, a depthwise split among them."""
-    def mapping_of(layers):
-        names = list(layers)
-        mapping = {n: ["int8", "int4", "fp16"][i % 3] for i, n in enumerate(names)}
-        for n in names[1:4] + names[-2:-1]:  # the first block's layers (dw among them), the head
-            c = layers[n].out_channels
-            mapping[n] = {"split": 0.5, "units": {"m7": {"precision": "int4", "channels": [0, c // 2]},
-                                                  "m4": {"precision": "int8", "channels": [c // 2, c]}}}
-        return mapping
-    model = random_network("mobilenetv2", mapping_of, **{k: v for k, v in SPEC.items() if k != "type"})
+    model = random_network("mobilenetv2", split_mapping, **{k: v for k, v in SPEC.items() if k != "type"})
     return make_run_dir(tmp_path_factory.mktemp("split") / "run", model)
 
 

@@ -17,7 +17,7 @@ from deploy.export_onnx import main as onnx_main  # noqa: E402
 from deploy.ir import ConvPart  # noqa: E402
 from models.precisions import PRECISION_ORDER, PRECISIONS  # noqa: E402
 from tensor_analysis.cli import run_cli  # noqa: E402
-from test_deploy_build import SPEC, STAGE1, export_and_check, make_run_dir, random_network  # noqa: E402
+from test_deploy_build import SPEC, STAGE1, export_and_check, make_run_dir, random_network, split_mapping  # noqa: E402
 from tensor_analysis.analysis_file import analysis_document  # noqa: E402
 from tensor_analysis.graph import analyze_network  # noqa: E402
 
@@ -166,15 +166,7 @@ def test_an_output_file_that_is_not_an_export_is_left_alone(mixed_run, tmp_path,
 
 def test_split_layers_export_and_agree(tmp_path):
     """Stage-2 parts: each part's channels, a depthwise split reading its own input slice, joined again."""
-    def mapping_of(layers):
-        names = list(layers)
-        mapping = {n: ["int8", "int4", "fp16"][i % 3] for i, n in enumerate(names)}
-        for n in names[1:4] + names[-2:-1]:  # the first block's layers (dw among them), the head
-            c = layers[n].out_channels
-            mapping[n] = {"split": 0.5, "units": {"m7": {"precision": "int4", "channels": [0, c // 2]},
-                                                  "m4": {"precision": "int8", "channels": [c // 2, c]}}}
-        return mapping
-    model = random_network("mobilenetv2", mapping_of, weight_grid="symmetric", **SIZE)
+    model = random_network("mobilenetv2", split_mapping, weight_grid="symmetric", **SIZE)
     from models.network import mixed_layers
     assert all(layer.weight_grid == "symmetric" for _, layer in mixed_layers(model))  # kept by the split layers
     run = load_run(make_run_dir(tmp_path / "run", model))
