@@ -81,34 +81,38 @@ class Plan:
                 "--finetune_epochs", str(a.finetune_epochs), "--selection_fraction", f"{a.selection_fraction:g}",
                 "--threads", "1"]
 
+    def filter_step(self) -> Step:
+        return Step("filter", "memory filter at a threshold every precision fits (the budgets are the searches')",
+                    lambda: [MEMORY_FILTER] + self.model_flags() + ["--memory_threshold", "4096", "--quiet",
+                                                                    "--output_file", self.analysis],
+                    self.analysis)
+
+    def lut_step(self, profile: str) -> Step:
+        return Step(f"lut_{profile}", f"latency table on {profile}",
+                    lambda: [LATENCY, "--analysis", self.analysis, "--precision", "int8", "--hardware", profile,
+                             "--quiet", "--no_dual", "--lut", self.lut(profile)],
+                    self.lut(profile), needs=("filter",))
+
+    def pretrain_step(self, seed: int) -> Step:
+        a, out = self.args, self.path("pretrain", f"seed{seed}")
+        return Step(f"pretrain_s{seed}", f"FP32 pretraining, seed {seed}",
+                    lambda: [PRETRAIN, "--dataset", "digits", "--model", "mobilenetv2", "--width_mult",
+                             f"{a.width_mult:g}", "--input_size", str(a.input_size), "--epochs", str(a.pretrain_epochs),
+                             "--seed", str(seed), "--output_dir", out, "--resume", "--threads", "1"],
+                    os.path.join(out, "summary.json"))
+
     def steps(self) -> List[Step]:
         a, p = self.args, self.path
-        steps = [
-            Step("filter", "memory filter at a threshold every precision fits (the budgets are the searches')",
-                 lambda: [MEMORY_FILTER] + self.model_flags() + ["--memory_threshold", "4096", "--quiet",
-                                                                 "--output_file", self.analysis],
-                 self.analysis)]
+        steps = [self.filter_step()]
         for k in range(len(BUDGET_FRACTIONS)):
             steps.append(Step(f"filter_b{k}", f"memory filter at RAM budget {k}",
                               lambda k=k: [MEMORY_FILTER] + self.model_flags() + [
                                   "--memory_threshold", f"{self.budgets_kb()[k]:g}", "--quiet",
                                   "--output_file", self.budget_analysis(k)],
                               self.budget_analysis(k), needs=("filter",)))
-        for profile in PROFILES:
-            steps.append(Step(f"lut_{profile}", f"latency table on {profile}",
-                              lambda profile=profile: [LATENCY, "--analysis", self.analysis, "--precision", "int8",
-                                                       "--hardware", profile, "--quiet", "--no_dual",
-                                                       "--lut", self.lut(profile)],
-                              self.lut(profile), needs=("filter",)))
+        steps += [self.lut_step(profile) for profile in PROFILES]
         for seed in a.seeds:
-            out = p("pretrain", f"seed{seed}")
-            steps.append(Step(f"pretrain_s{seed}", f"FP32 pretraining, seed {seed}",
-                              lambda out=out, seed=seed: [PRETRAIN, "--dataset", "digits", "--model", "mobilenetv2",
-                                                          "--width_mult", f"{a.width_mult:g}", "--input_size",
-                                                          str(a.input_size), "--epochs", str(a.pretrain_epochs),
-                                                          "--seed", str(seed), "--output_dir", out, "--resume",
-                                                          "--threads", "1"],
-                              os.path.join(out, "summary.json")))
+            steps.append(self.pretrain_step(seed))
             needs = (f"pretrain_s{seed}", "filter", f"lut_{PROFILES[0]}")
             for precision in UNIFORM:
                 steps.append(self._stage1(f"uniform_{precision}_s{seed}", f"all-{precision} QAT, seed {seed}",

@@ -18,10 +18,11 @@ from typing import List
 
 sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..")))
 
-from benchmarks.search_quality import LATENCY, MEMORY_FILTER, experiment_parser, mean_std, selected  # noqa: E402
+from benchmarks import search_quality  # noqa: E402
+from benchmarks.search_quality import experiment_parser, mean_std, selected  # noqa: E402
 from models.files import read_json, write_text_atomic  # noqa: E402
 from models.quantizers import WEIGHT_GRIDS  # noqa: E402
-from Search_CIFAR10.demo import PRETRAIN, STAGE1, Runner, Step  # noqa: E402
+from Search_CIFAR10.demo import Runner, Step  # noqa: E402
 from tensor_analysis.cli import positive_float, run_cli  # noqa: E402
 
 PROFILE = "stm32h747"
@@ -29,55 +30,31 @@ UNIFORM = ("int8", "int4", "int2")
 NETWORKS = [(f"uniform_{p}", f"all-{p.upper()} (QAT)") for p in UNIFORM] + [("dnas", "DNAS search")]
 
 
-class Plan:
-    def __init__(self, args):
-        self.args = args
-        self.root = os.path.abspath(args.output_dir)
+class Plan(search_quality.Plan):
+    """search_quality's runs, on one profile, for both weight grids."""
 
-    def path(self, *parts: str) -> str:
-        return os.path.join(self.root, *parts)
+    def lut(self, profile: str) -> str:
+        return self.path("lut.json")
 
     def run_dir(self, network: str, grid: str, seed: int) -> str:
         return self.path(network, grid, f"seed{seed}")
 
     def run_flags(self, seed: int, grid: str) -> List[str]:
-        a = self.args
-        return ["--tensor_analysis_json", self.path("analysis.json"), "--latency_lut", self.path("lut.json"),
-                "--hardware", PROFILE, "--pretrained", self.path("pretrain", f"seed{seed}", "best.pt"),
-                "--dataset", "digits", "--seed", str(seed), "--epochs", str(a.search_epochs), "--warmup_epochs", "1",
-                "--finetune_epochs", str(a.finetune_epochs), "--selection_fraction", f"{a.selection_fraction:g}",
-                "--hardware_weight", f"{a.hardware_weight:g}", "--weight_grid", grid, "--threads", "1"]
+        return super().run_flags(seed, PROFILE) + ["--hardware_weight", f"{self.args.hardware_weight:g}",
+                                                   "--weight_grid", grid]
 
     def steps(self) -> List[Step]:
-        a = self.args
-        model = ["--model_type", "mobilenetv2", "--width_mult", f"{a.width_mult:g}", "--input_size", str(a.input_size)]
-        steps = [Step("filter", "memory filter at a threshold every precision fits",
-                      lambda: [MEMORY_FILTER] + model + ["--memory_threshold", "4096", "--quiet", "--output_file",
-                                                         self.path("analysis.json")], self.path("analysis.json")),
-                 Step("lut", f"latency table on {PROFILE}",
-                      lambda: [LATENCY, "--analysis", self.path("analysis.json"), "--precision", "int8", "--hardware",
-                               PROFILE, "--quiet", "--no_dual", "--lut", self.path("lut.json")],
-                      self.path("lut.json"), needs=("filter",))]
-        for seed in a.seeds:
-            out = self.path("pretrain", f"seed{seed}")
-            steps.append(Step(f"pretrain_s{seed}", f"FP32 pretraining, seed {seed}",
-                              lambda out=out, seed=seed: [PRETRAIN, "--dataset", "digits", "--model", "mobilenetv2",
-                                                          "--width_mult", f"{a.width_mult:g}", "--input_size",
-                                                          str(a.input_size), "--epochs", str(a.pretrain_epochs),
-                                                          "--seed", str(seed), "--output_dir", out, "--resume",
-                                                          "--threads", "1"],
-                              os.path.join(out, "summary.json")))
+        steps = [self.filter_step(), self.lut_step(PROFILE)]
+        for seed in self.args.seeds:
+            steps.append(self.pretrain_step(seed))
             for grid in WEIGHT_GRIDS:
                 for network, title in NETWORKS:
                     extra = ["--mapping", f"uniform:{network.split('_')[1]}"] if network != "dnas" else []
-                    out = self.run_dir(network, grid, seed)
-                    steps.append(Step(
+                    steps.append(self._stage1(
                         f"{network}_{grid}_s{seed}", f"{title}, {grid} grid, seed {seed}",
-                        lambda seed=seed, grid=grid, extra=extra, out=out: [STAGE1] + self.run_flags(seed, grid)
-                        + extra + ["--output_dir", out],
-                        os.path.join(out, "summary.json"), needs=(f"pretrain_s{seed}", "filter", "lut"),
-                        resume_file=os.path.join(out, "checkpoint_last.pt"),
-                        resume_argv=lambda out=out: [STAGE1, "--resume", "--output_dir", out]))
+                        self.run_dir(network, grid, seed),
+                        lambda seed=seed, grid=grid, extra=extra: self.run_flags(seed, grid) + extra,
+                        (f"pretrain_s{seed}", "filter", f"lut_{PROFILE}")))
         return steps
 
 
