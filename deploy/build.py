@@ -48,7 +48,7 @@ from data.loader import DeviceLoader
 from data.splits import load_splits
 from deploy.arena import plan_arena
 from deploy.ir import (FP16, FP32, Buffer, ChannelSlice, ConvPart, FloatEpilogue, FloatToInt, Format, GlobalAvgPool,
-                       IntegerNetwork, PartOutput, Quantize, QuantizeOutput, int_format, requantizer)
+                       IntegerNetwork, PartOutput, Quantize, QuantizeOutput, code_bounds, int_format, requantizer)
 from deploy import reference
 from models.dual import build_dual_network
 from models.files import load_checkpoint, read_json
@@ -61,7 +61,7 @@ from models.quantizers import grid_divisor, weight_codes, weight_scale
 from models.registry import check_same_grid, check_same_model, spec_weight_grid
 from tensor_analysis.analysis_file import load_analysis_json
 from tensor_analysis.graph import NetworkAnalysis, Operator, analyze_network, as_analysis
-from tensor_analysis.storage import StoredCopy, layer_reads, storage_copies
+from tensor_analysis.storage import StoredCopy, layer_readers, layer_reads, skip_copy, storage_copies
 
 # Operators of the traced graph the IR has no op for, by the name a user knows them by.
 UNSUPPORTED_OPERATORS = {"mul": "the squeeze-excitation multiply", "concat": "concatenation",
@@ -390,8 +390,7 @@ class _Converter:
         """The memory model's copies (tensor_analysis.storage) with their exact formats."""
         g = self.graph
         for tid, copies in storage_copies(g, self.parts).items():
-            readers = [g.operators[c] for c in g.tensors[tid].consumers
-                       if g.operators[c].is_layer and g.operators[c].inputs[0] == tid]
+            readers = layer_readers(g, tid)
             formats = {frozenset(self.held(c) for c in layer_reads(op, self.parts[op.name])) for op in readers}
             if len(formats) > 1:
                 raise UnsupportedNetwork(f"layers {', '.join(op.name for op in readers)} read one tensor in "
@@ -441,7 +440,7 @@ class _Converter:
         slices: List[ChannelSlice] = []
         steps, helds = [], []
         for ch in range(part.c0, part.c1):
-            copy = next(c for c in copies if c.c0 <= ch < c.c1)  # widest first, as storage.skip_copy
+            copy = skip_copy(copies, ch)
             if slices and slices[-1].buffer == copy.buffer and helds[-1] == copy.held:
                 slices[-1] = ChannelSlice(copy.buffer, slices[-1].offset, slices[-1].channels + 1)
             else:
@@ -501,11 +500,6 @@ class _Converter:
         return plan_arena(net.validate()).validate()
 
 
-def _code_bound(value: float, inv_step: float) -> int:
-    """The code PACT gives a clamp bound: round half to even of value·(L/a) in float32."""
-    return int(np.round(np.float32(value) * np.float32(inv_step)))
-
-
 def _epilogue(compute: str, held: Held, A: np.ndarray, C: np.ndarray, activation: Optional[Tuple[float, float]],
               residual_steps: Optional[np.ndarray], residual_int: bool):
     """The epilogue writing y = A·acc + C (+ activation, + skip) into a copy of format ``held``."""
@@ -517,9 +511,7 @@ def _epilogue(compute: str, held: Held, A: np.ndarray, C: np.ndarray, activation
     lo_r, hi_r = held.lo, held.hi
     if activation is not None:
         lo_r, hi_r = max(lo_r, activation[0]), min(hi_r, activation[1])
-    code_lo, code_hi = fmt.code_range
-    lo = min(max(_code_bound(lo_r, held.inv_step), code_lo), code_hi)
-    hi = min(max(_code_bound(hi_r, held.inv_step), lo), code_hi)
+    lo, hi = code_bounds(lo_r, hi_r, held.inv_step, *fmt.code_range)
     R = None if residual_steps is None else residual_steps * held.inv_step
     return requantizer(A * held.inv_step, C * held.inv_step, R, lo=lo, hi=hi)
 
@@ -551,6 +543,11 @@ class Agreement:
     pytorch_accuracy: float
     reference_logits: np.ndarray = field(repr=False)
     pytorch_logits: np.ndarray = field(repr=False)
+
+
+def agreement_count(requested: Optional[int], available: int) -> int:
+    """Test images an exporter compares with PyTorch: ``requested`` (None: all ``available``)."""
+    return available if requested is None else min(requested, available)
 
 
 def compare_with_pytorch(network: IntegerNetwork, model: nn.Module, images: np.ndarray, labels: np.ndarray,

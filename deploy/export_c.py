@@ -28,7 +28,8 @@ sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..")
 import torch  # noqa: E402
 
 from deploy import c_export  # noqa: E402
-from deploy.build import Agreement, Run, build_integer_network, compare_with_pytorch, load_run, load_test_images  # noqa: E402
+from deploy.build import (Agreement, Run, agreement_count, build_integer_network, compare_with_pytorch,  # noqa: E402
+                          load_run, load_test_images)
 from deploy.ir import IntegerNetwork  # noqa: E402
 from models.files import write_json_atomic  # noqa: E402
 from tensor_analysis.cli import Parser, non_negative_int, positive_int, run_cli  # noqa: E402
@@ -97,7 +98,7 @@ def export_run(run_dir: str, output_dir: str, images: Optional[int] = None, hard
     seconds["convert"] = time.monotonic() - start
     agreement = None
     if agreement_images != 0:
-        n = len(test_x) if agreement_images is None else min(agreement_images, len(test_x))
+        n = agreement_count(agreement_images, len(test_x))
         t = time.monotonic()
         agreement = compare_with_pytorch(network, run.model, test_x[:n], test_y[:n])
         seconds["agreement"] = time.monotonic() - t

@@ -25,8 +25,8 @@ sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from deploy import reference  # noqa: E402
-from deploy.build import Run, build_integer_network, load_run, load_test_images, pytorch_logits  # noqa: E402
+from deploy.build import (Run, agreement_count, build_integer_network, compare_with_pytorch, load_run,  # noqa: E402
+                          load_test_images)
 from deploy.ir import IntegerNetwork  # noqa: E402
 from models.files import atomic_write  # noqa: E402
 from models.registry import spec_weight_grid  # noqa: E402
@@ -77,11 +77,11 @@ def export_run(run_dir: str, output_file: str, agreement_images: Optional[int] =
     result = OnnxResult(run, network, output_file, exported.summary(), 0, None, None, None, None, None, 0.0)
     if agreement_images != 0:
         images, labels = load_test_images(run, data_dir)
-        n = len(images) if agreement_images is None else min(agreement_images, len(images))
+        n = agreement_count(agreement_images, len(images))
         images, labels = images[:n], labels[:n]
         ort_out = onnx_export.run_ort(onnx_export.ort_session(exported.model), images)[0]
-        torch_out = pytorch_logits(run.model, images)
-        ref_out = np.concatenate([reference.run(network, images[i:i + 256]) for i in range(0, n, 256)])
+        agreement = compare_with_pytorch(network, run.model, images, labels)
+        torch_out, ref_out = agreement.pytorch_logits, agreement.reference_logits
         result.images = n
         result.ort_vs_pytorch = float((ort_out.argmax(1) == torch_out.argmax(1)).mean())
         result.ort_vs_reference = float((ort_out.argmax(1) == ref_out.argmax(1)).mean())

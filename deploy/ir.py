@@ -586,6 +586,16 @@ def canonical_float32(x: np.ndarray) -> np.ndarray:
     return np.where(np.isnan(x), np.uint32(CANONICAL_NAN_FP32).view(np.float32), x)
 
 
+def code_bounds(lo_r: float, hi_r: float, inv_step: float, code_lo: int, code_hi: int) -> Tuple[int, int]:
+    """The codes the real clamp bounds [lo_r, hi_r] round to, inside [code_lo, code_hi]: round half to
+    even of bound·(1/step) in float32, as PACT computes a code. A clip lands a hair below a code
+    (254.9999997 → 255), which a floor would lose; ``hi`` is never below ``lo``."""
+    def code(v: float) -> int:
+        return int(np.round(np.float32(v) * np.float32(inv_step)))
+    lo = min(max(code(lo_r), code_lo), code_hi)
+    return lo, min(max(code(hi_r), lo), code_hi)
+
+
 def float_to_codes(x: np.ndarray, to_int: FloatToInt) -> np.ndarray:
     """float32 → int codes (int64) with a FloatToInt's constants."""
     x = np.asarray(x, dtype=np.float32)

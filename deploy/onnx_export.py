@@ -37,7 +37,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from deploy.ir import Buffer, ConvPart, FixedPointEpilogue, GlobalAvgPool, IntegerNetwork, Quantize
+from deploy.ir import Buffer, ConvPart, FixedPointEpilogue, GlobalAvgPool, IntegerNetwork, Quantize, code_bounds
 
 OPSET = 21             # INT4/UINT4 in QuantizeLinear / DequantizeLinear
 OPSET_INT2 = 25        # INT2/UINT2
@@ -73,12 +73,8 @@ def zero_point(fmt) -> int:
 
 
 def clamp_codes(to_int, channels: int) -> Tuple[np.ndarray, np.ndarray]:
-    """The codes a FloatToInt's clamp bounds round to, as the IR rounds them (rne of the float32 product):
-    a PACT clip lands a hair below a code (254.9999997 → 255), which a floor would lose."""
-    def code(v):
-        return int(np.round(np.float32(v) * np.float32(to_int.inv_scale)))
-    lo = min(max(code(to_int.lo_r), to_int.lo), to_int.hi)
-    hi = min(max(code(to_int.hi_r), lo), to_int.hi)
+    """The codes a FloatToInt's clamp bounds round to (``ir.code_bounds``), one per channel."""
+    lo, hi = code_bounds(to_int.lo_r, to_int.hi_r, to_int.inv_scale, to_int.lo, to_int.hi)
     return np.full(channels, lo, np.int64), np.full(channels, hi, np.int64)
 
 

@@ -14,6 +14,7 @@ from models.precisions import PRECISION_ORDER, canonical_precisions, get_precisi
 from .flash import flash_bytes
 from .graph import LAYER_OPS, NetworkAnalysis
 from .memory import KB, layer_bytes, mapping_live_bytes, operator_bytes, uniform_size
+from .profiles import _number
 
 
 def analysis_document(a: NetworkAnalysis, memory_threshold_kb: float,
@@ -105,21 +106,23 @@ def _shape(value: Any, where: str) -> None:
         raise ValueError(f"{where}: expected a shape of positive integers, got {value!r}")
 
 
+def _check_entry(entry: Mapping[str, Any], at: str, count_keys: Sequence[str]) -> None:
+    """A layer's or operator's shapes and counts, where present."""
+    for key in ("in_shape", "out_shape"):
+        if key in entry:
+            _shape(entry[key], f"{at}: {key}")
+    for key in count_keys:
+        if key in entry:
+            _count(entry[key], f"{at}: {key}")
+
+
 def _check_numbers(d: Mapping[str, Any], where: str) -> None:
     """Every count non-negative and whole, every shape positive, every millisecond finite and >= 0:
     the memory and latency figures the search trusts are checked where they are read."""
-    threshold = d.get("memory_threshold_kb", 0)
-    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not (
-            math.isfinite(threshold) and threshold >= 0):
-        raise ValueError(f"{where}: memory_threshold_kb: expected a non-negative number, got {threshold!r}")
+    _number(d.get("memory_threshold_kb", 0), f"{where}: memory_threshold_kb")
     for layer in d["layers"]:
         at = f"{where}: layer {layer['name']}"
-        for key in ("in_shape", "out_shape"):
-            if key in layer:
-                _shape(layer[key], f"{at}: {key}")
-        for key in ("macs", "params", "min_live_bytes"):
-            if key in layer:
-                _count(layer[key], f"{at}: {key}")
+        _check_entry(layer, at, ("macs", "params", "min_live_bytes"))
         per_precision = layer.get("bytes", {})
         if not isinstance(per_precision, Mapping):
             raise ValueError(f"{at}: 'bytes' must be an object {{precision: {{what: bytes}}}}")
@@ -132,9 +135,7 @@ def _check_numbers(d: Mapping[str, Any], where: str) -> None:
             if not isinstance(option, Mapping):
                 raise ValueError(f"{at}: dual_options.{key}: expected an object")
             _count(option.get("live", 0), f"{at}: dual_options.{key}.live")
-            ms = option.get("ms", 0)
-            if isinstance(ms, bool) or not isinstance(ms, (int, float)) or not (math.isfinite(ms) and ms >= 0):
-                raise ValueError(f"{at}: dual_options.{key}.ms: expected a non-negative number, got {ms!r}")
+            _number(option.get("ms", 0), f"{at}: dual_options.{key}.ms")
             for unit, sizes in (option.get("bytes") or {}).items():
                 for v in sizes if isinstance(sizes, list) else [sizes]:
                     _count(v, f"{at}: dual_options.{key}.bytes.{unit}")
@@ -142,12 +143,7 @@ def _check_numbers(d: Mapping[str, Any], where: str) -> None:
         at = f"{where}: operators[{i}] ({o.get('name') if isinstance(o, Mapping) else o!r})"
         if not isinstance(o, Mapping):
             raise ValueError(f"{at}: expected an object")
-        for key in ("in_shape", "out_shape"):
-            if key in o:
-                _shape(o[key], f"{at}: {key}")
-        for key in ("macs", "weight_elements", "bias_elements"):
-            if key in o:
-                _count(o[key], f"{at}: {key}")
+        _check_entry(o, at, ("macs", "weight_elements", "bias_elements"))
     for i, t in enumerate(d["tensors"]):
         if not isinstance(t, Mapping) or "shape" not in t:
             raise ValueError(f"{where}: tensors[{i}]: expected an object with a 'shape'")

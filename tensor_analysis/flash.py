@@ -72,9 +72,9 @@ def _part_bytes(op: Operator, part: Part, out_copies: Sequence[StoredCopy],
                 skip_copies: Optional[Sequence[StoredCopy]]) -> int:
     total = weight_bytes(op, part.precision, (part.c1 - part.c0) / op.out_channels) + PART_BYTES
     residual = skip_copies is not None
-    residual_int = residual and all(_is_int(skip_copy(skip_copies, ch).precision) for ch in range(part.c0, part.c1))
-    if residual:
-        total += SLICE_BYTES * len({skip_copy(skip_copies, ch) for ch in range(part.c0, part.c1)})
+    skips = {skip_copy(skip_copies, ch) for ch in range(part.c0, part.c1)} if residual else set()
+    residual_int = residual and all(_is_int(c.precision) for c in skips)
+    total += SLICE_BYTES * len(skips)
     for copy in out_copies:
         n = min(part.c1, copy.c1) - max(part.c0, copy.c0)
         if n > 0:

@@ -81,6 +81,11 @@ class Operator:
     def params(self) -> int:
         return self.weight_elements + self.bias_elements
 
+    def quantizes(self, tid: int) -> bool:
+        """Whether this operator is a layer that reads tensor ``tid`` through its input quantizer (a
+        residual add reads its skip operand without one): such readers decide how a tensor is stored."""
+        return self.is_layer and self.inputs[0] == tid
+
     @property
     def out_channels(self) -> int:
         return self.out_shape[0]

@@ -169,7 +169,7 @@ def resolve_storage_factors(a: NetworkAnalysis, input_factor, combine, output_fa
         layer_reads, other_reads = [], []
         for c in t.consumers:
             op = a.operators[c]
-            if op.is_layer and op.inputs[0] == tid:
+            if op.quantizes(tid):
                 layer_reads.append(input_factor(op))
             else:
                 other_reads.append(factor[op.output])

@@ -14,12 +14,14 @@ constants each copy costs; ``deploy/build.py`` builds the buffers from it.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, List, Mapping, Optional, Sequence
+from typing import Dict, List, Mapping, Optional, Sequence, TypeVar
 
 from models.mapping import Part
 from models.precisions import PRECISION_ORDER, precision_bits
 
 from .graph import NetworkAnalysis, Operator
+
+C = TypeVar("C")
 
 OUTPUT_PRECISION = "fp32"  # the logits
 
@@ -57,6 +59,11 @@ def _merge(copies: Sequence[StoredCopy]) -> List[StoredCopy]:
     return sorted(merged, key=lambda c: (-c.bits, c.c0))
 
 
+def layer_readers(a: NetworkAnalysis, tid: int) -> List[Operator]:
+    """The layers that read tensor ``tid`` through their input quantizer (``Operator.quantizes``)."""
+    return [a.operators[c] for c in a.tensors[tid].consumers if a.operators[c].quantizes(tid)]
+
+
 def storage_copies(a: NetworkAnalysis, parts_of: Mapping[str, Sequence[Part]]) -> Dict[int, List[StoredCopy]]:
     """Every tensor's stored copies, widest first (module docstring). With several layer readers the
     one reading the most bytes per element decides (the memory model's widest)."""
@@ -65,8 +72,7 @@ def storage_copies(a: NetworkAnalysis, parts_of: Mapping[str, Sequence[Part]]) -
     for tid in sorted(a.tensors, key=lambda i: -a.tensors[i].producer):
         t = a.tensors[tid]
         channels = t.shape[0]
-        readers = [a.operators[c] for c in t.consumers
-                   if a.operators[c].is_layer and a.operators[c].inputs[0] == tid]
+        readers = layer_readers(a, tid)
         if readers:
             per_reader = [_merge(layer_reads(op, parts_of[op.name])) for op in readers]
             copies[tid] = max(per_reader, key=lambda cs: sum(c.bits * (c.c1 - c.c0) for c in cs))
@@ -80,7 +86,8 @@ def storage_copies(a: NetworkAnalysis, parts_of: Mapping[str, Sequence[Part]]) -
     return copies
 
 
-def skip_copy(copies: Sequence[StoredCopy], channel: int) -> StoredCopy:
+def skip_copy(copies: Sequence[C], channel: int) -> C:
     """The copy a fused residual add reads for ``channel``: the widest holding it (what training adds,
-    models.layers.stored_input)."""
+    models.layers.stored_input). ``copies``: widest first, anything with channels [c0, c1) (the
+    memory model's StoredCopy, the integer network's copies)."""
     return next(c for c in copies if c.c0 <= channel < c.c1)
