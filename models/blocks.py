@@ -200,7 +200,7 @@ def global_pool_as_read(x: torch.Tensor, reader: MixedPrecisionMixin) -> torch.T
     precision = reader.stored_precision()
     if precision is None or PRECISIONS[precision].is_float:
         return stored.mean(dim=(2, 3))
-    _, _, inv_step, step = reader.input_grid(precision)
+    _, _, inv_step, step = reader.input_grid_tensor(precision)
     # codes are exact integers and their mean is the correctly rounded Σq/(H·W), so rounding it is
     # round-half-even of the exact quotient; one reduction keeps the graph tracer's single pool
     y = stored * inv_step

@@ -120,9 +120,14 @@ class MixedPrecisionMixin:
     def input_grid(self, precision: str) -> Tuple[float, float, float, float]:
         """(lo, a, L/a, a/L) of the PACT grid this layer reads its input on at an integer precision:
         the float32 values the quantizer itself computes, so a deployed network reproduces its codes."""
+        return tuple(self.input_grid_tensor(precision).tolist())
+
+    def input_grid_tensor(self, precision: str) -> torch.Tensor:
+        """``input_grid`` as a float32 tensor on the layer's device: what a forward pass uses, since
+        reading the values out would wait for the device at every step."""
         bits = PRECISIONS[precision].bits
         clip = positive_clip(self.clip_for(precision).detach().reshape(1).float())
-        return tuple(float(v) for v in pact_qparams(clip, (bits,), self.signed_input)[0])
+        return pact_qparams(clip, (bits,), self.signed_input)[0]
 
     def input_levels(self, precision: str) -> int:
         return pact_levels(PRECISIONS[precision].bits, self.signed_input)
