@@ -31,6 +31,7 @@ from deploy import c_export  # noqa: E402
 from deploy.build import (Agreement, Run, agreement_count, build_integer_network, compare_with_pytorch,  # noqa: E402
                           load_run, load_test_images)
 from deploy.ir import IntegerNetwork  # noqa: E402
+from models import formats  # noqa: E402
 from models.files import write_json_atomic  # noqa: E402
 from tensor_analysis.cli import Parser, non_negative_int, positive_int, run_cli  # noqa: E402
 from tensor_analysis.flash import flash_bytes  # noqa: E402
@@ -129,7 +130,7 @@ def deployment_record(result: ExportResult) -> Dict[str, Any]:
     """``deployment.json``: what the export measured, for the report (docs/file_formats.md)."""
     a = result.agreement
     return {
-        "format": "adaptqnet/deployment/1",
+        "schema": formats.DEPLOYMENT,
         "run_dir": result.run.run_dir,
         "model": result.run.spec.get("type"),
         "hardware": result.run.hardware,

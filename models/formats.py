@@ -21,6 +21,10 @@ PRETRAIN_CHECKPOINT = "adaptqnet/pretrain/1"
 PRETRAIN_SUMMARY = "adaptqnet/pretrain_summary/1"
 SUMMARY = "adaptqnet/summary/1"            # summary.json of a search or fine-tuning run
 ALPHAS = "adaptqnet/alphas/1"              # alphas.json: π history of a search
+DEPLOYMENT = "adaptqnet/deployment/1"      # deployment.json of an integer C export (deploy/export_c.py)
+
+# summary.json "source" of a random search's candidate: part of that search, not a run of its own
+RANDOM_CANDIDATE_SOURCE = "random_candidate"
 
 WRITERS = {
     ANALYSIS: "tensor_analysis/tensor_memory_filter.py",
@@ -34,6 +38,7 @@ WRITERS = {
     PRETRAIN_SUMMARY: "Search_CIFAR10/pretrain/pretrain_cifar10_mobilenetv2.py",
     SUMMARY: "a search run (summary.json)",
     ALPHAS: "a search run (alphas.json)",
+    DEPLOYMENT: "deploy/export_c.py (deployment.json)",
 }
 
 

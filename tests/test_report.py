@@ -220,7 +220,7 @@ def test_report_shows_the_integer_export_of_the_main_run(runs):
     export = tmp_path / "runs" / "deploy" / "stage1_c"
     export.mkdir(parents=True)
     (export / "deployment.json").write_text(json.dumps({
-        "format": "adaptqnet/deployment/1", "run_dir": dirs["stage1"], "model": "mobilenetv2",
+        "schema": "adaptqnet/deployment/1", "run_dir": dirs["stage1"], "model": "mobilenetv2",
         "hardware": "stm32h747", "images": 200,
         "agreement": {"images": 216, "top1_agreement": 1.0, "max_abs_logit_difference": 2.5e-6,
                       "reference_accuracy": 0.97, "pytorch_accuracy": 0.97},
@@ -238,7 +238,7 @@ def test_report_shows_the_integer_export_of_the_main_run(runs):
     assert row[1:] == ["stage 1 (main)", "host: yes (200/200); m7: NO (199/200)", "96.50% (200 images)",
                        "100.00% of 216, largest logit difference 2.5e-06", "44.0 KB vs 43.0 KB (+2.3%)",
                        "104.0 KB vs 104.0 KB (+0.0%)"]
-    assert "`../runs/deploy/other/deployment.json` (not an export record" in md
+    assert "`../runs/deploy/other/deployment.json` (not a deployment record" in md
 
 
 def test_report_refuses_unreadable_named_run_and_skips_unreadable_found_one(runs):

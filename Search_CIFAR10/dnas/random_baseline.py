@@ -24,6 +24,7 @@ from typing import Dict, List, Mapping, Optional, Tuple
 import torch
 
 from data.splits import derive_seed
+from models import formats
 from models.files import load_checkpoint, read_json
 from models.mapping import mapping_document
 from Search_CIFAR10 import REPO_ROOT
@@ -35,7 +36,7 @@ from Search_CIFAR10.training.loop import evaluate
 from Search_CIFAR10.training.run_dir import LAST, RunDir
 
 MAX_DRAWS = 200_000
-CANDIDATE = "random_candidate"   # summary.json "source" of a candidate: part of its random search, not a run
+CANDIDATE = formats.RANDOM_CANDIDATE_SOURCE
 
 
 def dnas_epoch_equivalents(epochs: int, warmup_epochs: int, finetune_epochs: int) -> int:
@@ -49,8 +50,7 @@ def dnas_epoch_equivalents(epochs: int, warmup_epochs: int, finetune_epochs: int
 def best_reachable(hw: HardwareCost) -> Tuple[float, float]:
     """(lowest peak RAM in bytes, lowest latency in ms) any allowed mapping reaches, each on its own:
     every layer at its least-memory option, and every layer at its fastest."""
-    least_memory = {n: hw.option_labels[n][int(torch.argmin(hw.live_bytes[n]))] for n in hw.layer_names}
-    return hw.mapping_peak_ram_bytes(least_memory), hw.mapping_latency_ms(hw.cheapest_choice())
+    return hw.mapping_peak_ram_bytes(hw.smallest_choice()), hw.mapping_latency_ms(hw.cheapest_choice())
 
 
 def draw_mappings(hw: HardwareCost, count: int, seed: int, memory_budget_kb: Optional[float] = None,
@@ -96,7 +96,8 @@ def _candidate(inputs, k: int, labels: Mapping[str, str], folder: str) -> dict:
     last = os.path.join(folder, LAST)
     resume = load_checkpoint(last) if os.path.isfile(last) else None
     torch.manual_seed(derive_seed(inputs.args.seed, k))
-    stage = stage1_search(inputs, copy.deepcopy(inputs.model), dict(labels), plots=False, source=CANDIDATE)
+    # a given mapping leaves the supernet as it is (derivation fine-tunes a copy), so candidates share it
+    stage = stage1_search(inputs, inputs.model, dict(labels), plots=False, source=CANDIDATE)
     return run_search(stage, inputs.args, inputs.loaders, inputs.runtime, RunDir(folder, inputs.runtime.is_main),
                       resume, measure_test=False)
 
@@ -133,7 +134,7 @@ def run_random_search(args) -> dict:
                   flush=True)
     chosen = max(range(len(drawn)), key=lambda k: results[k]["accuracy"]["finetuned_val"])
     chosen_dir = run.path(os.path.join("candidates", f"{chosen:02d}"))
-    net = stage1_search(inputs, copy.deepcopy(inputs.model), drawn[chosen]).rebuild(drawn[chosen])
+    net = stage1_search(inputs, inputs.model, drawn[chosen]).rebuild(drawn[chosen])
     net = inputs.runtime.prepare_model(net)
     net.load_state_dict(load_checkpoint(os.path.join(chosen_dir, "final.pt"))["model"])
     test = evaluate(net, inputs.loaders[3], inputs.runtime, show_progress=False)["acc"]

@@ -207,7 +207,7 @@ def collect(paths: Sequence[str], flag: str = "--runs") -> RunSet:
                     raise
                 found.problems.append((s, exc.why))
                 continue
-            if run.summary.get("source") == "random_candidate":
+            if run.summary.get("source") == formats.RANDOM_CANDIDATE_SOURCE:
                 continue  # one of a random search's candidates: its run's own summary speaks for it
             if run.kind == "pretrain":
                 found.pretrain.append(run)
@@ -221,14 +221,12 @@ def collect(paths: Sequence[str], flag: str = "--runs") -> RunSet:
             if DEPLOYMENT in files:
                 where = os.path.join(folder, DEPLOYMENT)
                 try:
-                    doc = read_json(where, "integer-export record")
+                    doc = read_json(where, "deployment record")
+                    formats.check_schema(doc, formats.DEPLOYMENT, where, "deployment record")
                 except (OSError, ValueError) as exc:
                     found.problems.append((where, str(exc).split(": ", 1)[-1]))
                     continue
-                if not isinstance(doc, dict) or doc.get("format") != "adaptqnet/deployment/1":
-                    found.problems.append((where, "not an export record (format adaptqnet/deployment/1)"))
-                else:
-                    found.deployments.append((where, doc))
+                found.deployments.append((where, doc))
     return found
 
 
