@@ -8,6 +8,9 @@ only decide which of them to apply and how to mix them). docs/design.md §2.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Callable
+
 import torch
 
 from .mixture import QuantMix, positive_clip
@@ -24,19 +27,66 @@ def quantize_fp16(x: torch.Tensor) -> torch.Tensor:
     return x + (x.half().float() - x).detach()
 
 
-def dorefa_scale(w: torch.Tensor, per_channel: bool = True) -> torch.Tensor:
-    """max|tanh(w)| (per output channel or per tensor), shaped to broadcast against w."""
-    t = torch.tanh(w).abs()
-    if per_channel and w.dim() > 1:
-        m = t.flatten(1).amax(dim=1).view(-1, *([1] * (w.dim() - 1)))
+def _channel_max_abs(t: torch.Tensor, per_channel: bool) -> torch.Tensor:
+    """max|t| per output channel (or per tensor), shaped to broadcast against t."""
+    t = t.abs()
+    if per_channel and t.dim() > 1:
+        m = t.flatten(1).amax(dim=1).view(-1, *([1] * (t.dim() - 1)))
     else:
         m = t.amax()
     return m.clamp_min(1e-8)
 
 
+def dorefa_scale(w: torch.Tensor, per_channel: bool = True) -> torch.Tensor:
+    """max|tanh(w)| (per output channel or per tensor), shaped to broadcast against w."""
+    return _channel_max_abs(torch.tanh(w), per_channel)
+
+
 def _dorefa_unit(w: torch.Tensor, per_channel: bool) -> torch.Tensor:
     """tanh(w) mapped onto [0, 1] by the (per-channel) scale: what DoReFa rounds to L levels."""
-    return torch.tanh(w) / (2 * dorefa_scale(w, per_channel)) + 0.5
+    t = torch.tanh(w)
+    return t / (2 * _channel_max_abs(t, per_channel)) + 0.5
+
+
+def _symmetric_unit(w: torch.Tensor, per_channel: bool) -> torch.Tensor:
+    """tanh(w) / max|tanh(w)| on [−1, 1]: DoReFa's normalisation, kept so both grids see the same input."""
+    t = torch.tanh(w)
+    return t / _channel_max_abs(t, per_channel)
+
+
+def symmetric_levels(bits: int) -> int:
+    """M = 2^(k−1) − 1: the largest code of the narrow-range signed k-bit grid."""
+    return 2 ** (bits - 1) - 1
+
+
+@dataclass(frozen=True)
+class _Grid:
+    """One integer weight grid: the normalised weight it rounds, the number it rounds to (L or M: a
+    code's divisor), and the grid value of a (rounded) code."""
+    unit: Callable[[torch.Tensor, bool], torch.Tensor]
+    levels: Callable[[int], int]
+    value: Callable[[torch.Tensor, int], torch.Tensor]
+
+
+_GRIDS = {
+    "dorefa": _Grid(_dorefa_unit, lambda bits: 2 ** bits - 1, lambda u, levels: 2 * u / levels - 1),
+    "symmetric": _Grid(_symmetric_unit, symmetric_levels, lambda c, levels: c / levels),
+}
+
+
+def _grid_values(w: torch.Tensor, bits: int, per_channel: bool, grid: str) -> torch.Tensor:
+    g = _GRIDS[check_weight_grid(grid)]
+    check_int_bits(bits, f"quantize_weight_{grid}")
+    levels = g.levels(bits)
+    return g.value(round_ste(levels * g.unit(w, per_channel)), levels)
+
+
+def _grid_codes(w: torch.Tensor, bits: int, per_channel: bool, grid: str) -> torch.Tensor:
+    """The same float32 operations as ``_grid_values`` up to the rounding, so the codes are exactly the
+    ones training used (round_ste's value is the rounded value)."""
+    g = _GRIDS[check_weight_grid(grid)]
+    check_int_bits(bits, f"{grid}_codes")
+    return torch.round(g.levels(bits) * g.unit(w, per_channel))
 
 
 def quantize_weight_dorefa(w: torch.Tensor, bits: int, per_channel: bool = True) -> torch.Tensor:
@@ -45,17 +95,13 @@ def quantize_weight_dorefa(w: torch.Tensor, bits: int, per_channel: bool = True)
     ``per_channel`` normalises tanh(w) by each output channel's maximum instead of the tensor's, as
     per-channel int kernels (CMSIS-NN, TFLM) do; the grid itself is unchanged.
     """
-    check_int_bits(bits, "quantize_weight_dorefa")
-    levels = 2 ** bits - 1
-    return 2 * round_ste(levels * _dorefa_unit(w, per_channel)) / levels - 1
+    return _grid_values(w, bits, per_channel, "dorefa")
 
 
 def dorefa_codes(w: torch.Tensor, bits: int, per_channel: bool = True) -> torch.Tensor:
     """The integer codes u in {0..L} (L = 2^k − 1) of ``quantize_weight_dorefa``: the quantized weight
-    is (2u − L)/L, times ``weight_scale`` in the layers. The same float32 operations, so the codes
-    are exactly the ones training used (round_ste's value is the rounded value)."""
-    check_int_bits(bits, "dorefa_codes")
-    return torch.round((2 ** bits - 1) * _dorefa_unit(w, per_channel))
+    is (2u − L)/L, times ``weight_scale`` in the layers."""
+    return _grid_codes(w, bits, per_channel, "dorefa")
 
 
 def least_squares_scale(w: torch.Tensor, grid: torch.Tensor, per_channel: bool = True) -> torch.Tensor:
@@ -82,51 +128,33 @@ def check_weight_grid(grid: str, where: str = "weight_grid") -> str:
     return grid
 
 
-def symmetric_levels(bits: int) -> int:
-    """M = 2^(k−1) − 1: the largest code of the narrow-range signed k-bit grid."""
-    return 2 ** (bits - 1) - 1
-
-
-def _symmetric_unit(w: torch.Tensor, per_channel: bool) -> torch.Tensor:
-    """tanh(w) / max|tanh(w)| on [−1, 1]: DoReFa's normalisation, kept so both grids see the same input."""
-    return torch.tanh(w) / dorefa_scale(w, per_channel)
-
-
 def quantize_weight_symmetric(w: torch.Tensor, bits: int, per_channel: bool = True) -> torch.Tensor:
     """DoReFa's normalised weight rounded to {−M..M}/M (M = 2^(k−1) − 1): a grid with a zero and no
     −2^(k−1), which symmetric int kernels need; straight-through gradient."""
-    check_int_bits(bits, "quantize_weight_symmetric")
-    m = symmetric_levels(bits)
-    return round_ste(m * _symmetric_unit(w, per_channel)) / m
+    return _grid_values(w, bits, per_channel, "symmetric")
 
 
 def symmetric_codes(w: torch.Tensor, bits: int, per_channel: bool = True) -> torch.Tensor:
-    """The signed codes c in {−M..M} of ``quantize_weight_symmetric`` (weight c/M), from the same float32
-    operations, so they are the codes training used."""
-    check_int_bits(bits, "symmetric_codes")
-    return torch.round(symmetric_levels(bits) * _symmetric_unit(w, per_channel))
+    """The signed codes c in {−M..M} of ``quantize_weight_symmetric`` (weight c/M)."""
+    return _grid_codes(w, bits, per_channel, "symmetric")
 
 
 def quantize_weight_grid(w: torch.Tensor, bits: int, per_channel: bool = True,
                          grid: str = DEFAULT_WEIGHT_GRID) -> torch.Tensor:
     """The unscaled grid value of each weight on ``grid`` (in [−1, 1])."""
-    if check_weight_grid(grid) == "symmetric":
-        return quantize_weight_symmetric(w, bits, per_channel)
-    return quantize_weight_dorefa(w, bits, per_channel)
+    return _grid_values(w, bits, per_channel, grid)
 
 
 def weight_codes(w: torch.Tensor, bits: int, per_channel: bool = True,
                  grid: str = DEFAULT_WEIGHT_GRID) -> torch.Tensor:
     """The integer codes of ``quantize_weight_grid``: DoReFa's u in {0..L} (weight (2u − L)/L) or the
     symmetric c in {−M..M} (weight c/M)."""
-    if check_weight_grid(grid) == "symmetric":
-        return symmetric_codes(w, bits, per_channel)
-    return dorefa_codes(w, bits, per_channel)
+    return _grid_codes(w, bits, per_channel, grid)
 
 
 def grid_divisor(bits: int, grid: str = DEFAULT_WEIGHT_GRID) -> int:
     """What the integer weight (2u − L, or c) is divided by to give the grid value: L or M."""
-    return symmetric_levels(bits) if check_weight_grid(grid) == "symmetric" else 2 ** bits - 1
+    return _GRIDS[check_weight_grid(grid)].levels(bits)
 
 
 def quantize_weight_scaled(w: torch.Tensor, bits: int, per_channel: bool = True,
