@@ -25,9 +25,10 @@ from typing import Any, Dict, List, Optional, Sequence
 
 sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..")))
 
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from deploy import c_export  # noqa: E402
+from deploy import c_export, reference  # noqa: E402
 from deploy.build import (Agreement, Run, agreement_count, build_integer_network, compare_with_pytorch,  # noqa: E402
                           load_run, load_test_images)
 from deploy.ir import IntegerNetwork  # noqa: E402
@@ -104,8 +105,11 @@ def export_run(run_dir: str, output_dir: str, images: Optional[int] = None, hard
         agreement = compare_with_pytorch(network, run.model, test_x[:n], test_y[:n])
         seconds["agreement"] = time.monotonic() - t
     t = time.monotonic()
-    expected = (agreement.reference_logits[:images] if agreement is not None and len(agreement.reference_logits) >= images
-                else None)
+    expected = None  # write_c_project runs the reference
+    if agreement is not None:  # what the comparison already ran is not run again
+        expected = agreement.reference_logits[:images]
+        if len(expected) < images:
+            expected = np.concatenate([expected, reference.run(network, test_x[len(expected):images])])
     folder = c_export.write_c_project(network, output_dir, test_x[:images], test_y[:images], expected)
     seconds["write"] = time.monotonic() - t
     seconds["export"] = time.monotonic() - start

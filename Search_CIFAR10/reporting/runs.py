@@ -152,18 +152,24 @@ def read_run(run_dir: str) -> Run:
     return run
 
 
-def find_summaries(root: str) -> List[str]:
-    """Every summary.json under ``root`` (recursively), sorted by path."""
+def find_files(root: str, names: Sequence[str]) -> Dict[str, List[str]]:
+    """Every file called one of ``names`` under ``root`` (recursively, one walk), sorted by path."""
     root = os.fspath(root)
     if not os.path.exists(root):
         raise FileNotFoundError(f"{root}: folder not found")
     if not os.path.isdir(root):
         raise NotADirectoryError(f"{root}: expected a folder of runs")
-    found = []
+    found: Dict[str, List[str]] = {name: [] for name in names}
     for folder, _, files in os.walk(root):
-        if SUMMARY in files:
-            found.append(os.path.join(folder, SUMMARY))
-    return sorted(found)
+        for name in names:
+            if name in files:
+                found[name].append(os.path.join(folder, name))
+    return {name: sorted(paths) for name, paths in found.items()}
+
+
+def find_summaries(root: str) -> List[str]:
+    """Every summary.json under ``root`` (recursively), sorted by path."""
+    return find_files(root, (SUMMARY,))[SUMMARY]
 
 
 def run_files(paths: Sequence[str]) -> List[Tuple[str, str]]:
@@ -192,7 +198,8 @@ def collect(paths: Sequence[str], flag: str = "--runs") -> RunSet:
         if not os.path.isdir(path):
             raise NotADirectoryError(f"{flag} {path}: expected a run directory or a folder of runs")
         named = os.path.isfile(os.path.join(path, SUMMARY))
-        summaries = [os.path.join(path, SUMMARY)] if named else find_summaries(path)
+        below = find_files(path, (SUMMARY, DEPLOYMENT))
+        summaries = [os.path.join(path, SUMMARY)] if named else below[SUMMARY]
         if not summaries:
             raise ValueError(f"{flag} {path}: no {SUMMARY} in it or below it (is the run finished?)")
         for s in summaries:
@@ -217,16 +224,14 @@ def collect(paths: Sequence[str], flag: str = "--runs") -> RunSet:
                 raise ValueError(f"{s}: {run.problem}")
             else:
                 found.problems.append((s, run.problem))
-        for folder, _, files in os.walk(path):
-            if DEPLOYMENT in files:
-                where = os.path.join(folder, DEPLOYMENT)
-                try:
-                    doc = read_json(where, "deployment record")
-                    formats.check_schema(doc, formats.DEPLOYMENT, where, "deployment record")
-                except (OSError, ValueError) as exc:
-                    found.problems.append((where, str(exc).split(": ", 1)[-1]))
-                    continue
-                found.deployments.append((where, doc))
+        for where in below[DEPLOYMENT]:
+            try:
+                doc = read_json(where, "deployment record")
+                formats.check_schema(doc, formats.DEPLOYMENT, where, "deployment record")
+            except (OSError, ValueError) as exc:
+                found.problems.append((where, str(exc).split(": ", 1)[-1]))
+                continue
+            found.deployments.append((where, doc))
     return found
 
 
