@@ -158,6 +158,15 @@ def _writable_folder(path: str) -> Tuple[str, Optional[str]]:
     return folder, "read-only file system" if read_only else "permission denied"
 
 
+def check_output_folder(flag: str, path: str) -> None:
+    """Refuse an output folder that is a file or lies below one, with one line naming ``flag``."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise ValueError(f"{flag} {path}: is a file; expected a folder")
+    blocker = file_ancestor(os.path.join(path, "_"))
+    if blocker:
+        raise ValueError(f"{flag} {path}: {blocker} is a file, not a folder")
+
+
 def check_outputs(outputs: Sequence[Tuple[str, Optional[str], OutputKind]],
                   inputs: Sequence[Tuple[str, Optional[str]]] = (), overwrite: bool = False) -> None:
     """Refuse, before any work, an output (flag, path, kind) that is one of the ``inputs`` (flag, path)

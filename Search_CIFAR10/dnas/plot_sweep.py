@@ -16,7 +16,7 @@ sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..",
 
 from Search_CIFAR10.reporting.runs import run_files  # noqa: E402
 from Search_CIFAR10.reporting.sweep import SWEEP_JSON_OUTPUT, SWEEP_MD_OUTPUT, write_sweep  # noqa: E402
-from tensor_analysis.cli import Parser, add_overwrite_arg, check_outputs, run_cli  # noqa: E402
+from tensor_analysis.cli import Parser, add_overwrite_arg, check_output_folder, check_outputs, run_cli  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,8 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    if os.path.exists(args.output_dir) and not os.path.isdir(args.output_dir):
-        raise ValueError(f"--output_dir {args.output_dir}: is a file; expected a folder")
+    check_output_folder("--output_dir", args.output_dir)
     check_outputs([("--output_dir", os.path.join(args.output_dir, "sweep.md"), SWEEP_MD_OUTPUT),
                    ("--output_dir", os.path.join(args.output_dir, "sweep.json"), SWEEP_JSON_OUTPUT)],
                   run_files(args.runs), args.overwrite)

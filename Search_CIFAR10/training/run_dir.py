@@ -26,8 +26,8 @@ from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from models.files import file_ancestor, save_checkpoint, write_error, write_json_atomic
-from tensor_analysis.cli import note_on_interrupt
+from models.files import save_checkpoint, write_error, write_json_atomic
+from tensor_analysis.cli import check_output_folder, note_on_interrupt
 
 from .log import write_log_csv
 
@@ -106,11 +106,7 @@ def claim_folder(path: str, resume: bool, overwrite: bool, inputs: Sequence[Tupl
             if used == real or used.startswith(real + os.sep):
                 raise ValueError(f"{flag} {path}: {'is' if used == real else 'holds'} {input_flag} {input_path}, "
                                  f"which this run reads; write the run to another {flag}")
-    if os.path.exists(path) and not os.path.isdir(path):
-        raise ValueError(f"{flag} {path}: is a file; expected a folder")
-    blocker = file_ancestor(os.path.join(path, LOCK))
-    if blocker:
-        raise ValueError(f"{flag} {path}: {blocker} is a file, not a folder")
+    check_output_folder(flag, path)
     if real not in _held_locks:
         holder = lock_holder(path)
         if holder is not None:
@@ -132,6 +128,11 @@ def _in_use(path: str, flag: str, holder: str) -> ValueError:
                       f"or choose another {flag}")
 
 
+def _pid_in(fd: int) -> str:
+    """The PID a lock file holds (what its holder wrote), or "unknown"."""
+    return os.read(fd, 64).decode(errors="replace").strip() or "unknown"
+
+
 def lock_holder(path: str) -> Optional[str]:
     """The PID recorded by the process that holds ``path``'s lock now, or None (nobody does)."""
     lock_path = os.path.join(path, LOCK)
@@ -141,7 +142,7 @@ def lock_holder(path: str) -> Optional[str]:
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        return os.read(fd, 64).decode(errors="replace").strip() or "unknown"
+        return _pid_in(fd)
     finally:
         os.close(fd)
     return None
@@ -158,7 +159,7 @@ def lock_folder(path: str, flag: str) -> int:
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        holder = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
+        holder = _pid_in(fd)
         os.close(fd)
         raise _in_use(path, flag, holder) from None
     os.ftruncate(fd, 0)
