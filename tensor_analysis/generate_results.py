@@ -15,7 +15,7 @@ import sys
 
 sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..")))
 
-from models.files import write_text_atomic  # noqa: E402
+from models.files import atomic_write, write_text_atomic  # noqa: E402
 from tensor_analysis import tensor_latency_predictor, tensor_memory_filter, tensor_memory_filter_dualcore  # noqa: E402
 from tensor_analysis.analysis_file import load_analysis_json  # noqa: E402
 from tensor_analysis.cli import Parser, add_overwrite_arg, check_outputs, run_cli, text_kind  # noqa: E402
@@ -57,9 +57,12 @@ def generate(out_dir: str, sizes=SIZES, threshold_kb: float = THRESHOLD_KB, hard
         lut = os.path.join(out_dir, f"{tag}_{hardware}_lut.json")
         run_tool(tensor_memory_filter, model + ["--memory_threshold", f"{threshold_kb:g}", "--output_file", analysis]
                  + replace)
-        if s == SEED_SIZE:
-            run_tool(tensor_memory_filter, model + ["--memory_threshold", f"{threshold_kb:g}", "--output_file",
-                                                    os.path.join(out_dir, SEED_ANALYSIS)] + replace)
+        if s == SEED_SIZE:  # the same document under the seed's name: copied, not analysed again
+            seed_path = os.path.join(out_dir, SEED_ANALYSIS)
+            check_outputs([("--output_dir", seed_path, tensor_memory_filter.ANALYSIS_OUTPUT)], overwrite=overwrite)
+            with open(analysis, "rb") as f:
+                data = f.read()
+            atomic_write(seed_path, lambda f: f.write(data))
         run_tool(tensor_memory_filter_dualcore, model + ["--memory_threshold", f"{threshold_kb:g}", "--hardware",
                                                          hardware, "--output_file", dual, "--quiet"] + replace)
         report = run_tool(tensor_latency_predictor, ["--analysis", analysis, "--precision", "int8", "--hardware",
