@@ -28,7 +28,7 @@ Both forms are one class per layer type, subclassing the mixed-precision layers 
 from __future__ import annotations
 
 import copy
-from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -179,20 +179,15 @@ class DualOptionMixin:
         if self.is_split_fixed:
             return self._stored_split(x, self.option_parts[0])
         pi = self.probs() if probs is None else probs
-        return self._stored_options(x, pi, lambda i: self.quantize_input(x, self.precisions[i]))
-
-    def _stored_options(self, x: torch.Tensor, pi: torch.Tensor,
-                        quantized: Callable[[int], torch.Tensor]) -> torch.Tensor:
-        """The searched input's stored mixture under π; ``quantized(i)``: x at ``precisions[i]`` (the
-        forward passes the tensors its ops read, so nothing is quantized twice)."""
         if self._reads_channel_slices:  # channel c at precision p with weight m_p[c], as the forward mixes
             shares = (pi @ self.option_masks).view(len(self.precisions), -1)
-            terms = [quantized(i) * self._channel_view(shares[i], x) for i in range(len(self.precisions))]
+            terms = [self.quantize_input(x, p) * self._channel_view(shares[i], x)
+                     for i, p in enumerate(self.precisions)]
         else:  # option o keeps its widest copy: weight Σ π_o over the options whose widest is p
             weight = {p: 0.0 for p in self.precisions}
             for i, parts in enumerate(self.option_parts):
                 weight[_widest(parts)] = weight[_widest(parts)] + pi[i]
-            terms = [quantized(i) * w for i, w in enumerate(weight.values()) if torch.is_tensor(w)]
+            terms = [self.quantize_input(x, p) * w for p, w in weight.items() if torch.is_tensor(w)]
         return sum(terms[1:], terms[0])
 
     def stored_precision(self) -> Optional[str]:
@@ -226,14 +221,15 @@ class DualOptionMixin:
         return torch.cat(outs, dim=self._channel_dim)
 
     def _forward_options(self, x: torch.Tensor) -> torch.Tensor:
+        # The stored skip input quantizes x again rather than reusing the ops' tensors: sharing them
+        # reorders the float sums of x's gradient, which moves training by a rounding error.
         pi = self.probs()
-        xq = [self.quantize_input(x, p) for p in self.precisions]
         if self._stored_input_sink is not None:
-            self._report_stored_input(self._stored_options(x, pi, xq.__getitem__))
+            self._report_stored_input(self.stored_input(x, pi))
         shares = (pi @ self.option_masks).view(len(self.precisions), -1)
         out = None
         for i, p in enumerate(self.precisions):
-            y = self._op(xq[i], self.quantize_weight(p))
+            y = self._op(self.quantize_input(x, p), self.quantize_weight(p))
             term = y * self._channel_view(shares[i], y)
             out = term if out is None else out + term
         return out

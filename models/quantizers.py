@@ -27,31 +27,26 @@ def quantize_fp16(x: torch.Tensor) -> torch.Tensor:
     return x + (x.half().float() - x).detach()
 
 
-def _channel_max_abs(t: torch.Tensor, per_channel: bool) -> torch.Tensor:
-    """max|t| per output channel (or per tensor), shaped to broadcast against t."""
-    t = t.abs()
-    if per_channel and t.dim() > 1:
-        m = t.flatten(1).amax(dim=1).view(-1, *([1] * (t.dim() - 1)))
+def dorefa_scale(w: torch.Tensor, per_channel: bool = True) -> torch.Tensor:
+    """max|tanh(w)| (per output channel or per tensor), shaped to broadcast against w."""
+    t = torch.tanh(w).abs()
+    if per_channel and w.dim() > 1:
+        m = t.flatten(1).amax(dim=1).view(-1, *([1] * (w.dim() - 1)))
     else:
         m = t.amax()
     return m.clamp_min(1e-8)
 
 
-def dorefa_scale(w: torch.Tensor, per_channel: bool = True) -> torch.Tensor:
-    """max|tanh(w)| (per output channel or per tensor), shaped to broadcast against w."""
-    return _channel_max_abs(torch.tanh(w), per_channel)
-
-
+# tanh(w) is computed again inside dorefa_scale on purpose: sharing it reorders the float sums of the
+# gradient to w, which moves training trajectories (and every measured figure) by a rounding error.
 def _dorefa_unit(w: torch.Tensor, per_channel: bool) -> torch.Tensor:
     """tanh(w) mapped onto [0, 1] by the (per-channel) scale: what DoReFa rounds to L levels."""
-    t = torch.tanh(w)
-    return t / (2 * _channel_max_abs(t, per_channel)) + 0.5
+    return torch.tanh(w) / (2 * dorefa_scale(w, per_channel)) + 0.5
 
 
 def _symmetric_unit(w: torch.Tensor, per_channel: bool) -> torch.Tensor:
     """tanh(w) / max|tanh(w)| on [−1, 1]: DoReFa's normalisation, kept so both grids see the same input."""
-    t = torch.tanh(w)
-    return t / _channel_max_abs(t, per_channel)
+    return torch.tanh(w) / dorefa_scale(w, per_channel)
 
 
 def symmetric_levels(bits: int) -> int:
