@@ -561,12 +561,18 @@ int adaptq_run(const adaptq_network *net, const float *input, uint8_t *arena, fl
     uint16_t i;
     for (i = 0; i < net->n_ops; ++i) {
         const adaptq_op *op = &net->ops[i];
+#ifdef ADAPTQ_PROFILE
+        adaptq_profile_op_begin(i);
+#endif
         switch (op->type) {
         case ADAPTQ_OP_QUANTIZE: run_quantize(net, (const adaptq_quantize *)op->op, input, arena); break;
         case ADAPTQ_OP_CONV: run_conv(net, (const adaptq_conv *)op->op, arena); break;
         case ADAPTQ_OP_POOL: run_pool(net, (const adaptq_pool *)op->op, arena); break;
         default: return -1;
         }
+#ifdef ADAPTQ_PROFILE
+        adaptq_profile_op_end(i);
+#endif
     }
     out = &net->buffers[net->output_buffer];
     memcpy(output, arena + out->offset, (size_t)out->channels * out->height * out->width * sizeof(float));

@@ -115,6 +115,13 @@ typedef struct {
     float *float_scratch; /* patch + accumulators + residual values of the largest part */
 } adaptq_network;
 
+/* Built with -DADAPTQ_PROFILE, adaptq_run calls these around every op so that a harness can read a
+ * timer or a cycle counter per op (deploy/c/profile.c); without it they do not exist and cost nothing. */
+#ifdef ADAPTQ_PROFILE
+void adaptq_profile_op_begin(uint16_t op_index);
+void adaptq_profile_op_end(uint16_t op_index);
+#endif
+
 /* Runs the network on one float32 (C, H, W) image; writes the output buffer's floats. 0 on success. */
 int adaptq_run(const adaptq_network *net, const float *input, uint8_t *arena, float *output);
 
