@@ -48,7 +48,8 @@ from data.loader import DeviceLoader
 from data.splits import load_splits
 from deploy.arena import plan_arena
 from deploy.ir import (FP16, FP32, Buffer, ChannelSlice, ConvPart, FloatEpilogue, FloatToInt, Format, GlobalAvgPool,
-                       IntegerNetwork, PartOutput, Quantize, QuantizeOutput, code_bounds, int_format, requantizer)
+                       IntegerNetwork, PartOutput, Quantize, QuantizeOutput, accumulator_bounds, code_bounds, int_format,
+                       requantizer)
 from deploy import reference
 from models.dual import build_dual_network
 from models.files import load_checkpoint, read_json
@@ -374,7 +375,8 @@ def check_supported(analysis: NetworkAnalysis) -> None:
 
 
 class _Converter:
-    def __init__(self, model: nn.Module, mapping: Mapping[str, Any], graph: NetworkAnalysis):
+    def __init__(self, model: nn.Module, mapping: Mapping[str, Any], graph: NetworkAnalysis, arithmetic: str):
+        self.arithmetic = arithmetic
         self.model = model
         self.graph = graph
         self.layers = dict(mixed_layers(model))
@@ -468,6 +470,8 @@ class _Converter:
             if depthwise:
                 weights = weights.reshape(c1 - c0, 1, *weights.shape[2:])
             A, C = _affine(layer, epilogue, scale_in, c0, c1)
+            acc_bound = (accumulator_bounds(weights, bits, grid, held_in.format.levels) if compute == "int"
+                         else np.zeros(c1 - c0, dtype=np.int64))
             residual, res_steps, res_helds = self._residual(op, part)
             outputs = []
             for copy in out_copies:
@@ -475,10 +479,12 @@ class _Converter:
                 if first >= end:
                     continue
                 o0, o1 = first - c0, end - c0
+                res_levels = [h.format.levels for h in res_helds[o0:o1]]
                 outputs.append(PartOutput(copy.buffer, first - copy.c0, (o0, o1),
                                           _epilogue(compute, copy.held, A[o0:o1], C[o0:o1], epilogue.activation,
                                                     res_steps[o0:o1] if residual else None,
-                                                    all(h.format.is_int for h in res_helds))))
+                                                    all(h.format.is_int for h in res_helds), acc_bound[o0:o1],
+                                                    res_levels, self.arithmetic)))
             unit = f"@{part.unit}" if part.unit else ""
             parts.append(ConvPart(
                 name=f"{op.name}{unit}:{part.precision}[{c0}:{c1}]", compute=compute,
@@ -501,7 +507,8 @@ class _Converter:
 
 
 def _epilogue(compute: str, held: Held, A: np.ndarray, C: np.ndarray, activation: Optional[Tuple[float, float]],
-              residual_steps: Optional[np.ndarray], residual_int: bool):
+              residual_steps: Optional[np.ndarray], residual_int: bool, acc_bound: np.ndarray,
+              residual_levels: List[int], arithmetic: str):
     """The epilogue writing y = A·acc + C (+ activation, + skip) into a copy of format ``held``."""
     fmt = held.format
     fixed = (compute == "int" and fmt.is_int and (residual_steps is None or residual_int)
@@ -513,12 +520,16 @@ def _epilogue(compute: str, held: Held, A: np.ndarray, C: np.ndarray, activation
         lo_r, hi_r = max(lo_r, activation[0]), min(hi_r, activation[1])
     lo, hi = code_bounds(lo_r, hi_r, held.inv_step, *fmt.code_range)
     R = None if residual_steps is None else residual_steps * held.inv_step
-    return requantizer(A * held.inv_step, C * held.inv_step, R, lo=lo, hi=hi)
+    return requantizer(A * held.inv_step, C * held.inv_step, R, lo=lo, hi=hi, acc_bound=acc_bound,
+                       residual_levels=residual_levels if R is not None else 255, arithmetic=arithmetic)
 
 
-def build_integer_network(run: Run) -> IntegerNetwork:
+def build_integer_network(run: Run, arithmetic: str = "fine") -> IntegerNetwork:
     """The run's network as an IntegerNetwork (validated, arena planned); UnsupportedNetwork naming the
-    operator it cannot express."""
+    operator it cannot express. ``arithmetic`` (``ir.requantizer``): ``"fine"`` rounds sub-byte layers'
+    biases and a projection's output ahead of its residual add finely; ``"tflite"`` computes every
+    fixed-point layer exactly as a TFLite int8 graph does (CONV, then ADD), at some cost in agreement
+    with the trained network."""
     graph = analyze_network(run.spec)
     check_supported(graph)
     for name, layer in run.model.named_modules():
@@ -526,7 +537,8 @@ def build_integer_network(run: Run) -> IntegerNetwork:
             raise ValueError(f"{run.run_dir}: layer {name} is still searching ({layer.mode}); export a derived network")
     metadata = {"model": run.spec, "mapping": run.mapping, "run_dir": run.run_dir, "hardware": run.hardware,
                 "analysis": run.analysis_path}
-    return _Converter(run.model, run.mapping, graph).network(metadata)
+    metadata["arithmetic"] = arithmetic
+    return _Converter(run.model, run.mapping, graph, arithmetic).network(metadata)
 
 
 # ----------------------------------------------------------------------------------------------------

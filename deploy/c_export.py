@@ -28,17 +28,18 @@ import subprocess
 import tempfile
 import time
 from dataclasses import dataclass
-from typing import Dict, Iterable, List, Optional, Sequence
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from deploy import reference
 from deploy.arena import plan_arena
 from deploy.ir import (ConvPart, FixedPointEpilogue, FloatToInt, GlobalAvgPool, IntegerNetwork, Quantize,
-                       float_to_half_bits, pack_bits)
+                       accumulator_bounds, float_to_half_bits, pack_bits)
 
 KERNEL_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "c")
-KERNEL_FILES = ("adaptq.h", "adaptq.c", "main.c", "startup_m7.c", "mps2_an500.ld", "Makefile")
+KERNEL_SOURCES = ("adaptq.c", "adaptq_conv_int.c", "adaptq_dwconv_int.c", "adaptq_conv_float.c")
+KERNEL_FILES = ("adaptq.h", "adaptq_internal.h", *KERNEL_SOURCES, "main.c", "startup_m7.c", "mps2_an500.ld", "Makefile")
 GUARD_BYTES = 16  # the Makefile's GUARD_BYTES
 # Everything the exporter writes; an existing folder holding anything else is not replaced.
 DEPLOYMENT_FILE = "deployment.json"  # export_c.py's record of what it measured
@@ -88,54 +89,144 @@ def _to_int(t: Optional[FloatToInt]) -> str:
 
 
 # -- model.c / model.h -------------------------------------------------------------------------------------------
-def scratch_words(network: IntegerNetwork) -> Dict[str, int]:
-    """Words of int and float scratch the kernels need (see run_conv in adaptq.c)."""
-    int_words, float_words = 1, 1
+# -- kernels and the weight orders they read (deploy/c/adaptq_conv_int.c, adaptq_dwconv_int.c) ------------------
+KERNELS = {"gemm": "ADAPTQ_KERNEL_INT_GEMM", "depthwise": "ADAPTQ_KERNEL_INT_DEPTHWISE", "float": "ADAPTQ_KERNEL_FLOAT"}
+# Sub-byte weights widen to 16-bit lanes scaled by 2^(8 - bits); the scaled accumulator must stay in int32.
+_LANE_SCALE_LIMIT = 2 ** 31
+_COLUMN_SLOT = np.array([0, 2, 1, 3])
+
+
+def conv_kernel(op: ConvPart) -> str:
+    """The kernel that runs a part: float compute, int depthwise (one input and one output channel
+    per group), or the int im2col + GEMM kernel for every other shape."""
+    if op.compute != "int":
+        return "float"
+    return "depthwise" if op.in_channels // op.groups == 1 and op.out_channels == op.groups else "gemm"
+
+
+def gemm_row_elements(op: ConvPart) -> int:
+    """The reduction kh·kw·(in/groups) padded to whole weight words (32/bits codes)."""
+    per_word = 32 // op.weight_bits
+    return -(-op.reduction_size // per_word) * per_word
+
+
+def pack_gemm_weights(op: ConvPart) -> np.ndarray:
+    """Packed weight rows in the order the GEMM kernel widens them (adaptq_conv_int.c's docstring):
+    each row in (ky, kx, ci) order, zero-padded to ``gemm_row_elements``, its elements permuted like
+    the column's slots, then every block of 32/bits codes placed so that slot s of bytes (0, 2) and
+    (1, 3) holds consecutive lane pairs."""
+    bits, per_byte = op.weight_bits, 8 // op.weight_bits
+    rows = op.weights.astype(np.int64).transpose(0, 2, 3, 1).reshape(op.out_channels, -1)
+    k_pad = gemm_row_elements(op)
+    padded = np.zeros((op.out_channels, k_pad), dtype=np.int64)
+    padded[:, :rows.shape[1]] = rows
+    j = np.arange(k_pad)
+    virtual = padded[:, (j & ~3) | _COLUMN_SLOT[j & 3]]
+    v = np.arange(4 * per_byte)  # one weight word: lane pair k = v // 2 at slot k // 2, bytes by parity and lane
+    pair, lane = v // 2, v % 2
+    byte = pair % 2 + 2 * lane
+    slot = pair // 2
+    codes = virtual.reshape(op.out_channels, -1, 4 * per_byte) & (2 ** bits - 1)
+    words = np.zeros(codes.shape[:2] + (4,), dtype=np.int64)
+    for element in range(4 * per_byte):
+        words[:, :, byte[element]] |= codes[:, :, element] << (slot[element] * bits)
+    return words.reshape(-1).astype(np.uint8)
+
+
+def _check_lane_scale(op: ConvPart, input_levels: int) -> None:
+    bound = accumulator_bounds(op.weights, op.weight_bits, op.weight_grid, input_levels).max(initial=0)
+    scale = 2 ** (8 - op.weight_bits)
+    if op.weight_grid == "dorefa":
+        bound = max(int(bound), int(input_levels * (2 ** op.weight_bits - 1) * op.reduction_size))
+    if int(bound) * scale >= _LANE_SCALE_LIMIT:
+        raise ValueError(f"conv {op.name!r}: its accumulator scaled by {scale} (sub-byte weights widened to "
+                         f"16-bit lanes) may reach 2^31; the C kernels cannot run it")
+
+
+def packed_weight_bytes(op: ConvPart) -> int:
+    """Bytes of a part's weights as the C export stores them (GEMM rows padded to whole words)."""
+    kernel = conv_kernel(op)
+    if kernel == "gemm":
+        return op.out_channels * gemm_row_elements(op) * op.weight_bits // 8
+    if kernel == "depthwise":
+        return (op.weights.size * op.weight_bits + 7) // 8
+    return op.weights.size * (2 if op.compute == "fp16" else 4)
+
+
+SCRATCH_ELEMENT_BYTES = {"columns": 2, "acc": 4, "floats": 4, "codes": 8}  # codes: a code and a real each
+
+
+def scratch_sizes(network: IntegerNetwork) -> Dict[str, int]:
+    """Elements of each scratch array the kernels need for the network's largest part (adaptq_scratch)."""
+    sizes = {"columns": 1, "acc": 1, "floats": 1, "codes": 1}
     for op in network.ops:
         if not isinstance(op, ConvPart):
             continue
-        k, out = op.reduction_size, op.out_channels
-        residual = 1 if op.residual else 0
-        if op.compute == "int":
-            int_words = max(int_words, k + out * (1 + residual))
-            float_words = max(float_words, out * residual)
+        out = op.out_channels
+        kernel = conv_kernel(op)
+        if kernel == "gemm":
+            sizes["columns"] = max(sizes["columns"], 2 * gemm_row_elements(op))
+            sizes["acc"] = max(sizes["acc"], 2 * out)
+        elif kernel == "depthwise":
+            sizes["columns"] = max(sizes["columns"], out * op.kernel[0] * op.kernel[1])
+            sizes["acc"] = max(sizes["acc"], out)
         else:
-            float_words = max(float_words, k + out * (1 + residual))
-    return {"int": int_words, "float": float_words}
+            sizes["floats"] = max(sizes["floats"], op.reduction_size + out)
+        if op.residual:
+            sizes["codes"] = max(sizes["codes"], out)
+    return sizes
 
 
-def _weights_source(index: int, op: ConvPart) -> str:
+def _weights_source(index: int, op: ConvPart, input_levels: int) -> str:
     name = f"weights_{index}"
-    if op.compute == "int":
+    kernel = conv_kernel(op)
+    if kernel == "gemm":
+        _check_lane_scale(op, input_levels)
+        packed = pack_gemm_weights(op)
+    elif kernel == "depthwise":
         packed = pack_bits(op.weights, op.weight_bits, op.weight_grid == "symmetric")
-        return _array("uint8_t", name, (str(v) for v in packed.tolist()), "ADAPTQ_WEIGHTS", 24)
-    if op.compute == "fp16":
-        bits = float_to_half_bits(op.weights.astype(np.float32)).reshape(-1)
+    elif op.compute == "fp16":
+        bits = float_to_half_bits(op.weights.astype(np.float32).transpose(0, 2, 3, 1)).reshape(-1)
         return _array("uint16_t", name, (str(v) for v in bits.tolist()), "ADAPTQ_WEIGHTS", 16)
-    return _array("float", name, _floats(op.weights), "ADAPTQ_WEIGHTS", 6)
+    else:
+        return _array("float", name, _floats(op.weights.transpose(0, 2, 3, 1)), "ADAPTQ_WEIGHTS", 6)
+    return _array("uint8_t", name, (str(v) for v in packed.tolist()), "ADAPTQ_WEIGHTS", 24) \
+        .replace("] ADAPTQ_WEIGHTS", "] ADAPTQ_ALIGNED(4) ADAPTQ_WEIGHTS", 1)
 
 
-def _conv_source(index: int, op: ConvPart, buffer_index: Dict[str, int]) -> str:
+def _fixed_point_source(tag: str, ep: FixedPointEpilogue) -> Tuple[List[str], str]:
+    out = [_array("int32_t", f"multiplier_{tag}", _ints(ep.multiplier), "ADAPTQ_PARAMS", 8),
+           _array("int8_t", f"shift_{tag}", _ints(ep.shift), "ADAPTQ_PARAMS", 24),
+           _array("int32_t", f"bias_{tag}", _ints(ep.bias), "ADAPTQ_PARAMS", 8),
+           _array("int8_t", f"acc_shift_{tag}", _ints(ep.acc_shift), "ADAPTQ_PARAMS", 24),
+           _array("int16_t", f"lo_{tag}", _ints(ep.lo), "ADAPTQ_PARAMS", 16),
+           _array("int16_t", f"hi_{tag}", _ints(ep.hi), "ADAPTQ_PARAMS", 16)]
+    refs = (f".epilogue = ADAPTQ_EPILOGUE_FIXED, .multiplier = multiplier_{tag}, .shift = shift_{tag}, "
+            f".bias = bias_{tag}, .acc_shift = acc_shift_{tag}, .lo = lo_{tag}, .hi = hi_{tag}")
+    if ep.residual is not None:
+        r = ep.residual
+        types = {"t_lo": "int16_t", "t_hi": "int16_t", "t_multiplier": "int32_t", "skip_multiplier": "int32_t",
+                 "output_multiplier": "int32_t", "t_shift": "int8_t", "skip_shift": "int8_t", "output_shift": "int8_t"}
+        out += [_array(types[name], f"{name}_{tag}", _ints(getattr(r, name)), "ADAPTQ_PARAMS", 8) for name in r.FIELDS]
+        fields = ", ".join(f".{name} = {name}_{tag}" for name in r.FIELDS) + f", .left_shift = {r.left_shift}"
+        out.append(f"static const adaptq_residual_add add_{tag} ADAPTQ_PARAMS = {{{fields}}};\n")
+        refs += f", .add = &add_{tag}"
+    return out, refs
+
+
+def _conv_source(index: int, op: ConvPart, buffer_index: Dict[str, int], input_levels: int) -> str:
+    kernel = conv_kernel(op)
     out = [f"/* {op.name}: layer {op.layer!r} channels {list(op.layer_channels)}, {op.compute}"
-           + (f" w{op.weight_bits} {op.weight_grid}" if op.compute == "int" else "") + " */\n",
-           _weights_source(index, op)]
+           + (f" w{op.weight_bits} {op.weight_grid}" if op.compute == "int" else "") + f", {kernel} kernel */\n",
+           _weights_source(index, op, input_levels)]
     entries = []
     for j, o in enumerate(op.outputs):
         ep, tag = o.epilogue, f"{index}_{j}"
         fields = {"buffer": buffer_index[o.buffer], "channel_offset": o.channel_offset,
                   "first": o.part_channels[0], "count": o.part_channels[1] - o.part_channels[0]}
         if isinstance(ep, FixedPointEpilogue):
-            out += [_array("int32_t", f"multiplier_{tag}", _ints(ep.multiplier), "ADAPTQ_PARAMS", 8),
-                    _array("uint8_t", f"shift_{tag}", _ints(ep.shift), "ADAPTQ_PARAMS", 24),
-                    _array("int64_t", f"bias_{tag}", _ints(ep.bias, 64), "ADAPTQ_PARAMS", 4),
-                    _array("int16_t", f"lo_{tag}", _ints(ep.lo), "ADAPTQ_PARAMS", 16),
-                    _array("int16_t", f"hi_{tag}", _ints(ep.hi), "ADAPTQ_PARAMS", 16)]
-            refs = (f".epilogue = ADAPTQ_EPILOGUE_FIXED, .multiplier = multiplier_{tag}, .shift = shift_{tag}, "
-                    f".bias = bias_{tag}, .lo = lo_{tag}, .hi = hi_{tag}")
-            if ep.residual_multiplier is not None:
-                out.append(_array("int64_t", f"residual_multiplier_{tag}", _ints(ep.residual_multiplier, 64),
-                                  "ADAPTQ_PARAMS", 4))
-                refs += f", .residual_multiplier = residual_multiplier_{tag}"
+            arrays, refs = _fixed_point_source(tag, ep)
+            out += arrays
         else:
             out += [_array("float", f"scale_{tag}", _floats(ep.scale), "ADAPTQ_PARAMS", 6),
                     _array("float", f"offset_{tag}", _floats(ep.offset), "ADAPTQ_PARAMS", 6)]
@@ -153,12 +244,13 @@ def _conv_source(index: int, op: ConvPart, buffer_index: Dict[str, int]) -> str:
     (kh, kw), (sh, sw), (ph, pw) = op.kernel, op.stride, op.padding
     out.append(
         f"static const adaptq_conv op_{index} ADAPTQ_PARAMS = {{\n"
-        f"    .compute = {KINDS[op.compute]}, .weight_bits = {op.weight_bits}, "
+        f"    .kernel = {KERNELS[kernel]}, .compute = {KINDS[op.compute]}, .weight_bits = {op.weight_bits}, "
         f".weight_grid = {'ADAPTQ_GRID_SYMMETRIC' if op.weight_grid == 'symmetric' else 'ADAPTQ_GRID_DOREFA'}, "
         f".has_activation = {int(op.activation is not None)},\n"
         f"    .kernel_h = {kh}, .kernel_w = {kw}, .stride_h = {sh}, .stride_w = {sw}, .pad_h = {ph}, .pad_w = {pw},\n"
         f"    .out_channels = {op.out_channels}, .groups = {op.groups}, "
-        f".in_per_group = {op.in_channels // op.groups},\n"
+        f".in_per_group = {op.in_channels // op.groups}, "
+        f".row_elements = {gemm_row_elements(op) if kernel == 'gemm' else 0},\n"
         f"    .input = {{{buffer_index[op.input.buffer]}, {op.input.offset}, {op.input.channels}}}, "
         f".weights = weights_{index},\n"
         f"    .act_lo = {_float_literal(act_lo)}, .act_hi = {_float_literal(act_hi)},\n"
@@ -171,7 +263,7 @@ def model_sources(network: IntegerNetwork) -> Dict[str, str]:
     """model.h and model.c of a validated network whose arena is planned."""
     buffer_index = {b.name: i for i, b in enumerate(network.buffers)}
     c, h, w = network.input_shape
-    scratch = scratch_words(network)
+    scratch = scratch_sizes(network)
     header = f"""/* Generated by deploy/c_export.py from an AdaptQNet integer network; do not edit. */
 #ifndef ADAPTQ_MODEL_H
 #define ADAPTQ_MODEL_H
@@ -185,8 +277,10 @@ def model_sources(network: IntegerNetwork) -> Dict[str, str]:
 #define ADAPTQ_OUTPUT_SIZE {network.num_outputs}
 #define ADAPTQ_ARENA_BYTES {network.arena_bytes}
 #define ADAPTQ_GUARD_BYTES {GUARD_BYTES}
-#define ADAPTQ_INT_SCRATCH_WORDS {scratch['int']}
-#define ADAPTQ_FLOAT_SCRATCH_WORDS {scratch['float']}
+#define ADAPTQ_SCRATCH_COLUMNS {scratch['columns']}
+#define ADAPTQ_SCRATCH_ACC {scratch['acc']}
+#define ADAPTQ_SCRATCH_FLOATS {scratch['floats']}
+#define ADAPTQ_SCRATCH_RESIDUAL {scratch['codes']}
 
 /* The arena, followed by ADAPTQ_GUARD_BYTES that the kernels never touch (the harness checks them). */
 extern uint8_t adaptq_arena[ADAPTQ_ARENA_BYTES + ADAPTQ_GUARD_BYTES];
@@ -216,19 +310,23 @@ int adaptq_predict(const float *input, float *output);
                          f"{len(op.outputs)}}};\n\n")
             op_rows.append(f"    {{ADAPTQ_OP_QUANTIZE, &op_{index}}}")
         elif isinstance(op, ConvPart):
-            parts.append(_conv_source(index, op, buffer_index) + "\n")
+            parts.append(_conv_source(index, op, buffer_index, network.buffer(op.input.buffer).format.levels) + "\n")
             op_rows.append(f"    {{ADAPTQ_OP_CONV, &op_{index}}}")
         elif isinstance(op, GlobalAvgPool):
             parts.append(f"static const adaptq_pool op_{index} ADAPTQ_PARAMS = {{{buffer_index[op.input]}, "
                          f"{buffer_index[op.output]}}}; /* {op.name} */\n\n")
             op_rows.append(f"    {{ADAPTQ_OP_POOL, &op_{index}}}")
     parts.append(f"static const adaptq_op ops[{len(op_rows)}] ADAPTQ_PARAMS = {{\n" + ",\n".join(op_rows) + "\n};\n\n")
-    parts.append(f"""static int32_t int_scratch[ADAPTQ_INT_SCRATCH_WORDS] ADAPTQ_SECTION(".bss.adaptq.scratch");
-static float float_scratch[ADAPTQ_FLOAT_SCRATCH_WORDS] ADAPTQ_SECTION(".bss.adaptq.scratch");
+    parts.append(f"""static int16_t scratch_columns[ADAPTQ_SCRATCH_COLUMNS] ADAPTQ_ALIGNED(4) ADAPTQ_SECTION(".bss.adaptq.scratch");
+static int32_t scratch_acc[ADAPTQ_SCRATCH_ACC] ADAPTQ_SECTION(".bss.adaptq.scratch");
+static float scratch_floats[ADAPTQ_SCRATCH_FLOATS] ADAPTQ_SECTION(".bss.adaptq.scratch");
+static int32_t scratch_codes[ADAPTQ_SCRATCH_RESIDUAL] ADAPTQ_SECTION(".bss.adaptq.scratch");
+static float scratch_reals[ADAPTQ_SCRATCH_RESIDUAL] ADAPTQ_SECTION(".bss.adaptq.scratch");
 uint8_t adaptq_arena[ADAPTQ_ARENA_BYTES + ADAPTQ_GUARD_BYTES] ADAPTQ_ALIGNED(8) ADAPTQ_SECTION(".bss.adaptq.arena");
 
 static const adaptq_network network = {{
-    buffers, ops, {len(op_rows)}, {c}, {h}, {w}, {buffer_index[network.output]}, int_scratch, float_scratch,
+    buffers, ops, {len(op_rows)}, {c}, {h}, {w}, {buffer_index[network.output]},
+    {{scratch_columns, scratch_acc, scratch_floats, scratch_codes, scratch_reals}},
 }};
 
 int adaptq_predict(const float *input, float *output)

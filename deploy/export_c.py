@@ -31,7 +31,7 @@ import torch  # noqa: E402
 from deploy import c_export, reference  # noqa: E402
 from deploy.build import (Agreement, Run, agreement_count, build_integer_network, compare_with_pytorch,  # noqa: E402
                           load_run, load_test_images)
-from deploy.ir import IntegerNetwork  # noqa: E402
+from deploy.ir import ARITHMETICS, IntegerNetwork  # noqa: E402
 from models import formats  # noqa: E402
 from models.files import write_json_atomic  # noqa: E402
 from tensor_analysis.cli import Parser, non_negative_int, positive_int, run_cli  # noqa: E402
@@ -82,16 +82,17 @@ DEFAULT_IMAGES = 200
 
 def export_run(run_dir: str, output_dir: str, images: Optional[int] = None, hardware: Optional[str] = None,
                agreement_images: Optional[int] = None, data_dir: Optional[str] = None, measure_sizes: bool = True,
-               targets: Sequence[str] = ()) -> ExportResult:
+               targets: Sequence[str] = (), arithmetic: str = "fine") -> ExportResult:
     """Convert, compare, write the C folder, measure its sizes and run ``targets`` (see module
     docstring). ``images``: None embeds DEFAULT_IMAGES, or the whole test split if it is smaller.
-    ``agreement_images``: None compares on the whole test split, 0 skips the comparison."""
+    ``agreement_images``: None compares on the whole test split, 0 skips the comparison.
+    ``arithmetic``: the fixed-point rounding (``build.build_integer_network``)."""
     seconds: Dict[str, float] = {}
     start = time.monotonic()
     c_export.check_replaceable(os.path.abspath(output_dir))
     run = load_run(run_dir, hardware)
     profile = load_profile(run.hardware)
-    network = build_integer_network(run)
+    network = build_integer_network(run, arithmetic)
     test_x, test_y = load_test_images(run, data_dir)
     if images is None:
         images = min(DEFAULT_IMAGES, len(test_x))
@@ -202,6 +203,11 @@ def build_parser() -> Parser:
     p.add_argument("--run", action="append", choices=TARGETS, default=[], metavar="{host,m7}",
                    help="after writing, build and run this target's harness (repeatable); the exit status is "
                         "non-zero unless every image is bit-exact")
+    p.add_argument("--arithmetic", choices=ARITHMETICS, default="fine",
+                   help="fixed-point rounding of the integer layers: 'fine' (default) pre-shifts accumulators so "
+                        "that biases round finely and rounds a projection's output ahead of its residual add to "
+                        "int16; 'tflite' computes what a TFLite int8 graph (CMSIS-NN, TFLite Micro) computes, bit "
+                        "for bit, a little further from the trained network. Same kernels, same speed")
     p.add_argument("--threads", type=positive_int, default=1, help="torch CPU threads")
     return p
 
@@ -211,7 +217,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     result = export_run(args.run_dir, args.output_dir, images=args.images, hardware=args.hardware,
                         agreement_images=args.agreement_images, data_dir=args.data_dir,
-                        measure_sizes=not args.no_sizes, targets=args.run)
+                        measure_sizes=not args.no_sizes, targets=args.run, arithmetic=args.arithmetic)
     print(report(result))
     if result.ram_warning:
         print(f"warning: {result.ram_warning}", file=sys.stderr)

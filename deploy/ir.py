@@ -23,8 +23,10 @@ signed or not)         value ``scale·q``      packed LSB-first: element i occup
 
 Int formats carry ``levels`` L: codes lie in ``[0, L]`` (unsigned) or ``[-L, L]`` (signed); PACT
 uses L = 2^k − 1 unsigned and 2^(k−1) − 1 signed (signed INT2 codes are −1, 0, 1). Element order in a
-buffer is channel-major over the buffer's own channels: element ``((c − b0)·H + y)·W + x``. A
-buffer's size is ``ceil(elements · bits / 8)`` bytes.
+buffer is channels-last (HWC) over the buffer's own channels: element ``(y·W + x)·C_b + (c − b0)``,
+so a pointwise layer is a matrix product over contiguous pixels and a depthwise layer runs across
+channels. A buffer's size is ``ceil(elements · bits / 8)`` bytes. The numpy reference holds buffers as
+arrays and never sees this order; it is the C export's (and any executor's that shares the arena).
 
 A tensor read in several formats (a layer split over two cores whose parts read its input at
 different precisions; a depthwise layer split by channels) has several buffers; each consumer part
@@ -53,18 +55,36 @@ Operators (executed in list order, on one core)
      nothing) is ``acc = 2·Σq·u − L_w·Σq`` (dorefa) or ``Σq·w`` (symmetric). Validation proves
      from the weights and the input levels that |acc| and both dorefa sums stay below 2^31.
    * fp16 / fp32 compute: the input buffer is fp16 / fp32 (read as float32); weights are stored as
-     half / float32 and used as float32. ``acc = 0.0f; for ci: for ky: for kx: acc += x·w`` in
+     half / float32 and used as float32. ``acc = 0.0f; for ky: for kx: for ci: acc += x·w`` in
      float32 in exactly that order, each product and each sum rounded to float32 (no fused
      multiply-add). Padding positions may be skipped or added: with finite weights they add ±0,
      which changes nothing (acc starts at +0 and can never become −0).
    * Epilogue, per output channel c; the case decides which one, and validation rejects the other:
 
-     - ``FixedPointEpilogue`` (int compute, int output buffer, residual absent or all int):
-       ``v = acc·M_c + B_c (+ q_res·R_c)`` in int64,
-       ``q = clamp(floor((v + 2^(s_c−1)) / 2^s_c), lo_c, hi_c)`` (round half up). ``M_c`` int32,
-       ``s_c`` in 1..62, ``B_c``, ``R_c`` int64. The activation must already be folded into
-       ``lo_c, hi_c``; a part with a residual and a fixed-point output has no activation (a clamp
-       before the add cannot be folded into one after it). Validation proves |v| + 2^(s_c−1) < 2^63.
+     - ``FixedPointEpilogue`` (int compute, int output buffer, residual absent or all int): the
+       requantisation TensorFlow Lite and CMSIS-NN define for int8, in 32-bit integers:
+       ``y = mbqm(acc·2^p_c + B_c, M_c, s_c)``, ``q = clamp(y, lo_c, hi_c)``, with ``B_c``, ``M_c``
+       int32, ``s_c`` in −31..30 (``mbqm`` below) and the accumulator pre-shift ``p_c`` in 0..30
+       (TFLite's is 0; the converter's "fine" arithmetic raises it where rounding the bias into the
+       accumulator would cost accuracy, see ``requantizer``). The activation must already be folded into ``lo_c, hi_c``.
+       With a residual it is TFLite's int8 ADD fused behind the conv: ``t = clamp(y, t_lo_c,
+       t_hi_c)`` (the conv's own int8 output) and
+       ``q = clamp(mbqm(mbqm(t·2^L, Mt_c, st_c) + mbqm(q_res·2^L, Mr_c, sr_c), Mo_c, so_c), lo_c, hi_c)``
+       with every s ≤ 0 (TFLite's ``MultiplyByQuantizedMultiplierSmallerThanOneExp``). With t an int8
+       tensor (t in [−128, 127], L = 20) this is bit for bit a TFLite int8 CONV followed by its ADD;
+       the converter may instead keep t as int16 (L = 15, TFLite's int16 ADD), which rounds the
+       conv's output 256 times finer than an int8 graph can. A
+       part with a residual and a fixed-point output has no activation (a clamp before the add cannot
+       be folded into one after it). All zero points are 0 in the IR's code space (an unsigned code u
+       is TFLite's int8 ``u − 128`` with zero point −128). Validation proves that ``acc + B_c`` and its
+       left shift stay inside int32.
+
+       ``mbqm(x, M, s) = rdbpot(srdhm(x·2^max(s, 0), M), max(−s, 0))`` (TFLite's
+       ``MultiplyByQuantizedMultiplier``, gemmlowp's roundings): ``srdhm(a, b)`` is
+       ``(a·b + n) / 2^31`` in int64 truncated toward zero with ``n = 2^30`` if a·b ≥ 0 else
+       ``1 − 2^30`` (saturating to 2^31 − 1 when a = b = −2^31), and ``rdbpot(x, e)`` is ``x / 2^e``
+       rounded half away from zero: ``(x >> e) + ((x & (2^e − 1)) > ((2^e − 1) >> 1) + (x < 0))``
+       with an arithmetic shift.
      - ``FloatEpilogue`` (every other case): ``z = acc_f·A_c + C_c`` in float32 (``acc_f`` =
        (float)acc for int compute, the float accumulator otherwise); ``z = clamp(z, act_lo, act_hi)``
        if the part has an activation; ``z = z + r`` if a residual, ``r`` the residual element's real
@@ -96,8 +116,9 @@ evaluates float expressions in float32 (``FLT_EVAL_METHOD == 0``) without contra
 
 Fixed-point helper
 ------------------
-``requantizer(A, C, R, lo=, hi=)`` turns real per-channel multipliers (output code =
+``requantizer(A, C, R, lo=, hi=, acc_bound=, arithmetic=)`` turns real per-channel multipliers (output code =
 ``A_c·acc + C_c (+ R_c·q_res)``) into a ``FixedPointEpilogue``; its docstring gives the error bound.
+``quantize_multiplier`` is TFLite's ``QuantizeMultiplier``; ``mbqm`` the function above in numpy.
 
 Memory
 ------
@@ -107,7 +128,7 @@ every buffer (4-byte aligned) and ``arena_bytes`` are part of the IR once planne
 
 JSON
 ----
-``to_json`` / ``from_json`` with schema ``adaptqnet/integer_network/1``: numpy arrays are objects
+``to_json`` / ``from_json`` with schema ``adaptqnet/integer_network/2``: numpy arrays are objects
 ``{"dtype", "shape", "data"}`` with ``data`` the base64 of the little-endian bytes; int weights are
 stored packed (``"packed_bits"``, ``"signed"``), as in the C export. ±inf float scalars (activation
 bounds) are the strings ``"inf"`` / ``"-inf"``. ``to_json(from_json(s)) == s``.
@@ -126,21 +147,20 @@ import numpy as np
 
 from deploy import arena
 
-SCHEMA = "adaptqnet/integer_network/1"
+SCHEMA = "adaptqnet/integer_network/2"
 FORMAT_KINDS = ("int", "fp16", "fp32")
 INT_BITS = (8, 4, 2)
 WEIGHT_GRIDS = ("dorefa", "symmetric")
-MAX_SHIFT = 62
+MIN_SHIFT, MAX_SHIFT = -31, 30
 ACCUMULATOR_LIMIT = 2 ** 31
-INT64_LIMIT = 2 ** 63
+INT32_MIN, INT32_MAX = -2 ** 31, 2 ** 31 - 1
+# TFLite's ADD shifts both operands left before scaling them (left_shift in add.cc): 20 bits for int8
+# operands, 15 for int16; keyed by the bits of the conv output ahead of a fused add.
+ADD_LEFT_SHIFT = {8: 20, 16: 15}
 # rne() truncates through int32; below 2^24 every float32 has an exact integer part and fraction.
 RNE_LIMIT = 2 ** 24
 CANONICAL_NAN_FP32 = 0x7FC00000
 CANONICAL_NAN_FP16 = 0x7E00
-# The requantizer keeps |B| and |R·q_res| (q_res ≤ 255) at most 2^59 so that, with |acc·M| < 2^62
-# and the rounding term ≤ 2^61, the int64 sum cannot overflow.
-_REQUANT_TERM_LIMIT_LOG2 = 59
-_MAX_CODE_MAGNITUDE_LOG2 = 8
 
 
 # -- scalar coercion --------------------------------------------------------------------------------
@@ -281,26 +301,62 @@ def _float32_array(values: Any, where: str) -> np.ndarray:
 
 
 @dataclass
+class ResidualAdd:
+    """TFLite's int8 ADD fused behind a conv's requantisation; per output channel (module docstring)."""
+    t_lo: np.ndarray
+    t_hi: np.ndarray
+    t_multiplier: np.ndarray
+    t_shift: np.ndarray
+    skip_multiplier: np.ndarray
+    skip_shift: np.ndarray
+    output_multiplier: np.ndarray
+    output_shift: np.ndarray
+    left_shift: int = ADD_LEFT_SHIFT[8]
+
+    FIELDS = ("t_lo", "t_hi", "t_multiplier", "t_shift", "skip_multiplier", "skip_shift", "output_multiplier",
+              "output_shift")
+
+    def __post_init__(self):
+        for name in self.FIELDS:
+            setattr(self, name, _checked_int_array(getattr(self, name), np.int32, f"ResidualAdd.{name}"))
+        self.left_shift = int(self.left_shift)
+
+    @property
+    def t_bits(self) -> int:
+        """The width of the conv output ahead of the add: 8 or 16 (None for an unknown left shift)."""
+        return next((b for b, shift in ADD_LEFT_SHIFT.items() if shift == self.left_shift), None)
+
+    def t_step(self) -> np.ndarray:
+        """The step of that output, in output codes, per channel."""
+        return (real_multiplier(self.t_multiplier, self.t_shift)
+                * real_multiplier(self.output_multiplier, self.output_shift) * 2.0 ** self.left_shift)
+
+
+@dataclass
 class FixedPointEpilogue:
-    """Per-channel int constants; see the module docstring. ``requantizer`` builds one."""
+    """Per-channel int32 constants; see the module docstring. ``requantizer`` builds one."""
     multiplier: np.ndarray
     shift: np.ndarray
     bias: np.ndarray
     lo: np.ndarray
     hi: np.ndarray
-    residual_multiplier: Optional[np.ndarray] = None
+    residual: Optional[ResidualAdd] = None
+    acc_shift: Optional[np.ndarray] = None
 
     def __post_init__(self):
-        self.multiplier = _checked_int_array(self.multiplier, np.int32, "FixedPointEpilogue.multiplier")
-        self.shift = _checked_int_array(self.shift, np.int32, "FixedPointEpilogue.shift")
-        self.bias = _checked_int_array(self.bias, np.int64, "FixedPointEpilogue.bias")
-        self.lo = _checked_int_array(self.lo, np.int32, "FixedPointEpilogue.lo")
-        self.hi = _checked_int_array(self.hi, np.int32, "FixedPointEpilogue.hi")
-        if self.residual_multiplier is not None:
-            self.residual_multiplier = _checked_int_array(self.residual_multiplier, np.int64,
-                                                          "FixedPointEpilogue.residual_multiplier")
+        if self.acc_shift is None:
+            self.acc_shift = np.zeros(np.shape(self.multiplier), dtype=np.int32)
+        for name in ("multiplier", "shift", "bias", "lo", "hi", "acc_shift"):
+            setattr(self, name, _checked_int_array(getattr(self, name), np.int32, f"FixedPointEpilogue.{name}"))
 
     kind = "fixed_point"
+
+    def affine(self) -> Tuple[np.ndarray, np.ndarray]:
+        """The real ``(A, C)`` of ``q ≈ A·acc + C`` this epilogue computes (float64, per channel)."""
+        a = real_multiplier(self.multiplier, self.shift) * np.exp2(self.acc_shift.astype(np.float64))
+        if self.residual is not None:
+            a = a * self.residual.t_step()
+        return a, a * self.bias.astype(np.float64) * np.exp2(-self.acc_shift.astype(np.float64))
 
 
 @dataclass
@@ -422,8 +478,7 @@ class ConvPart:
         """Weights as the accumulator uses them: int64 (dorefa 2u − L_w) or float32."""
         if self.compute != "int":
             return self.weights.astype(np.float32)
-        w = self.weights.astype(np.int64)
-        return 2 * w - (2 ** self.weight_bits - 1) if self.weight_grid == "dorefa" else w
+        return effective_int_weights(self.weights, self.weight_bits, self.weight_grid)
 
     def reads(self) -> List[str]:
         return [self.input.buffer] + [s.buffer for s in self.residual]
@@ -446,6 +501,18 @@ class GlobalAvgPool:
 
 
 Op = Union[Quantize, ConvPart, GlobalAvgPool]
+
+
+def effective_int_weights(codes: np.ndarray, bits: int, grid: str) -> np.ndarray:
+    """Int weight codes as the accumulator uses them (int64): dorefa 2u − L_w, symmetric as they are."""
+    w = np.asarray(codes).astype(np.int64)
+    return 2 * w - (2 ** bits - 1) if grid == "dorefa" else w
+
+
+def accumulator_bounds(codes: np.ndarray, bits: int, grid: str, input_levels: int) -> np.ndarray:
+    """Per output channel, the largest |acc| any input of ``input_levels`` can produce (int64)."""
+    eff = np.abs(effective_int_weights(codes, bits, grid)).reshape(np.shape(codes)[0], -1)
+    return int(input_levels) * eff.sum(axis=1)
 
 
 def op_label(index: int, op: Op) -> str:
@@ -633,52 +700,144 @@ def unpack_bits(data: np.ndarray, bits: int, signed: bool, count: int) -> np.nda
     return codes
 
 
-# -- fixed-point helper -----------------------------------------------------------------------------------------
+# -- fixed-point helpers ----------------------------------------------------------------------------------------
+def quantize_multiplier(real: float) -> Tuple[int, int]:
+    """TFLite's ``QuantizeMultiplier``: ``real ≈ M·2^(s − 31)`` with |M| in [2^30, 2^31) rounded half
+    away from zero (0 gives (0, 0); an exponent below −31 underflows to (0, 0))."""
+    if real == 0:
+        return 0, 0
+    q, s = math.frexp(real)
+    m = int(math.copysign(math.floor(abs(q) * 2 ** 31 + 0.5), q))
+    if abs(m) == 2 ** 31:
+        m //= 2
+        s += 1
+    if s < MIN_SHIFT:
+        return 0, 0
+    _require(s <= MAX_SHIFT, f"quantize_multiplier: {real} needs a left shift above {MAX_SHIFT}")
+    return m, s
+
+
+def add_input_range(bits: int) -> Tuple[int, int]:
+    """The codes of the conv output ahead of a fused add: int8 or int16."""
+    return -2 ** (bits - 1), 2 ** (bits - 1) - 1
+
+
+def real_multiplier(multiplier: np.ndarray, shift: np.ndarray) -> np.ndarray:
+    return np.asarray(multiplier, dtype=np.float64) * np.exp2(np.asarray(shift, dtype=np.float64) - 31)
+
+
+def srdhm(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """gemmlowp's SaturatingRoundingDoublingHighMul on int64 arrays holding int32 values."""
+    a = np.asarray(a, dtype=np.int64)
+    b = np.asarray(b, dtype=np.int64)
+    ab = a * b
+    t = ab + np.where(ab >= 0, np.int64(1 << 30), np.int64(1 - (1 << 30)))
+    q = np.where(t >= 0, t >> 31, -((-t) >> 31))
+    return np.where((a == INT32_MIN) & (b == INT32_MIN), np.int64(INT32_MAX), q)
+
+
+def rdbpot(x: np.ndarray, exponent: np.ndarray) -> np.ndarray:
+    """gemmlowp's RoundingDivideByPOT: x / 2^exponent rounded half away from zero."""
+    x = np.asarray(x, dtype=np.int64)
+    e = np.asarray(exponent, dtype=np.int64)
+    mask = (np.int64(1) << e) - 1
+    threshold = (mask >> 1) + (x < 0)
+    return (x >> e) + ((x & mask) > threshold)
+
+
+def mbqm(x: np.ndarray, multiplier: np.ndarray, shift: np.ndarray) -> np.ndarray:
+    """TFLite's MultiplyByQuantizedMultiplier (module docstring); int64 arrays of int32 values."""
+    shift = np.asarray(shift, dtype=np.int64)
+    left = np.maximum(shift, 0)
+    return rdbpot(srdhm(np.asarray(x, dtype=np.int64) << left, multiplier), np.maximum(-shift, 0))
+
+
+ARITHMETICS = ("fine", "tflite")
+ADD_BITS = {"tflite": 8, "fine": 16}  # the conv output ahead of a fused residual add
+
+
+def _requantize_channel(a: float, c: float, lo: int, hi: int, acc_bound: int,
+                        fine: bool) -> Tuple[int, int, int, int, int, int]:
+    """(M, s, B, p, lo, hi) of one channel; a channel whose accumulator cannot move its result by half
+    a code (A = 0, or |A|·acc_bound < 1/2) is the constant code of C."""
+    if a == 0 or abs(a) * acc_bound < 0.5:
+        code = min(max(int(np.rint(c)), lo), hi)
+        return 0, 0, 0, 0, code, code
+    p = 0
+    if fine:  # as far as int32 and the multiplier's exponent allow
+        room = math.frexp((ACCUMULATOR_LIMIT - 1) / (acc_bound + abs(c / a) + 1))[1] - 2
+        p = max(0, min(room, math.frexp(abs(a))[1] - MIN_SHIFT - 1, MAX_SHIFT))
+    m, s = quantize_multiplier(math.ldexp(a, -p))
+    b = int(np.rint(math.ldexp(c / a, p)))
+    total = (acc_bound << p) + abs(b)
+    _require(total < ACCUMULATOR_LIMIT and total << max(s, 0) < ACCUMULATOR_LIMIT,
+             f"requantizer: acc + bias (|bias| = {abs(b)}, |acc| up to {acc_bound}) shifted left by {max(s, 0)} "
+             f"leaves int32 (A={a}, C={c}); the multipliers are too large for the fixed-point epilogue")
+    return m, s, b, p, lo, hi
+
+
+def _channel_rows(A, C, lo, hi, bound, fine: bool):
+    rows = [_requantize_channel(float(A[c]), float(C[c]), int(lo[c]), int(hi[c]), int(bound[c]), fine)
+            for c in range(len(A))]
+    return [np.asarray(v, dtype=np.int64) for v in zip(*rows)] if rows else [np.zeros(0, np.int64)] * 6
+
+
 def requantizer(A: Sequence[float], C: Sequence[float], R: Optional[Sequence[float]] = None, *,
-                lo: Any, hi: Any) -> FixedPointEpilogue:
+                lo: Any, hi: Any, acc_bound: Any = ACCUMULATOR_LIMIT // 2 - 1,
+                residual_levels: Any = 255, arithmetic: str = "tflite") -> FixedPointEpilogue:
     """Real per-channel multipliers → the fixed-point epilogue that computes
-    ``clamp(round_half_up(A_c·acc + C_c + R_c·q_res), lo_c, hi_c)``.
+    ``clamp(round(A_c·acc + C_c (+ R_c·q_res)), lo_c, hi_c)`` in int32 arithmetic.
 
-    Per channel: ``s_c = 31 − e`` where ``|A_c| = m·2^e`` with m in [0.5, 1), so ``M_c = rne(A_c·2^s_c)``
-    lies in [2^30, 2^31) (one step less if rounding reaches 2^31); ``B_c = rne(C_c·2^s_c)``,
-    ``R_c = rne(R_c·2^s_c)``. ``s_c`` is then lowered, where needed, so that |B_c| ≤ 2^59 and
-    |R_c|·255 ≤ 2^59, and clipped to 62 (an A_c of 0 gives M_c = 0 and starts from s_c = 62); this
-    keeps the int64 sum from overflowing for any |acc| < 2^31 and |q_res| ≤ 255. A channel that would
-    need s_c < 1 (|A_c| ≥ 2^30, |C_c| ≥ 2^58) raises ValueError.
+    ``acc_bound`` (per channel, default 2^30 − 1) is the largest |acc| the layer can produce
+    (validation's bound from the weights and the input levels); ``residual_levels`` the largest
+    |q_res|. ``arithmetic``:
 
-    Error bound: each of M, B, R is within 1/2 of its exact value, so
-    ``|v/2^s − y| ≤ δ = (|acc| + 1 + |q_res|) / 2^(s+1)`` with ``y = A·acc + C + R·q_res``, and the result
-    is ``clamp(floor(y + ε + 1/2), lo, hi)`` for some |ε| ≤ δ: it differs from ``clamp(y, lo, hi)`` by
-    at most 1/2 + δ, and equals the exactly rounded ``clamp(floor(y + 1/2), lo, hi)`` unless y lies
-    within δ of a half-integer. Where M_c is normalised, δ ≤ |A_c|·(|acc| + 1 + |q_res|)/2^31.
+    * ``"tflite"``: what TFLite and CMSIS-NN compute for int8: ``M_c, s_c = quantize_multiplier(A_c)``,
+      ``B_c = rne(C_c / A_c)`` in accumulator units, no pre-shift; a residual add behind an int8 ``t``.
+    * ``"fine"``: the same operations, with the accumulator pre-shifted by as many bits ``p_c`` as
+      int32 holds (so ``B_c`` is in units of 2^−p_c and rounding it costs nothing measurable), and an
+      int16 ``t`` ahead of a residual add (TFLite's int16 ADD arithmetic). Same instructions, closer
+      to the trained network; not what a stock int8 runtime computes.
+
+    With a residual, ``t``'s step ``u`` (in output codes) is ``(max|lo, hi| + max R_c·levels_c) / T``
+    over the output, T = 2^(bits − 1) − 1, so that every sum that lands inside the clamp comes from a t
+    inside [−T, T]; the add's multipliers follow TFLite's add.cc (``twice_max = 2·max(u, R_c)``,
+    ``u / twice_max``, ``R_c / twice_max``, ``twice_max / 2^L``).
+
+    Error: M_c is within 2^−31 relative of A_c/2^p_c; B_c within 1/2 of its exact value, so ``y``
+    differs from ``A_c·acc + C_c`` by at most ``|A_c|/2^(p_c+1) + |A_c·acc + C_c|·2^−30 + 1/2`` codes
+    before the clamp (the last half from rounding). With a residual, ``t`` adds u/2 and each of the
+    add's three roundings at most 2^−L of twice_max. A channel whose accumulator cannot change its
+    result by half a code is the constant code of ``C_c``. A multiplier whose left shift would leave
+    int32 raises ValueError.
     """
+    _require(arithmetic in ARITHMETICS, f"requantizer: arithmetic {arithmetic!r}, expected one of {ARITHMETICS}")
+    fine = arithmetic == "fine"
     A = np.asarray(A, dtype=np.float64).reshape(-1)
     n = A.size
     C = np.broadcast_to(np.asarray(C, dtype=np.float64), (n,))
     Rv = None if R is None else np.broadcast_to(np.asarray(R, dtype=np.float64), (n,))
     _require(bool(np.all(np.isfinite(A)) and np.all(np.isfinite(C)) and (Rv is None or np.all(np.isfinite(Rv)))),
              "requantizer: A, C and R must be finite")
-    shifts = np.zeros(n, dtype=np.int64)
-    for c in range(n):
-        s = 31 - math.frexp(abs(A[c]))[1] if A[c] != 0 else MAX_SHIFT
-        if C[c] != 0:
-            s = min(s, _REQUANT_TERM_LIMIT_LOG2 - math.frexp(abs(C[c]))[1])
-        if Rv is not None and Rv[c] != 0:
-            s = min(s, _REQUANT_TERM_LIMIT_LOG2 - _MAX_CODE_MAGNITUDE_LOG2 - math.frexp(abs(Rv[c]))[1])
-        s = min(s, MAX_SHIFT)
-        if abs(np.rint(math.ldexp(A[c], s))) >= 2 ** 31:
-            s -= 1
-        _require(s >= 1, f"requantizer: channel {c} needs a shift below 1 (A={A[c]}, C={C[c]}); the "
-                         f"multipliers are too large for the fixed-point epilogue")
-        shifts[c] = s
-    scale = np.ldexp(1.0, shifts)
-    multiplier = np.rint(A * scale)
-    bias = np.rint(C * scale)
-    residual = None if Rv is None else np.rint(Rv * scale)
-    lo = np.broadcast_to(np.asarray(lo), (n,))
-    hi = np.broadcast_to(np.asarray(hi), (n,))
-    return FixedPointEpilogue(multiplier.astype(np.int64), shifts, bias.astype(np.int64),
-                              lo, hi, None if residual is None else residual.astype(np.int64))
+    lo = np.broadcast_to(np.asarray(lo, dtype=np.int64), (n,))
+    hi = np.broadcast_to(np.asarray(hi, dtype=np.int64), (n,))
+    bound = np.broadcast_to(np.asarray(acc_bound, dtype=np.int64), (n,))
+    if Rv is None:
+        m, s, b, p, l, h = _channel_rows(A, C, lo, hi, bound, fine)
+        return FixedPointEpilogue(m, s, b, l, h, acc_shift=p)
+    add_bits = ADD_BITS[arithmetic]
+    levels = np.broadcast_to(np.asarray(residual_levels, dtype=np.float64), (n,))
+    t_lo, t_hi = add_input_range(add_bits)
+    u = (max(int(np.abs(lo).max()), int(np.abs(hi).max())) + float((np.abs(Rv) * levels).max())) / t_hi
+    m, s, b, p, tl, th = _channel_rows(A / u, C / u, np.full(n, t_lo), np.full(n, t_hi), bound, fine)
+    twice_max = 2 * np.maximum(u, np.abs(Rv))
+    left_shift = ADD_LEFT_SHIFT[add_bits]
+    add = [quantize_multiplier(v) for v in (u / twice_max).tolist()]
+    skip = [quantize_multiplier(v) for v in (Rv / twice_max).tolist()]
+    out = [quantize_multiplier(v) for v in (twice_max / 2 ** left_shift).tolist()]
+    residual = ResidualAdd(tl, th, *(np.asarray(v) for v in zip(*add)), *(np.asarray(v) for v in zip(*skip)),
+                           *(np.asarray(v) for v in zip(*out)), left_shift=left_shift)
+    return FixedPointEpilogue(m, s, b, lo, hi, residual, acc_shift=p)
 
 
 # -- validation -----------------------------------------------------------------------------------------------
@@ -799,8 +958,7 @@ def _validate_conv(op: ConvPart, buffer_of, mark_read, mark_written, where: str)
                  f"{where}: {op.weight_grid} {op.weight_bits}-bit weight codes must lie in [{lo}, {hi}]")
         levels = src.format.levels
         k = op.reduction_size
-        eff = np.abs(op.effective_weights()).reshape(op.out_channels, -1)
-        acc_bound = levels * eff.sum(axis=1)
+        acc_bound = accumulator_bounds(w, op.weight_bits, op.weight_grid, levels)
         _require(int(acc_bound.max()) < ACCUMULATOR_LIMIT,
                  f"{where}: |acc| may reach 2^31 (fan-in {k}, input levels {levels})")
         if op.weight_grid == "dorefa":
@@ -874,21 +1032,38 @@ def _validate_fixed_point(op: ConvPart, ep: FixedPointEpilogue, n: int, fmt: For
                           res_levels: np.ndarray, at: str) -> None:
     arrays = [ep.multiplier, ep.shift, ep.bias, ep.lo, ep.hi]
     _require(all(a.shape == (n,) for a in arrays), f"{at}: fixed-point constants need {n} values each")
-    _require((ep.residual_multiplier is not None) == bool(op.residual),
-             f"{at}: residual_multiplier is required with a residual and only then")
+    _require((ep.residual is not None) == bool(op.residual),
+             f"{at}: the residual add's constants are required with a residual and only then")
     _require(not (op.residual and op.activation is not None),
              f"{at}: an activation before the residual add cannot be folded into a fixed-point clamp")
-    if ep.residual_multiplier is not None:
-        _require(ep.residual_multiplier.shape == (n,), f"{at}: residual_multiplier needs {n} values")
-    _require(bool(np.all((ep.shift >= 1) & (ep.shift <= MAX_SHIFT))), f"{at}: shifts must lie in 1..{MAX_SHIFT}")
+    _require(bool(np.all((ep.shift >= MIN_SHIFT) & (ep.shift <= MAX_SHIFT))),
+             f"{at}: shifts must lie in {MIN_SHIFT}..{MAX_SHIFT}")
     code_lo, code_hi = fmt.code_range
     _require(bool(np.all((code_lo <= ep.lo) & (ep.lo <= ep.hi) & (ep.hi <= code_hi))),
              f"{at}: clamp codes must satisfy {code_lo} <= lo <= hi <= {code_hi}")
-    for c in range(n):
-        total = int(acc_bound[c]) * abs(int(ep.multiplier[c])) + abs(int(ep.bias[c])) + 2 ** (int(ep.shift[c]) - 1)
-        if ep.residual_multiplier is not None:
-            total += int(res_levels[c]) * abs(int(ep.residual_multiplier[c]))
-        _require(total < INT64_LIMIT, f"{at}: channel {c}: acc·M + B + q_res·R + 2^(s-1) may overflow int64")
+    _require(ep.acc_shift.shape == (n,) and bool(np.all((ep.acc_shift >= 0) & (ep.acc_shift <= MAX_SHIFT))),
+             f"{at}: acc_shift needs {n} values in 0..{MAX_SHIFT}")
+    total = (acc_bound.astype(np.int64) << ep.acc_shift.astype(np.int64)) + np.abs(ep.bias.astype(np.int64))
+    total = np.where(total < ACCUMULATOR_LIMIT, total << np.maximum(ep.shift, 0).astype(np.int64), total)
+    bad = np.flatnonzero(total >= ACCUMULATOR_LIMIT)
+    _require(bad.size == 0, f"{at}: channel {bad[0] if bad.size else 0}: acc + bias shifted left may leave int32")
+    if ep.residual is None:
+        return
+    r = ep.residual
+    _require(all(getattr(r, name).shape == (n,) for name in r.FIELDS), f"{at}: residual add constants need {n} values")
+    for name in ("t_shift", "skip_shift", "output_shift"):
+        _require(bool(np.all((getattr(r, name) >= MIN_SHIFT) & (getattr(r, name) <= 0))),
+                 f"{at}: residual {name} must lie in {MIN_SHIFT}..0")
+    bits = r.t_bits
+    _require(bits is not None, f"{at}: residual left_shift {r.left_shift}, expected one of "
+                               f"{tuple(ADD_LEFT_SHIFT.values())} (TFLite's int8 and int16 ADD)")
+    t_lo, t_hi = add_input_range(bits)
+    _require(bool(np.all((t_lo <= r.t_lo) & (r.t_lo <= r.t_hi) & (r.t_hi <= t_hi))),
+             f"{at}: the conv output ahead of the residual add must be int{bits} codes (t_lo <= t_hi)")
+    _require(bool(np.all((r.t_multiplier >= 0) & (r.skip_multiplier >= 0) & (r.output_multiplier >= 0))),
+             f"{at}: the residual add's multipliers must be >= 0")
+    _require(int(res_levels.max(initial=0)) << r.left_shift < ACCUMULATOR_LIMIT,
+             f"{at}: residual codes shifted left by {r.left_shift} may leave int32")
 
 
 def _validate_layers(net: IntegerNetwork) -> None:
@@ -974,9 +1149,11 @@ def _slice_to_dict(s: ChannelSlice) -> Dict[str, Any]:
 def _epilogue_to_dict(e: Epilogue) -> Dict[str, Any]:
     if isinstance(e, FixedPointEpilogue):
         d = {"kind": e.kind, "multiplier": _encode_array(e.multiplier), "shift": _encode_array(e.shift),
-             "bias": _encode_array(e.bias), "lo": _encode_array(e.lo), "hi": _encode_array(e.hi)}
-        if e.residual_multiplier is not None:
-            d["residual_multiplier"] = _encode_array(e.residual_multiplier)
+             "bias": _encode_array(e.bias), "acc_shift": _encode_array(e.acc_shift), "lo": _encode_array(e.lo),
+             "hi": _encode_array(e.hi)}
+        if e.residual is not None:
+            d["residual"] = {name: _encode_array(getattr(e.residual, name)) for name in e.residual.FIELDS}
+            d["residual"]["left_shift"] = e.residual.left_shift
         return d
     return {"kind": e.kind, "scale": _encode_array(e.scale), "offset": _encode_array(e.offset),
             "to_int": _to_int_to_dict(e.to_int)}
@@ -1044,8 +1221,13 @@ def _epilogue_from_dict(d: Any, where: str) -> Epilogue:
     kind = _get(d, "kind", where)
     arr = lambda key: _decode_array(_get(d, key, where), f"{where}.{key}")  # noqa: E731
     if kind == "fixed_point":
-        res = arr("residual_multiplier") if "residual_multiplier" in d else None
-        return FixedPointEpilogue(arr("multiplier"), arr("shift"), arr("bias"), arr("lo"), arr("hi"), res)
+        res = None
+        if d.get("residual") is not None:
+            r = d["residual"]
+            res = ResidualAdd(*(_decode_array(_get(r, name, f"{where}.residual"), f"{where}.residual.{name}")
+                                for name in ResidualAdd.FIELDS), left_shift=int(_get(r, "left_shift", f"{where}.residual")))
+        return FixedPointEpilogue(arr("multiplier"), arr("shift"), arr("bias"), arr("lo"), arr("hi"), res,
+                                  arr("acc_shift"))
     _require(kind == "float", f"{where}.kind: {kind!r}, expected 'fixed_point' or 'float'")
     return FloatEpilogue(arr("scale"), arr("offset"), _to_int_from_dict(_get(d, "to_int", where), f"{where}.to_int"))
 

@@ -187,8 +187,7 @@ class _Graph:
             o0, o1 = out.part_channels
             ep = out.epilogue
             if isinstance(ep, FixedPointEpilogue):
-                unit = self.buffers[out.buffer].format.scale / np.exp2(ep.shift.astype(np.float64))
-                a, c = ep.multiplier * unit, ep.bias * unit
+                a, c = (v * self.buffers[out.buffer].format.scale for v in ep.affine())
             else:
                 a, c = ep.scale.astype(np.float64), ep.offset.astype(np.float64)
             todo = np.isnan(A[o0:o1])
@@ -234,15 +233,20 @@ class _Graph:
         if part.activation is not None:
             y = self.node("Clip", [y, self.const("act_lo", np.float32(part.activation[0])),
                                    self.const("act_hi", np.float32(part.activation[1]))], f"{part.name}.act")
+        skip = None
         if part.residual:
             skips = [self.slice(self.real(s.buffer), s.offset, s.channels, self.buffers[s.buffer].num_channels,
                                 f"{part.name}.skip") for s in part.residual]
             skip = skips[0] if len(skips) == 1 else self.node("Concat", skips, f"{part.name}.skip", axis=1)
-            y = self.node("Add", [y, skip], f"{part.name}.add")
         for out in part.outputs:
             o0, o1 = out.part_channels
             z = self.slice(y, o0, o1 - o0, part.out_channels, f"{part.name}.out")
             ep = out.epilogue
+            if skip is not None:
+                if isinstance(ep, FixedPointEpilogue):
+                    z = self.add_input(z, ep, self.buffers[out.buffer].format.scale, f"{part.name}>{out.buffer}")
+                z = self.node("Add", [z, self.slice(skip, o0, o1 - o0, part.out_channels, f"{part.name}.skip")],
+                              f"{part.name}.add")
             if isinstance(ep, FixedPointEpilogue):
                 lo, hi = ep.lo.astype(np.int64), ep.hi.astype(np.int64)
             elif ep.to_int is not None:
@@ -250,6 +254,15 @@ class _Graph:
             else:
                 lo, hi = self.code_range(out.buffer, o1 - o0)
             self.store(out.buffer, z, out.channel_offset, lo, hi, f"{part.name}>{out.buffer}")
+
+    def add_input(self, z: str, ep: FixedPointEpilogue, out_scale: float, base: str) -> str:
+        """The conv's own output ahead of a fused residual add, quantized as the IR holds it (int8 or
+        int16, zero point 0, its step), as a TFLite graph's CONV output is before its ADD."""
+        step = np.float32(ep.residual.t_step()[0] * out_scale)
+        zp_type = np.int8 if ep.residual.t_bits == 8 else np.int16
+        scale, zp = self.const(f"{base}.t_scale", step), self.const(f"{base}.t_zp", zp_type(0))
+        t = self.node("QuantizeLinear", [z, scale, zp], f"{base}.t")
+        return self.node("DequantizeLinear", [t, scale, zp], f"{base}.t_dq")
 
     def pool(self, op: GlobalAvgPool) -> None:
         y = self.node("GlobalAveragePool", [self.real(op.input)], f"{op.name}.pool")

@@ -4,7 +4,7 @@ Images run as one batch; every operation is elementwise over the batch, so a bat
 bytes as one image at a time. Int parts compute exact integers (the products and sums go through
 float64 matrix products, exact because validation bounds every partial sum below 2^31 < 2^53).
 Float parts compute in float32 in the order the IR prescribes: vectorised over images, output
-channels and positions, with a Python loop over the reduction index in (ci, ky, kx) order, so each
+channels and positions, with a Python loop over the reduction index in (ky, kx, ci) order, so each
 ``acc += x·w`` is one float32 multiply and one float32 add, both rounded, exactly as the C code
 compiled with ``-ffp-contract=off`` does.
 
@@ -18,7 +18,7 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from deploy.ir import (ACCUMULATOR_LIMIT, Buffer, ConvPart, FixedPointEpilogue, Format, GlobalAvgPool, IntegerNetwork,
-                       Quantize, canonical_float32, clamp, float_to_codes, float_to_half_bits, half_bits_to_float)
+                       Quantize, canonical_float32, clamp, float_to_codes, float_to_half_bits, half_bits_to_float, mbqm)
 
 
 def store(fmt: Format, z: np.ndarray, to_int=None) -> np.ndarray:
@@ -52,8 +52,9 @@ def _patches(x: np.ndarray, part: ConvPart) -> np.ndarray:
     out_h, out_w = part.output_size(h, w)
     padded = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
     windows = sliding_window_view(padded, (kh, kw), axis=(2, 3))[:, :, ::sh, ::sw][:, :, :out_h, :out_w]
-    cols = windows.transpose(0, 1, 4, 5, 2, 3)
-    return cols.reshape(n, part.groups, (c // part.groups) * kh * kw, out_h * out_w)
+    g = part.groups
+    cols = windows.reshape(n, g, c // g, out_h, out_w, kh, kw).transpose(0, 1, 5, 6, 2, 3, 4)
+    return cols.reshape(n, g, kh * kw * (c // g), out_h * out_w)
 
 
 class Execution:
@@ -109,7 +110,7 @@ class Execution:
         out_h, out_w = part.output_size(src.height, src.width)
         cols = _patches(x, part)
         g, k = part.groups, part.reduction_size
-        weights = part.effective_weights().reshape(g, part.out_channels // g, k)
+        weights = part.effective_weights().transpose(0, 2, 3, 1).reshape(g, part.out_channels // g, k)
         if part.compute == "int":
             acc = np.matmul(weights.astype(np.float64), cols.astype(np.float64))
             if acc.size and np.abs(acc).max() >= ACCUMULATOR_LIMIT:
@@ -140,12 +141,7 @@ class Execution:
             fmt = self.buffers[out.buffer].format
             ep = out.epilogue
             if isinstance(ep, FixedPointEpilogue):
-                v = acc[:, o0:o1] * per_channel(ep.multiplier.astype(np.int64)) + per_channel(ep.bias)
-                if res_codes is not None:
-                    v = v + res_codes[:, o0:o1] * per_channel(ep.residual_multiplier)
-                shift = per_channel(ep.shift.astype(np.int64))
-                q = (v + (np.int64(1) << (shift - 1))) >> shift
-                held = clamp(q, per_channel(ep.lo.astype(np.int64)), per_channel(ep.hi.astype(np.int64)))
+                held = fixed_point(ep, acc[:, o0:o1], None if res_codes is None else res_codes[:, o0:o1])
             else:
                 acc_f = acc[:, o0:o1].astype(np.float32)
                 z = acc_f * per_channel(ep.scale) + per_channel(ep.offset)
@@ -173,6 +169,19 @@ class Execution:
                 s += x[:, :, p]
             result = store(src.format, s / np.float32(n))
         self._target(op.output)[:] = result.reshape(held.shape[0], held.shape[1], 1, 1)
+
+
+def fixed_point(ep: FixedPointEpilogue, acc: np.ndarray, res_codes: Optional[np.ndarray]) -> np.ndarray:
+    """The fixed-point epilogue (ir module docstring) on int64 accumulators (N, channels, H, W)."""
+    c = lambda a: np.asarray(a, dtype=np.int64)[None, :, None, None]  # noqa: E731
+    y = mbqm((acc << c(ep.acc_shift)) + c(ep.bias), c(ep.multiplier), c(ep.shift))
+    if ep.residual is not None:
+        r = ep.residual
+        t = clamp(y, c(r.t_lo), c(r.t_hi))
+        total = (mbqm(t << r.left_shift, c(r.t_multiplier), c(r.t_shift))
+                 + mbqm(res_codes << r.left_shift, c(r.skip_multiplier), c(r.skip_shift)))
+        y = mbqm(total, c(r.output_multiplier), c(r.output_shift))
+    return clamp(y, c(ep.lo), c(ep.hi))
 
 
 def debug_view(fmt: Format, held: np.ndarray) -> np.ndarray:

@@ -17,7 +17,8 @@ import numpy as np
 
 from deploy.arena import plan_arena
 from deploy.ir import (FP16, FP32, Buffer, ChannelSlice, ConvPart, FloatEpilogue, FloatToInt, Format, GlobalAvgPool,
-                       IntegerNetwork, PartOutput, Quantize, QuantizeOutput, int_format, requantizer)
+                       IntegerNetwork, PartOutput, Quantize, QuantizeOutput, accumulator_bounds, int_format,
+                       requantizer)
 from deploy.reference import Execution
 
 RELU6 = (0.0, 6.0)
@@ -101,9 +102,10 @@ def random_images(seed: int, shape: Sequence[int], count: int, special_values: b
 
 
 class _Builder:
-    def __init__(self, input_shape: Tuple[int, int, int], rng: np.random.Generator):
+    def __init__(self, input_shape: Tuple[int, int, int], rng: np.random.Generator, arithmetic: str = "fine"):
         self.input_shape = input_shape
         self.rng = rng
+        self.arithmetic = arithmetic
         c, h, w = input_shape
         self.tensors: Dict[str, _Tensor] = {INPUT_TENSOR: _Tensor(c, h, w, nonneg=False)}
         self.steps: List[object] = []
@@ -240,7 +242,11 @@ class _Builder:
                 if plan.activation:
                     lo, hi = max(lo, 0), min(hi, int(np.floor(RELU6[1] / fmt.scale + 0.5)))
                 R = None if res_scale is None else np.full(o1 - o0, res_scale / fmt.scale)
-                epilogue = requantizer(A[o0:o1] / fmt.scale, C[o0:o1] / fmt.scale, R, lo=lo, hi=hi)
+                bound = accumulator_bounds(weights, part.weight_bits, part.weight_grid, in_buf.format.levels)
+                epilogue = requantizer(A[o0:o1] / fmt.scale, C[o0:o1] / fmt.scale, R, lo=lo, hi=hi,
+                                       acc_bound=bound[o0:o1],
+                                       residual_levels=part.residual_format.levels if residual else 255,
+                                       arithmetic=self.arithmetic)
             else:
                 epilogue = FloatEpilogue(A[o0:o1], C[o0:o1], to_int_for(fmt) if fmt.is_int else None)
             conv.outputs.append(PartOutput(buf.name, first - buf.channels[0], (o0, o1), epilogue))
@@ -341,6 +347,60 @@ def random_network(seed: int, input_shape: Tuple[int, int, int] = (3, 8, 8), num
     b.layer(LayerPlan("classifier", "pooled", "logits", num_classes, 1, 1, 0, 1, False, linear_parts))
     calibration = random_images(seed + 1000, input_shape, calibration_images)
     return b.build(calibration, "logits", {"generator": "deploy.synthetic.random_network", "seed": seed})
+
+
+# -- one layer per network: the kernel tests ---------------------------------------------------------------------
+@dataclass(frozen=True)
+class KernelCase:
+    """One layer between the image and a read-out: its shape and its formats. ``splits`` cut the layer
+    into parts at those output channels (each part then reads its own slice of a shared buffer: channel
+    offsets off a byte, for sub-byte inputs); ``output`` is the format the read-out reads the layer at."""
+    name: str
+    input_shape: Tuple[int, int, int]
+    out_channels: int
+    kernel: int
+    stride: int
+    padding: int
+    groups: int
+    compute: str
+    input_format: Tuple[int, bool]          # (bits, signed) for int compute
+    weights: Tuple[int, str] = (0, "")      # (bits, grid) for int compute
+    output: Tuple[str, int, bool] = ("int", 8, True)
+    residual: Optional[Tuple[str, int]] = None  # (kind, bits) of the skip, read from the image
+    activation: bool = False
+    splits: Tuple[int, ...] = ()
+    arithmetic: str = "fine"
+
+
+def kernel_case_network(case: KernelCase, seed: int = 0, calibration_images: int = 8) -> IntegerNetwork:
+    """``case``'s layer reading the image, then a read-out layer that maps every element of the layer's
+    output buffer, through int8 weights drawn at random (exact integer sums), to 12 float32 logits: a
+    wrong code anywhere changes the logits."""
+    rng = np.random.default_rng(seed)
+    b = _Builder(tuple(case.input_shape), rng, case.arithmetic)
+    bits, signed = case.input_format
+
+    def fmt_of(kind: str, k: int = 0, is_signed: bool = False, nonneg: bool = False) -> Format:
+        return value_format(nonneg, kind, k, is_signed)
+
+    in_fmt = fmt_of("int", bits, signed) if case.compute == "int" else fmt_of(case.compute)
+    cuts = [0, *case.splits, case.out_channels]
+    parts = [PartPlan((c0, c1), case.compute, in_fmt, *case.weights) for c0, c1 in zip(cuts[:-1], cuts[1:])]
+    if case.residual is not None:
+        kind, r_bits = case.residual
+        for part in parts:
+            part.residual_format = fmt_of(kind, r_bits, True)
+    b.layer(LayerPlan(case.name, INPUT_TENSOR, "y", case.out_channels, case.kernel, case.stride, case.padding,
+                      case.groups, case.activation, parts, INPUT_TENSOR if case.residual else None))
+    kind, o_bits, o_signed = case.output
+    out_fmt = fmt_of(kind, o_bits, o_signed, nonneg=case.activation)
+    y = b.tensors["y"]
+    readout = PartPlan((0, 12), kind, out_fmt, *((8, "symmetric") if kind == "int" else (0, "")))
+    if y.height != y.width:
+        raise ValueError(f"kernel case {case.name}: the read-out needs a square output, got {y.height}x{y.width}")
+    b.layer(LayerPlan("readout", "y", "logits", 12, y.height, 1, 0, 1, False, [readout]))
+    calibration = random_images(seed + 1000, case.input_shape, calibration_images)
+    return b.build(calibration, "logits", {"generator": "deploy.synthetic.kernel_case_network", "case": case.name})
 
 
 # -- MobileNetV2 shape -------------------------------------------------------------------------------------------

@@ -2,19 +2,23 @@
 export lays it out (deploy/c/adaptq.h, a 32-bit target), so that the prediction is what a build needs.
 
 * Per layer part (a whole layer is one part): its packed weights, ``ceil(n·bits/8)`` bytes (fp16: 2,
-  fp32: 4 bytes per weight), and a descriptor with its operator-table entry (``PART_BYTES``).
+  fp32: 4 bytes per weight; an integer layer other than depthwise pads each output channel's row to
+  whole 32-bit words, the order its GEMM kernel reads), and a descriptor with its operator-table
+  entry (``PART_BYTES``).
 * Per stored copy of the part's output (one per format its readers read, ``storage``): an output
   descriptor and, per output channel, the epilogue's constants. An integer part writing an integer
-  copy requantises in fixed point: int32 multiplier, uint8 shift, int64 bias (BatchNorm folded), int16
-  clamp codes lo and hi, plus an int64 multiplier of the skip code with a fused residual add. Any other
-  pairing (float arithmetic, a float copy, the float32 logits) keeps a float32 scale and offset.
+  copy requantises in fixed point (TFLite's arithmetic): int32 multiplier, int8 shift, int32 bias
+  (BatchNorm folded), int8 accumulator pre-shift, int16 clamp codes lo and hi; a fused residual add
+  adds its descriptor and, per channel, int16 clamp codes of the conv's own output and three int32
+  multipliers with their int8 shifts. Any other pairing (float arithmetic, a float copy, the float32
+  logits) keeps a float32 scale and offset.
 * Per stored copy of any tensor: a buffer descriptor; a fused residual reads its skip through a slice
   descriptor; the image quantizer and the pools add theirs.
 
 The network's Flash is the sum; the per-layer view (``layer_flash_bytes``, the memory filter's tables)
-counts one output copy at the layer's own precision. Why 17 bytes per integer channel and not the
-8 of a CMSIS-style int32 bias + float scale: the export adds BatchNorm's offset exactly (a 64-bit term
-at the multiplier's scale) instead of rounding it into the accumulator, and keeps the clamp per channel.
+counts one output copy at the layer's own precision. Why 14 bytes per integer channel and not the
+9 of CMSIS-NN's int32 bias, multiplier and shift: the export keeps the clamp per channel (the
+activation folded into it) and the accumulator pre-shift of its "fine" arithmetic.
 """
 from __future__ import annotations
 
@@ -28,33 +32,51 @@ from .storage import StoredCopy, skip_copy, storage_copies
 
 # sizeof the C descriptors on a 32-bit target (deploy/c/adaptq.h; tests/test_deploy_build.py checks
 # the prediction against arm-none-eabi-size of real exports)
-PART_BYTES = 52 + 8          # adaptq_conv + its adaptq_op entry
-OUTPUT_BYTES = 64            # adaptq_output
+PART_BYTES = 60 + 8          # adaptq_conv + its adaptq_op entry
+OUTPUT_BYTES = 68            # adaptq_output
+RESIDUAL_ADD_BYTES = 36      # adaptq_residual_add, per output copy of a part with a fused residual
 BUFFER_BYTES = 20            # adaptq_buffer
 SLICE_BYTES = 6              # adaptq_slice of a fused residual's skip
 QUANTIZE_BYTES = 8 + 8       # adaptq_quantize + its adaptq_op entry
 QUANTIZE_OUTPUT_BYTES = 24   # adaptq_quantize_output, per stored copy of the image
 POOL_BYTES = 4 + 8           # adaptq_pool + its adaptq_op entry, per pooled copy
-FIXED_CHANNEL_BYTES = 4 + 1 + 8 + 2 + 2
-RESIDUAL_CHANNEL_BYTES = 8
+FIXED_CHANNEL_BYTES = 4 + 1 + 4 + 1 + 2 + 2
+RESIDUAL_CHANNEL_BYTES = 2 + 2 + 3 * (4 + 1)
 FLOAT_CHANNEL_BYTES = 4 + 4
+GEMM_WORD_BITS = 32
 
 
 def _is_int(precision: str) -> bool:
     return not PRECISIONS[precision].is_float
 
 
+def _fixed_point(precision: str, output_precision: str, residual: bool, residual_int: bool) -> bool:
+    return _is_int(precision) and _is_int(output_precision) and (not residual or residual_int)
+
+
 def channel_bytes(precision: str, output_precision: str, residual: bool, residual_int: bool = True) -> int:
     """Epilogue constants per output channel of a part at ``precision`` writing a copy at
     ``output_precision`` (module docstring)."""
-    if _is_int(precision) and _is_int(output_precision) and (not residual or residual_int):
+    if _fixed_point(precision, output_precision, residual, residual_int):
         return FIXED_CHANNEL_BYTES + (RESIDUAL_CHANNEL_BYTES if residual else 0)
     return FLOAT_CHANNEL_BYTES
 
 
+def output_bytes(precision: str, output_precision: str, residual: bool, residual_int: bool = True) -> int:
+    """One output copy's descriptors (an output, and a residual add's where it is fused in fixed point)."""
+    fused = residual and _fixed_point(precision, output_precision, residual, residual_int)
+    return OUTPUT_BYTES + (RESIDUAL_ADD_BYTES if fused else 0)
+
+
 def weight_bytes(op: Operator, precision: str, fraction: float = 1.0) -> int:
     """Packed weights of ``op`` (or its ``fraction`` of output channels) at ``precision``."""
-    return tensor_bytes(op.weight_elements * fraction, precision_bits(precision))
+    bits = precision_bits(precision)
+    if _is_int(precision) and op.op != "dwconv":
+        rows = int(round(op.out_channels * fraction))
+        per_word = GEMM_WORD_BITS // bits
+        row = -(-(op.weight_elements // op.out_channels) // per_word) * per_word
+        return rows * row * bits // 8
+    return tensor_bytes(op.weight_elements * fraction, bits)
 
 
 def layer_flash_bytes(op: Operator, precision: str, fraction: float = 1.0,
@@ -64,7 +86,8 @@ def layer_flash_bytes(op: Operator, precision: str, fraction: float = 1.0,
     channels = int(round(op.out_channels * fraction))
     residual = op.residual is not None
     per_channel = channel_bytes(precision, output_precision or precision, residual)
-    return (weight_bytes(op, precision, fraction) + PART_BYTES + OUTPUT_BYTES + BUFFER_BYTES
+    return (weight_bytes(op, precision, fraction) + PART_BYTES + BUFFER_BYTES
+            + output_bytes(precision, output_precision or precision, residual)
             + (SLICE_BYTES if residual else 0) + per_channel * channels)
 
 
@@ -78,7 +101,8 @@ def _part_bytes(op: Operator, part: Part, out_copies: Sequence[StoredCopy],
     for copy in out_copies:
         n = min(part.c1, copy.c1) - max(part.c0, copy.c0)
         if n > 0:
-            total += OUTPUT_BYTES + n * channel_bytes(part.precision, copy.precision, residual, residual_int)
+            total += (output_bytes(part.precision, copy.precision, residual, residual_int)
+                      + n * channel_bytes(part.precision, copy.precision, residual, residual_int))
     return total
 
 

@@ -122,7 +122,8 @@ int main(int argc, char **argv)
 """)
     binary = tmp_path / "roundings"
     subprocess.run(["gcc", "-std=c99", "-O2", "-ffp-contract=off", "-I", c_export.KERNEL_DIR, str(program),
-                    os.path.join(c_export.KERNEL_DIR, "adaptq.c"), "-o", str(binary)], check=True)
+                    *(os.path.join(c_export.KERNEL_DIR, f) for f in c_export.KERNEL_SOURCES), "-o", str(binary)],
+                   check=True)
     x = half_test_values()
     x = np.concatenate([x, (np.random.default_rng(4).uniform(-3e6, 3e6, 100_000)).astype(np.float32),
                         np.arange(-20, 20, dtype=np.float32) + np.float32(0.5)])
@@ -210,13 +211,14 @@ def test_m7_sizes_match_the_network(exported, m7_toolchain):
     folder, net, _ = exported["graph2"]
     sizes = c_export.read_sizes(folder)
     assert sizes["arena_bytes"] == net.arena_bytes
-    words = c_export.scratch_words(net)
-    assert sizes["scratch_bytes"] == 4 * (words["int"] + words["float"])
-    packed = 0
+    scratch = c_export.scratch_sizes(net)
+    assert sizes["scratch_bytes"] >= sum(c_export.SCRATCH_ELEMENT_BYTES[k] * n for k, n in scratch.items())
+    assert sizes["scratch_bytes"] < sum(c_export.SCRATCH_ELEMENT_BYTES[k] * n for k, n in scratch.items()) + 16
     parts = [op for op in net.ops if hasattr(op, "compute")]
-    for op in parts:
-        packed += (op.weights.size * (op.weight_bits if op.compute == "int" else 16 if op.compute == "fp16" else 32)
-                   + 7) // 8
+    packed = sum(c_export.packed_weight_bytes(op) for op in parts)
     assert packed <= sizes["model_weights_bytes"] < packed + 4 * len(parts)  # alignment padding only
+    dense = sum((op.weights.size * (op.weight_bits if op.compute == "int" else 16 if op.compute == "fp16" else 32)
+                 + 7) // 8 for op in parts)
+    assert packed < dense + sum(op.out_channels * 32 // 8 for op in parts)  # GEMM rows pad to one word at most
     assert sizes["model_flash_bytes"] == sizes["model_weights_bytes"] + sizes["model_parameters_bytes"]
     assert 0 < sizes["model_parameters_bytes"] and 1000 < sizes["kernels_flash_bytes"] < 64 * 1024

@@ -11,8 +11,8 @@ import pytest
 from deploy import arena, reference, synthetic
 from deploy.ir import (FP16, FP32, Buffer, ChannelSlice, ConvPart, FixedPointEpilogue, FloatEpilogue, FloatToInt,
                        GlobalAvgPool, IntegerNetwork, PartOutput, Quantize, QuantizeOutput, canonical_float32,
-                       float_to_half_bits, half_bits_to_float, int_format, pack_bits, requantizer, round_half_even,
-                       unpack_bits)
+                       float_to_half_bits, half_bits_to_float, int_format, mbqm, pack_bits, quantize_multiplier,
+                       rdbpot, real_multiplier, requantizer, round_half_even, srdhm, unpack_bits)
 
 GRAPH_SEEDS = range(5)
 
@@ -40,7 +40,7 @@ def handmade_network(seed: int = 0) -> IntegerNetwork:
         name="conv", compute="int", input=ChannelSlice("x.s8", 0, 4),
         weights=rng.integers(-7, 8, size=(4, 4, 3, 3)), padding=(1, 1), weight_bits=4, weight_grid="symmetric",
         residual=[ChannelSlice("x.s8", 0, 4)],
-        outputs=[PartOutput("y.s8", 0, (0, 4), requantizer(A, C, R, lo=-127, hi=127))])
+        outputs=[PartOutput("y.s8", 0, (0, 4), requantizer(A, C, R, lo=-127, hi=127, residual_levels=127))])
     linear_int = ConvPart(
         name="fc.int", compute="int", input=ChannelSlice("p.s8", 0, 4), layer="fc", layer_channels=(0, 3),
         weights=rng.integers(0, 256, size=(3, 4, 1, 1)), weight_bits=8, weight_grid="dorefa",
@@ -72,7 +72,7 @@ def test_json_round_trip_is_exact(graphs):
         assert [b.offset for b in back.buffers] == [b.offset for b in net.buffers]
         images = images_for(net)
         assert np.array_equal(reference.run(back, images).view(np.uint32), reference.run(net, images).view(np.uint32))
-        assert '"schema": "adaptqnet/integer_network/1"' in text
+        assert '"schema": "adaptqnet/integer_network/2"' in text
 
 
 def test_json_stores_int_weights_packed():
@@ -87,7 +87,7 @@ def test_json_stores_int_weights_packed():
 def test_json_errors_name_the_field():
     text = handmade_network().to_json()
     with pytest.raises(ValueError, match="schema"):
-        IntegerNetwork.from_json(text.replace("integer_network/1", "integer_network/9"))
+        IntegerNetwork.from_json(text.replace("integer_network/2", "integer_network/9"))
     with pytest.raises(ValueError, match="not valid JSON"):
         IntegerNetwork.from_json(text[:-10])
     import json
@@ -171,37 +171,95 @@ def test_canonical_nan():
 
 
 # -- fixed point ------------------------------------------------------------------------------------------------
-def test_requantizer_normalises_and_bounds_its_error():
+def _srdhm_exact(a: int, b: int) -> int:
+    """gemmlowp's SaturatingRoundingDoublingHighMul written from its definition with Python integers."""
+    if a == b == -2 ** 31:
+        return 2 ** 31 - 1
+    ab = a * b
+    t = ab + (2 ** 30 if ab >= 0 else 1 - 2 ** 30)
+    return int(Fraction(t, 2 ** 31))  # int() of a Fraction truncates toward zero, as C's division does
+
+
+def _rdbpot_exact(x: int, e: int) -> int:
+    """x / 2^e rounded half away from zero."""
+    q = Fraction(x, 2 ** e)
+    return int(math.copysign(math.floor(abs(q) + Fraction(1, 2)), q))
+
+
+def test_tflite_fixed_point_primitives_match_their_definitions():
+    rng = np.random.default_rng(1)
+    a = np.concatenate([rng.integers(-2 ** 31, 2 ** 31, 2000), [-2 ** 31, 2 ** 31 - 1, 0, 3, -3, -2 ** 31]])
+    b = np.concatenate([rng.integers(-2 ** 31, 2 ** 31, 2000), [-2 ** 31, 2 ** 30, 2 ** 30, 2 ** 30, 2 ** 30, 5]])
+    assert srdhm(a, b).tolist() == [_srdhm_exact(int(x), int(y)) for x, y in zip(a, b)]
+    assert srdhm(np.array([-3]), np.array([2 ** 30])).tolist() == [-1]  # gemmlowp's nudge: -1.5 -> -1
+    x = rng.integers(-2 ** 31, 2 ** 31, 3000)
+    e = rng.integers(0, 32, 3000)
+    assert rdbpot(x, e).tolist() == [_rdbpot_exact(int(v), int(k)) for v, k in zip(x, e)]
+    assert rdbpot(np.array([5, -5, 6, -6]), np.array([1, 1, 2, 2])).tolist() == [3, -3, 2, -2]
+
+
+def test_quantize_multiplier_is_tflites():
+    for real, expected in [(0.5, (2 ** 30, 0)), (1.0, (2 ** 30, 1)), (0.75, (3 * 2 ** 29, 0)), (0.0, (0, 0)),
+                           (-0.5, (-2 ** 30, 0)), (1 - 2 ** -40, (2 ** 30, 1)), (2.0 ** -40, (0, 0)),
+                           (3.0, (3 * 2 ** 29, 2))]:
+        assert quantize_multiplier(real) == expected, real
+    rng = np.random.default_rng(4)
+    for real in np.exp(rng.uniform(np.log(1e-9), np.log(1e3), 500)):
+        m, s = quantize_multiplier(float(real))
+        assert 2 ** 30 <= m < 2 ** 31 and -31 <= s <= 30
+        assert abs(m * 2.0 ** (s - 31) - real) <= real * 2 ** -31
+
+
+def test_requantizer_bounds_its_error():
     rng = np.random.default_rng(2)
-    n = 400
-    A = np.exp(rng.uniform(np.log(1e-7), np.log(20.0), n)) * rng.choice([-1, 1], n)
-    A[:3] = [0.0, 2.0 ** -10, 1 - 2 ** -40]  # zero, a power of two, rounding up to 2^31
+    n = 300
+    A = np.exp(rng.uniform(np.log(1e-5), np.log(20.0), n)) * rng.choice([-1, 1], n)
+    A[:2] = [0.0, 2.0 ** -10]
     C = rng.uniform(-300, 300, n)
-    R = rng.uniform(-4, 4, n)
-    ep = requantizer(A, C, R, lo=-1000, hi=1000)
-    M = ep.multiplier.astype(np.int64)
-    assert M[0] == 0
-    # |C| ≤ 300 and |R| ≤ 4 cap the shift at 50 (|B|, 255·|R| ≤ 2^59): multipliers from 2^-19 up are normalised
-    normal = np.abs(A) >= 2.0 ** -19
-    assert np.all((np.abs(M[normal]) >= 2 ** 30) & (np.abs(M[normal]) < 2 ** 31))
-    assert np.all(np.abs(ep.bias) <= 2 ** 59) and np.all(255 * np.abs(ep.residual_multiplier) <= 2 ** 59)
-    assert np.all((ep.shift >= 1) & (ep.shift <= 62))
+    bound = np.full(n, 2 ** 20)
+    ep = requantizer(A, C, lo=-1000, hi=1000, acc_bound=bound)
+    assert ep.lo[0] == ep.hi[0] == 1000 * np.sign(C[0]) * min(1, abs(round(C[0])) / 1000) or ep.lo[0] == ep.hi[0]
+    assert ep.residual is None and np.all((ep.shift >= -31) & (ep.shift <= 30))
+    for c in range(1, n):
+        acc = rng.integers(-2 ** 20, 2 ** 20, 8)
+        q = np.clip(mbqm(acc + int(ep.bias[c]), int(ep.multiplier[c]), int(ep.shift[c])), ep.lo[c], ep.hi[c])
+        y = A[c] * acc.astype(np.float64) + C[c]
+        slack = abs(A[c]) / 2 + np.abs(y) * 2.0 ** -30 + 0.5 + 1e-9
+        assert np.all(np.abs(q - np.clip(y, -1000, 1000)) <= slack), c
+
+
+def test_requantizer_residual_add_is_an_int8_add_that_never_clips_a_result_inside_the_clamp():
+    rng = np.random.default_rng(3)
+    n = 64
+    A = rng.uniform(0.001, 0.05, n)
+    C = rng.uniform(-30, 30, n)
+    R = rng.uniform(0.2, 2.0, n)
+    ep = requantizer(A, C, R, lo=0, hi=255, acc_bound=np.full(n, 2 ** 16), residual_levels=127)
+    r = ep.residual
+    assert np.all(r.t_lo >= -128) and np.all(r.t_hi <= 127)
+    u = ep.residual.t_step()
+    assert np.allclose(u, (255 + 127 * R.max()) / 127, rtol=1e-6)
+    a_out, c_out = ep.affine()
+    assert np.allclose(a_out, A, rtol=1e-6)
+    net_q, ref = [], []
     for c in range(n):
-        s = int(ep.shift[c])
-        for acc, q_res in zip(rng.integers(-2 ** 20, 2 ** 20, 5).tolist(), rng.integers(-127, 128, 5).tolist()):
-            v = acc * int(M[c]) + int(ep.bias[c]) + q_res * int(ep.residual_multiplier[c])
-            q = max(-1000, min(1000, (v + 2 ** (s - 1)) >> s))
-            y = Fraction(float(A[c])) * acc + Fraction(float(C[c])) + Fraction(float(R[c])) * q_res
-            delta = Fraction(abs(acc) + 1 + abs(q_res), 2 ** (s + 1))
-            assert abs(q - max(-1000, min(1000, y))) <= Fraction(1, 2) + delta
-            exact = max(-1000, min(1000, math.floor(y + Fraction(1, 2))))
-            if abs((y - math.floor(y)) - Fraction(1, 2)) > delta:
-                assert q == exact
+        acc = rng.integers(-2 ** 16, 2 ** 16, 64)
+        q_res = rng.integers(-127, 128, 64)
+        y = mbqm(acc + int(ep.bias[c]), int(ep.multiplier[c]), int(ep.shift[c]))
+        t = np.clip(y, r.t_lo[c], r.t_hi[c])
+        total = mbqm(t << 20, int(r.t_multiplier[c]), int(r.t_shift[c])) + \
+            mbqm(q_res << 20, int(r.skip_multiplier[c]), int(r.skip_shift[c]))
+        q = np.clip(mbqm(total, int(r.output_multiplier[c]), int(r.output_shift[c])), 0, 255)
+        exact = np.clip(A[c] * acc + C[c] + R[c] * q_res, 0, 255)
+        assert np.all(np.abs(q - exact) <= 0.5 + u[c] / 2 + abs(A[c]) / 2 + 1e-3), c
+        net_q.append(q)
+        ref.append(exact)
+    assert np.mean(np.abs(np.concatenate(net_q) - np.concatenate(ref)) <= 0.5 + 1e-9) > 0.5
 
 
-def test_requantizer_rejects_huge_multipliers():
-    with pytest.raises(ValueError, match="shift below 1"):
-        requantizer([2.0 ** 31], [0.0], lo=0, hi=1)
+def test_requantizer_rejects_multipliers_it_cannot_shift():
+    with pytest.raises(ValueError, match="too large"):
+        requantizer([2.0 ** 20], [0.0], lo=0, hi=1, acc_bound=2 ** 20)
 
 
 def test_reference_fixed_point_epilogue_matches_float64():
@@ -219,11 +277,9 @@ def test_reference_fixed_point_epilogue_matches_float64():
     A, C, R = (np.array(net.metadata[k])[None, :, None, None] for k in "ACR")
     y = A * acc + C + R * x
     got = buffers["y.s8"]
-    s = conv.outputs[0].epilogue.shift.astype(np.float64)[None, :, None, None]
-    delta = (np.abs(acc) + 1 + np.abs(x)) / 2 ** (s + 1)
-    assert np.all(np.abs(got - np.clip(y, -127, 127)) <= 0.5 + delta + 1e-9)
-    far_from_tie = np.abs(y - np.floor(y) - 0.5) > delta + 1e-9
-    assert np.array_equal(got[far_from_tie], np.clip(np.floor(y + 0.5), -127, 127)[far_from_tie])
+    u = conv.outputs[0].epilogue.residual.t_step()[None, :, None, None]
+    assert np.all(np.abs(got - np.clip(y, -127, 127)) <= 0.5 + u / 2 + A / 2 + 1e-3)
+    assert np.mean(got == np.clip(np.floor(y + 0.5), -127, 127)) > 0.5
     assert len(np.unique(got)) > 50  # the codes spread over the range: the check is not vacuous
 
 
@@ -253,9 +309,9 @@ def test_float_accumulation_follows_the_specified_order():
         for oy in range(acc.shape[2]):
             for ox in range(acc.shape[3]):
                 total, terms = np.float32(0.0), []
-                for ci in range(3):
-                    for ky in range(3):
-                        for kx in range(3):
+                for ky in range(3):
+                    for kx in range(3):
+                        for ci in range(3):
                             iy, ix = oy * 2 - 1 + ky, ox - 1 + kx
                             if 0 <= iy < 4 and 0 <= ix < 5:
                                 term = np.float32(x[0, ci, iy, ix] * w[co, ci, ky, kx])
@@ -414,9 +470,12 @@ def broken(mutate):
      r"output channels \[1\] go to no buffer"),
     (lambda n: n.ops[5].outputs[0].__setattr__("channel_offset", 4), r"writes channels \[4, 6\) of buffer 'logits'"),
     (lambda n: n.ops[4].outputs[0].__setattr__("channel_offset", 1), "another output already wrote"),
-    (lambda n: setattr(n.ops[1].outputs[0].epilogue, "bias", np.full(4, 2 ** 63 - 2 ** 40, np.int64)),
-     "may overflow int64"),
-    (lambda n: setattr(n.ops[1].outputs[0].epilogue, "shift", np.zeros(4, np.int32)), "shifts must lie in 1..62"),
+    (lambda n: setattr(n.ops[1].outputs[0].epilogue, "bias", np.full(4, 2 ** 31 - 2 ** 10, np.int64)),
+     "acc \\+ bias shifted left may leave int32"),
+    (lambda n: setattr(n.ops[1].outputs[0].epilogue, "shift", np.full(4, 31, np.int32)), "shifts must lie in -31..30"),
+    (lambda n: setattr(n.ops[1].outputs[0].epilogue.residual, "skip_shift", np.ones(4, np.int32)),
+     "residual skip_shift must lie in -31..0"),
+    (lambda n: setattr(n.ops[1].outputs[0].epilogue, "residual", None), "residual add's constants are required"),
     (lambda n: setattr(n.ops[1], "weights", n.ops[1].weights * 2),
      r"symmetric 4-bit weight codes must lie in \[-7, 7\]"),
     (lambda n: setattr(n.ops[1], "activation", (0.0, 6.0)), "cannot be folded"),
