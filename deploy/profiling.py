@@ -72,8 +72,8 @@ def conv_macs(op: ConvPart, network: IntegerNetwork) -> int:
     return op.out_channels * out.height * out.width * op.reduction_size
 
 
-def _precisions(names: Sequence[str]) -> str:
-    """One label for several formats: int8, or int8+fp16 (first-seen order)."""
+def _joined(names: Sequence[str]) -> str:
+    """One label for several values: int8, or int8+fp16 (first-seen order)."""
     return "+".join(dict.fromkeys(names))
 
 
@@ -113,7 +113,7 @@ def profile_table(network: IntegerNetwork) -> List[Dict[str, Any]]:
                 row.update(layer="quantize", kind="quantize", input="fp32")
             elif isinstance(op, GlobalAvgPool):
                 row.update(layer=_pool_layer(op.name), kind="pool", input=format_tag(network.buffer(op.input).format))
-            row.update(precision=_precisions(format_precision(b.format) for b in written), weight_bits=None, macs=0,
+            row.update(precision=_joined(format_precision(b.format) for b in written), weight_bits=None, macs=0,
                        feeds=list(dict.fromkeys(layer for b in written for layer in readers.get(b.name, []))))
         rows.append(row)
     return rows
@@ -237,8 +237,8 @@ def layer_rows(ops: Sequence[Dict[str, Any]]) -> List[Dict[str, Any]]:
         row["count"] += op["count"]
     out = []
     for row in layers.values():
-        out.append({"layer": row["layer"], "kind": _precisions(row.pop("kinds")),
-                    "precision": _precisions(row.pop("precisions")), "parts": row["parts"], "macs": row["macs"],
+        out.append({"layer": row["layer"], "kind": _joined(row.pop("kinds")),
+                    "precision": _joined(row.pop("precisions")), "parts": row["parts"], "macs": row["macs"],
                     "count": row["count"], "count_per_mac": _per_mac(row["count"], row["macs"])})
     return out
 
