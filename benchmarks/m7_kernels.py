@@ -34,7 +34,8 @@ from tensor_analysis.cli import (Parser, add_overwrite_arg, check_output_folder,
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 DEFAULT_BASELINE = os.path.join(REPO, "benchmarks", "results", "m7_kernels_baseline.json")
-PRECISIONS = ("int8", "int4", "int2", "mixed")
+PRECISIONS = ("int8", "int4", "int2", "mixed")  # the record's; fp16 and fp32 run on request
+CHOICES = PRECISIONS + ("fp16", "fp32")
 RECORD = json_kind(formats.M7_KERNELS, "an m7_kernels record (benchmarks/m7_kernels.py --output_json)")
 BUILD_FLAGS = "-std=c99 -O2 -ffp-contract=off -mcpu=cortex-m7 -mthumb -mfpu=fpv5-d16 -mfloat-abi=hard -DADAPTQ_PROFILE"
 
@@ -117,16 +118,17 @@ def report(precision: str, record: Dict[str, Any], baseline: Optional[Dict[str, 
         per_mac = "" if g["per_mac"] is None else f"{g['per_mac']:.2f}"
         lines.append(f"{key:22s} {g['ops']:>4d} {g['macs']:>11,} {g['instructions']:>13,} {per_mac:>8s} "
                      f"{_ratio(g['instructions'], old_kinds.get(key, {}).get('instructions')):>9s}")
-    t = record["total"]
+    t, then = record["total"], (old or {}).get("total", {}).get("instructions")
     lines.append(f"{'network':22s} {record['ops']:>4d} {t['macs']:>11,} {t['instructions']:>13,} "
-                 f"{t['per_mac']:>8.2f} {_ratio(t['instructions'], (old or {}).get('total', {}).get('instructions')):>9s}")
+                 f"{t['per_mac']:>8.2f} {_ratio(t['instructions'], then):>9s}")
     return "\n".join(lines)
 
 
 def build_parser() -> Parser:
     p = Parser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1])
-    p.add_argument("--precisions", nargs="+", choices=PRECISIONS, default=list(PRECISIONS),
-                   help="networks to build: uniform int8 / int4 / int2, or mixed (each layer at random, a third split)")
+    p.add_argument("--precisions", nargs="+", choices=CHOICES, default=list(PRECISIONS),
+                   help="networks to build: uniform int8 / int4 / int2 / fp16 / fp32, or mixed (each layer at random, "
+                        "a third split); default the record's four")
     p.add_argument("--images", type=positive_int, default=2, help="random images profiled per network")
     p.add_argument("--width_mult", type=positive_float, default=0.35, help="MobileNetV2 width multiplier")
     p.add_argument("--input_size", type=positive_int, default=32, help="square input side in pixels")
@@ -174,7 +176,8 @@ def main(argv=None) -> int:
             print(report(precision, networks[precision], baseline), flush=True)
     record = {"schema": formats.M7_KERNELS, "counter": "instructions",
               "target": "qemu-system-arm -M mps2-an500 -cpu cortex-m7 -icount shift=0",
-              "date": datetime.date.today().isoformat(), "kernels_commit": _kernels_commit(), "adaptq_c_sha256": _kernels_sha256(),
+              "date": datetime.date.today().isoformat(), "kernels_commit": _kernels_commit(),
+              "adaptq_c_sha256": _kernels_sha256(),
               "compiler": _tool_version(["arm-none-eabi-gcc", "--version"]),
               "qemu": _tool_version(["qemu-system-arm", "--version"]), "flags": BUILD_FLAGS, "networks": networks}
     if args.output_json:

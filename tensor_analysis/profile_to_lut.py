@@ -99,6 +99,10 @@ def main(argv=None) -> int:
     print(f"{m['entries']['measured']} entries measured ({m['counter']}"
           + (f" x {m['cycles_per_instruction']:g} cycles per instruction" if m["cycles_per_instruction"] else "")
           + f" at {clock:g} MHz), {m['entries']['from_base']} from {source}")
+    partly = [n for n, row in lut["layers"].items() if n in m["layers"] and len(m["layers"][n]) < len(row)]
+    if partly:  # the search would trade measured kernels against another library's predicted ones
+        print(f"note: {len(partly)} layers mix measured and base entries (e.g. {partly[0]}); profile every "
+              f"precision the search may choose to compare like with like")
     for where, layers in m["skipped_layers"].items():
         print(f"{where}: {len(layers)} layers split over several precisions left to the base table "
               f"({', '.join(layers[:3])}{' ...' if len(layers) > 3 else ''})")
