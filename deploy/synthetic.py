@@ -413,29 +413,41 @@ MOBILENETV2_STAGES = [(1, 16, 1, 1), (6, 24, 2, 1), (6, 32, 3, 2), (6, 64, 4, 2)
                       (6, 320, 1, 1)]
 
 
+MOBILENETV2_PRECISIONS = ("int8", "int4", "int2", "fp16", "fp32", "mixed")
+
+
 def mobilenetv2_network(width_mult: float = 0.35, input_size: int = 32, num_classes: int = 10,
-                        precision: str = "int8", seed: int = 0, calibration_images: int = 4) -> IntegerNetwork:
+                        precision: str = "int8", seed: int = 0, calibration_images: int = 4,
+                        model_names: bool = False) -> IntegerNetwork:
     """MobileNetV2's layer shapes (CIFAR strides: stem 1, stages 1,1,2,2,1,2,1) with random weights.
 
-    ``precision``: ``int8`` (every layer int8 activations × int8 DoReFa weights), ``fp32``, ``fp16``, or
-    ``mixed`` (each layer int8/int4/int2/fp16/fp32 at random, a third of them split in two parts)."""
-    if precision not in ("int8", "fp16", "fp32", "mixed"):
-        raise ValueError(f"mobilenetv2_network: precision {precision!r}, expected int8, fp16, fp32 or mixed")
+    ``precision``: ``int8`` (every layer int8 activations × int8 DoReFa weights, int8 residuals),
+    ``int4`` / ``int2`` (likewise at 4 / 2 bits, residuals too, as a uniform network stores a block's
+    input in its first layer's format), ``fp32``, ``fp16``, or ``mixed`` (each layer
+    int8/int4/int2/fp16/fp32 at random, a third of them split in two parts).
+    ``model_names``: name the layers as the project's MobileNetV2 does (``features.3.conv.1.0``, the
+    names of its analysis and latency tables) and record its spec in the metadata's ``model``, so that
+    a profile of this network fills that model's lut.json; the default names are short (``b3.dw``)."""
+    if precision not in MOBILENETV2_PRECISIONS:
+        raise ValueError(f"mobilenetv2_network: precision {precision!r}, expected {', '.join(MOBILENETV2_PRECISIONS)}")
+    uniform_bits = {"int8": 8, "int4": 4, "int2": 2}.get(precision)
     rng = np.random.default_rng(seed)
     b = _Builder((3, input_size, input_size), rng)
     mixed_kinds = [("int", 8), ("int", 4), ("int", 2), ("fp16", 0), ("fp32", 0)]
 
     def part(channels, nonneg, residual):
-        kind, bits = ("int", 8) if precision == "int8" else (precision, 0)
+        kind, bits = ("int", uniform_bits) if uniform_bits else (precision, 0)
         if precision == "mixed":
             kind, bits = mixed_kinds[int(rng.integers(len(mixed_kinds)))]
         fmt = value_format(nonneg, kind, bits, not nonneg)
         plan = PartPlan(channels, kind, fmt, bits if kind == "int" else 0, "dorefa" if kind == "int" else "")
         if residual:
-            plan.residual_format = value_format(False, kind, 8 if kind == "int" else 0, True)
+            residual_bits = uniform_bits or 8
+            plan.residual_format = value_format(False, kind, residual_bits if kind == "int" else 0, True)
         return plan
 
     def conv(name, src, dst, cout, kernel, stride, groups, act, residual=None):
+        name = _mobilenetv2_model_name(name) if model_names else name
         nonneg = b.tensors[src].nonneg
         unit = cout // groups if groups > 1 else 1
         splits = [(0, cout)]
@@ -466,11 +478,31 @@ def mobilenetv2_network(width_mult: float = 0.35, input_size: int = 32, num_clas
     conv("head", tensor, "head", last, 1, 1, 1, True)
     linear = [part((0, num_classes), True, False)]
     b.pool(PoolPlan("pool", "head", "pooled", [linear[0].input_format]))
-    b.layer(LayerPlan("classifier", "pooled", "logits", num_classes, 1, 1, 0, 1, False, linear))
+    classifier = _mobilenetv2_model_name("classifier") if model_names else "classifier"
+    b.layer(LayerPlan(classifier, "pooled", "logits", num_classes, 1, 1, 0, 1, False, linear))
     calibration = random_images(seed + 1000, (3, input_size, input_size), calibration_images)
-    return b.build(calibration, "logits", {"generator": "deploy.synthetic.mobilenetv2_network",
-                                           "width_mult": width_mult, "input_size": input_size,
-                                           "precision": precision, "seed": seed})
+    metadata = {"generator": "deploy.synthetic.mobilenetv2_network", "width_mult": width_mult,
+                "input_size": input_size, "precision": precision, "seed": seed}
+    if model_names:
+        metadata["model"] = {"type": "mobilenetv2", "input_size": input_size, "width_mult": width_mult,
+                             "num_classes": num_classes, "strides": "cifar"}
+    return b.build(calibration, "logits", metadata)
+
+
+def _mobilenetv2_model_name(name: str) -> str:
+    """The project's MobileNetV2 module path of a synthetic layer name: stem → features.0.0,
+    b<k>.expand / .dw / .project → features.<k>.conv.0.0 / .1.0 / .2 (block 1, without an expansion:
+    .dw → conv.0.0, .project → conv.1), head → features.18.0, classifier → classifier.1."""
+    if name == "stem":
+        return "features.0.0"
+    if name == "head":
+        return f"features.{sum(n for _, _, n, _ in MOBILENETV2_STAGES) + 1}.0"
+    if name == "classifier":
+        return "classifier.1"
+    block, role = name[1:].split(".")
+    if block == "1":  # MOBILENETV2_STAGES[0] has no expansion
+        return {"dw": "features.1.conv.0.0", "project": "features.1.conv.1"}[role]
+    return f"features.{block}.conv." + {"expand": "0.0", "dw": "1.0", "project": "2"}[role]
 
 
 def multiply_accumulates(network: IntegerNetwork) -> int:

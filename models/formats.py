@@ -22,6 +22,9 @@ PRETRAIN_SUMMARY = "adaptqnet/pretrain_summary/1"
 SUMMARY = "adaptqnet/summary/1"            # summary.json of a search or fine-tuning run
 ALPHAS = "adaptqnet/alphas/1"              # alphas.json: π history of a search
 DEPLOYMENT = "adaptqnet/deployment/1"      # deployment.json of an integer C export (deploy/export_c.py)
+PROFILE = "adaptqnet/profile/1"            # per-op counts of a C export on the target (deploy/profile_m7.py)
+PROFILE_OPS = "adaptqnet/profile_ops/1"    # profile_ops.json of a C export: its op table (deploy/profiling.py)
+M7_KERNELS = "adaptqnet/m7_kernels/1"      # benchmarks/m7_kernels.py --output_json: the kernels' instruction record
 
 # summary.json "source" of a random search's candidate: part of that search, not a run of its own
 RANDOM_CANDIDATE_SOURCE = "random_candidate"
@@ -39,6 +42,9 @@ WRITERS = {
     SUMMARY: "a search run (summary.json)",
     ALPHAS: "a search run (alphas.json)",
     DEPLOYMENT: "deploy/export_c.py (deployment.json)",
+    PROFILE: "deploy/profile_m7.py --output_json",
+    PROFILE_OPS: "deploy/export_c.py (profile_ops.json in the C folder)",
+    M7_KERNELS: "benchmarks/m7_kernels.py --output_json",
 }
 
 

@@ -32,7 +32,8 @@ def tool_main(name):
                "summarize": "Search_CIFAR10.dnas.summarize_runs", "sweep": "Search_CIFAR10.dnas.plot_sweep",
                "report": "Search_CIFAR10.make_report", "pretrain": "Search_CIFAR10.pretrain.trainer",
                "stage1": "Search_CIFAR10.dnas.dnas_search_cifar10_mbv2",
-               "stage2": "Search_CIFAR10.dnas_multicore.dnas_cifar10_search_multicore_mbv2"}
+               "stage2": "Search_CIFAR10.dnas_multicore.dnas_cifar10_search_multicore_mbv2",
+               "profile_lut": "tensor_analysis.profile_to_lut", "profile_m7": "deploy.profile_m7"}
     return importlib.import_module(modules[name]).main
 
 
@@ -51,6 +52,9 @@ WRITERS = {
     "pretrain": (True, lambda t, out: TinyRuns.PRETRAIN + ["--output_dir", out]),
     "stage1": (True, lambda t, out: t.stage1_argv("--output_dir", out)),
     "stage2": (True, lambda t, out: t.stage2_argv("--output_dir", out)),
+    # outputs are checked before the inputs are read, so these inputs need not exist
+    "profile_lut": (False, lambda t, out: ["--profile", t.root / "profile.json", "--output_lut", out]),
+    "profile_m7": (False, lambda t, out: ["--export_dir", t.root / "c", "--output_json", out]),
 }
 
 
