@@ -197,14 +197,20 @@ def _weights_source(index: int, op: ConvPart, input_levels: int) -> str:
 
 
 def _fixed_point_source(tag: str, ep: FixedPointEpilogue) -> Tuple[List[str], str]:
+    # doubled (adaptq.h): |2B| < 2^31 and p + 1 <= 31, since validation keeps acc·2^p + B below 2^30
+    right_shift = ep.residual is None and bool(np.all(ep.shift < 0))
+    uniform = all(np.all(a == a[0]) for a in (ep.acc_shift, ep.lo, ep.hi) if a.size)
+    path = "ADAPTQ_RIGHT_SHIFT_UNIFORM" if right_shift and uniform else \
+        "ADAPTQ_RIGHT_SHIFT" if right_shift else "ADAPTQ_RIGHT_SHIFT_NONE"
     out = [_array("int32_t", f"multiplier_{tag}", _ints(ep.multiplier), "ADAPTQ_PARAMS", 8),
            _array("int8_t", f"shift_{tag}", _ints(ep.shift), "ADAPTQ_PARAMS", 24),
-           _array("int32_t", f"bias_{tag}", _ints(ep.bias), "ADAPTQ_PARAMS", 8),
-           _array("int8_t", f"acc_shift_{tag}", _ints(ep.acc_shift), "ADAPTQ_PARAMS", 24),
+           _array("int32_t", f"bias2_{tag}", _ints(2 * ep.bias.astype(np.int64)), "ADAPTQ_PARAMS", 8),
+           _array("int8_t", f"acc_shift1_{tag}", _ints(ep.acc_shift + 1), "ADAPTQ_PARAMS", 24),
            _array("int16_t", f"lo_{tag}", _ints(ep.lo), "ADAPTQ_PARAMS", 16),
            _array("int16_t", f"hi_{tag}", _ints(ep.hi), "ADAPTQ_PARAMS", 16)]
     refs = (f".epilogue = ADAPTQ_EPILOGUE_FIXED, .multiplier = multiplier_{tag}, .shift = shift_{tag}, "
-            f".bias = bias_{tag}, .acc_shift = acc_shift_{tag}, .lo = lo_{tag}, .hi = hi_{tag}")
+            f".bias2 = bias2_{tag}, .acc_shift1 = acc_shift1_{tag}, .lo = lo_{tag}, .hi = hi_{tag}, "
+            f".right_shift = {path}")
     if ep.residual is not None:
         r = ep.residual
         types = {"t_lo": "int16_t", "t_hi": "int16_t", "t_multiplier": "int32_t", "skip_multiplier": "int32_t",

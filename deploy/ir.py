@@ -76,8 +76,9 @@ Operators (executed in list order, on one core)
        conv's output 256 times finer than an int8 graph can. A
        part with a residual and a fixed-point output has no activation (a clamp before the add cannot
        be folded into one after it). All zero points are 0 in the IR's code space (an unsigned code u
-       is TFLite's int8 ``u − 128`` with zero point −128). Validation proves that ``acc + B_c`` and its
-       left shift stay inside int32.
+       is TFLite's int8 ``u − 128`` with zero point −128). Validation proves that ``acc·2^p_c + B_c``,
+       shifted left by max(s_c, 0), stays below 2^30 in magnitude (TFLite needs int32; the C kernels
+       double it and take ``srdhm`` as one rounding high multiply).
 
        ``mbqm(x, M, s) = rdbpot(srdhm(x·2^max(s, 0), M), max(−s, 0))`` (TFLite's
        ``MultiplyByQuantizedMultiplier``, gemmlowp's roundings): ``srdhm(a, b)`` is
@@ -153,6 +154,9 @@ INT_BITS = (8, 4, 2)
 WEIGHT_GRIDS = ("dorefa", "symmetric")
 MIN_SHIFT, MAX_SHIFT = -31, 30
 ACCUMULATOR_LIMIT = 2 ** 31
+# What mbqm is given, acc·2^p + B shifted left, stays below 2^30 in magnitude, so that an executor may
+# double it and take srdhm as one rounding high multiply (the C kernels' SMMULR).
+REQUANT_INPUT_LIMIT = 2 ** 30
 INT32_MIN, INT32_MAX = -2 ** 31, 2 ** 31 - 1
 # TFLite's ADD shifts both operands left before scaling them (left_shift in add.cc): 20 bits for int8
 # operands, 15 for int16; keyed by the bits of the conv output ahead of a fused add.
@@ -757,38 +761,43 @@ ADD_BITS = {"tflite": 8, "fine": 16}  # the conv output ahead of a fused residua
 
 
 def _requantize_channel(a: float, c: float, lo: int, hi: int, acc_bound: int,
-                        fine: bool) -> Tuple[int, int, int, int, int, int]:
-    """(M, s, B, p, lo, hi) of one channel; a channel whose accumulator cannot move its result by half
-    a code (A = 0, or |A|·acc_bound < 1/2) is the constant code of C."""
+                        p_max: int) -> Tuple[int, int, int, int, int, int]:
+    """(M, s, B, p, lo, hi) of one channel, p as large as int32 and the multiplier's exponent allow,
+    at most ``p_max``; a channel whose accumulator cannot move its result by half a code (A = 0, or
+    |A|·acc_bound < 1/2) is the constant code of C."""
+    room = math.frexp((REQUANT_INPUT_LIMIT - 1) / (acc_bound + (abs(c / a) if a else 0) + 1))[1] - 2
     if a == 0 or abs(a) * acc_bound < 0.5:
         code = min(max(int(np.rint(c)), lo), hi)
-        return 0, 0, 0, 0, code, code
-    p = 0
-    if fine:  # as far as int32 and the multiplier's exponent allow
-        room = math.frexp((ACCUMULATOR_LIMIT - 1) / (acc_bound + abs(c / a) + 1))[1] - 2
-        p = max(0, min(room, math.frexp(abs(a))[1] - MIN_SHIFT - 1, MAX_SHIFT))
+        return 0, 0, 0, max(0, min(room, p_max)), code, code
+    p = max(0, min(room, math.frexp(abs(a))[1] - MIN_SHIFT - 1, p_max))
     m, s = quantize_multiplier(math.ldexp(a, -p))
     b = int(np.rint(math.ldexp(c / a, p)))
     total = (acc_bound << p) + abs(b)
-    _require(total < ACCUMULATOR_LIMIT and total << max(s, 0) < ACCUMULATOR_LIMIT,
+    _require(total < REQUANT_INPUT_LIMIT and total << max(s, 0) < REQUANT_INPUT_LIMIT,
              f"requantizer: acc + bias (|bias| = {abs(b)}, |acc| up to {acc_bound}) shifted left by {max(s, 0)} "
-             f"leaves int32 (A={a}, C={c}); the multipliers are too large for the fixed-point epilogue")
+             f"reaches 2^30 (A={a}, C={c}); the multipliers are too large for the fixed-point epilogue")
     return m, s, b, p, lo, hi
 
 
 def _channel_rows(A, C, lo, hi, bound, fine: bool):
-    rows = [_requantize_channel(float(A[c]), float(C[c]), int(lo[c]), int(hi[c]), int(bound[c]), fine)
-            for c in range(len(A))]
-    return [np.asarray(v, dtype=np.int64) for v in zip(*rows)] if rows else [np.zeros(0, np.int64)] * 6
+    """Every channel's constants; "fine" gives the channels one pre-shift, the smallest any of them
+    allows, so that an executor loads it once per output (the C kernels do)."""
+    def rows(p_max: int):
+        return [_requantize_channel(float(A[c]), float(C[c]), int(lo[c]), int(hi[c]), int(bound[c]), p_max)
+                for c in range(len(A))]
+    if not len(A):
+        return [np.zeros(0, np.int64)] * 6
+    result = rows(min(r[3] for r in rows(MAX_SHIFT)) if fine else 0)
+    return [np.asarray(v, dtype=np.int64) for v in zip(*result)]
 
 
 def requantizer(A: Sequence[float], C: Sequence[float], R: Optional[Sequence[float]] = None, *,
-                lo: Any, hi: Any, acc_bound: Any = ACCUMULATOR_LIMIT // 2 - 1,
+                lo: Any, hi: Any, acc_bound: Any = REQUANT_INPUT_LIMIT // 4,
                 residual_levels: Any = 255, arithmetic: str = "tflite") -> FixedPointEpilogue:
     """Real per-channel multipliers → the fixed-point epilogue that computes
     ``clamp(round(A_c·acc + C_c (+ R_c·q_res)), lo_c, hi_c)`` in int32 arithmetic.
 
-    ``acc_bound`` (per channel, default 2^30 − 1) is the largest |acc| the layer can produce
+    ``acc_bound`` (per channel, default 2^28) is the largest |acc| the layer can produce
     (validation's bound from the weights and the input levels); ``residual_levels`` the largest
     |q_res|. ``arithmetic``:
 
@@ -1044,9 +1053,9 @@ def _validate_fixed_point(op: ConvPart, ep: FixedPointEpilogue, n: int, fmt: For
     _require(ep.acc_shift.shape == (n,) and bool(np.all((ep.acc_shift >= 0) & (ep.acc_shift <= MAX_SHIFT))),
              f"{at}: acc_shift needs {n} values in 0..{MAX_SHIFT}")
     total = (acc_bound.astype(np.int64) << ep.acc_shift.astype(np.int64)) + np.abs(ep.bias.astype(np.int64))
-    total = np.where(total < ACCUMULATOR_LIMIT, total << np.maximum(ep.shift, 0).astype(np.int64), total)
-    bad = np.flatnonzero(total >= ACCUMULATOR_LIMIT)
-    _require(bad.size == 0, f"{at}: channel {bad[0] if bad.size else 0}: acc + bias shifted left may leave int32")
+    total = np.where(total < REQUANT_INPUT_LIMIT, total << np.maximum(ep.shift, 0).astype(np.int64), total)
+    bad = np.flatnonzero(total >= REQUANT_INPUT_LIMIT)
+    _require(bad.size == 0, f"{at}: channel {bad[0] if bad.size else 0}: acc·2^p + bias shifted left may reach 2^30")
     if ep.residual is None:
         return
     r = ep.residual

@@ -101,11 +101,15 @@ static void gather_residual(const adaptq_network *net, const adaptq_conv *c, con
     }
 }
 
-/* TFLite's conv requantisation, then (with a residual) its int8 ADD */
+/* TFLite's conv requantisation (the doubled operand: see adaptq.h), then (with a residual) its ADD */
 static inline int32_t fixed_point(const adaptq_output *o, uint32_t j, int32_t acc, const int32_t *res_codes,
                                   uint32_t ch)
 {
-    int32_t y = mbqm(acc * (int32_t)(UINT32_C(1) << o->acc_shift[j]) + o->bias[j], o->multiplier[j], o->shift[j]);
+    int32_t shift = o->shift[j];
+    int32_t x2 = (int32_t)((uint32_t)acc << o->acc_shift1[j]) + o->bias2[j];
+    int32_t y = SMMULR(shift > 0 ? (int32_t)((uint32_t)x2 << shift) : x2, o->multiplier[j]);
+    if (shift < 0)
+        y = rdbpot(y, -shift);
     if (o->add) {
         const adaptq_residual_add *a = o->add;
         int32_t t = clamp_int(y, a->t_lo[j], a->t_hi[j]);
@@ -116,20 +120,65 @@ static inline int32_t fixed_point(const adaptq_output *o, uint32_t j, int32_t ac
     return clamp_int(y, o->lo[j], o->hi[j]);
 }
 
+/* The common case, an output without a residual whose channels all shift right (e = −shift ≥ 1):
+ * rdbpot(y, e) = ((y − [y < 0]) >> (e − 1) + 1) >> 1, exact for every y (ceil(z − 1/2) equals
+ * floor(z + 1/2 − 2^−e) on multiples of 2^−e), four instructions with e − 1 = ~shift. The constants are
+ * read through restrict-qualified locals: the output is bytes, which could alias them otherwise, and
+ * the compiler would reload every pointer after every store. */
+#define RIGHT_SHIFT_LOOP(STORE)                                                                             \
+    do {                                                                                                    \
+        const int32_t *restrict m = o->multiplier, *restrict b2 = o->bias2;                                \
+        const int8_t *restrict sh = o->shift, *restrict p1 = o->acc_shift1;                                \
+        const int16_t *restrict lo = o->lo, *restrict hi = o->hi;                                          \
+        for (j = 0; j < count; ++j) {                                                                       \
+            int32_t y = SMMULR((int32_t)((uint32_t)a[j] << p1[j]) + b2[j], m[j]);                          \
+            y -= (int32_t)((uint32_t)y >> 31);                                                              \
+            STORE(clamp_int(((y >> ~sh[j]) + 1) >> 1, lo[j], hi[j]));                                       \
+        }                                                                                                   \
+    } while (0)
+
+/* ...and with one pre-shift and one clamp for every channel (the converter's usual output) */
+#define UNIFORM_LOOP(STORE)                                                                                 \
+    do {                                                                                                    \
+        const int32_t *restrict m = o->multiplier, *restrict b2 = o->bias2;                                \
+        const int8_t *restrict sh = o->shift;                                                               \
+        const uint32_t p1 = (uint32_t)o->acc_shift1[0];                                                     \
+        const int32_t lo = o->lo[0], hi = o->hi[0];                                                         \
+        for (j = 0; j < count; ++j) {                                                                       \
+            int32_t y = SMMULR((int32_t)((uint32_t)a[j] << p1) + b2[j], m[j]);                             \
+            y -= (int32_t)((uint32_t)y >> 31);                                                              \
+            STORE(clamp_int(((y >> ~sh[j]) + 1) >> 1, lo, hi));                                             \
+        }                                                                                                   \
+    } while (0)
+
+#define STORE_BYTE(q) (dst[j] = (uint8_t)(q))
+#define STORE_CODE(q) code_writer_put(&w, (q))
+
 static void epilogue_fixed(const adaptq_output *o, const adaptq_buffer *b, uint8_t *arena, uint32_t position,
                            const int32_t *acc, const int32_t *res_codes)
 {
-    uint32_t index = position * b->channels + o->channel_offset;
+    const uint32_t index = position * b->channels + o->channel_offset, count = o->count;
     uint8_t *p = arena + b->offset;
+    const int32_t *restrict a = acc + o->first;
     uint32_t j;
     if (b->bits == 8) {
-        uint8_t *dst = p + index;
-        for (j = 0; j < o->count; ++j)
-            dst[j] = (uint8_t)fixed_point(o, j, acc[o->first + j], res_codes, o->first + j);
+        uint8_t *restrict dst = p + index;
+        if (o->right_shift == ADAPTQ_RIGHT_SHIFT_UNIFORM)
+            UNIFORM_LOOP(STORE_BYTE);
+        else if (o->right_shift)
+            RIGHT_SHIFT_LOOP(STORE_BYTE);
+        else
+            for (j = 0; j < count; ++j)
+                dst[j] = (uint8_t)fixed_point(o, j, a[j], res_codes, o->first + j);
     } else {
         code_writer w = code_writer_at(p, index, b->bits);
-        for (j = 0; j < o->count; ++j)
-            code_writer_put(&w, fixed_point(o, j, acc[o->first + j], res_codes, o->first + j));
+        if (o->right_shift == ADAPTQ_RIGHT_SHIFT_UNIFORM)
+            UNIFORM_LOOP(STORE_CODE);
+        else if (o->right_shift)
+            RIGHT_SHIFT_LOOP(STORE_CODE);
+        else
+            for (j = 0; j < count; ++j)
+                code_writer_put(&w, fixed_point(o, j, a[j], res_codes, o->first + j));
         code_writer_end(&w);
     }
 }

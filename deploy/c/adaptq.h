@@ -35,6 +35,11 @@
 #define ADAPTQ_EPILOGUE_FIXED 0
 #define ADAPTQ_EPILOGUE_FLOAT 1
 
+/* no residual and every shift < 0; _UNIFORM: also one acc_shift1, lo and hi for every channel */
+#define ADAPTQ_RIGHT_SHIFT_NONE 0
+#define ADAPTQ_RIGHT_SHIFT 1
+#define ADAPTQ_RIGHT_SHIFT_UNIFORM 2
+
 #define ADAPTQ_KERNEL_INT_GEMM 0
 #define ADAPTQ_KERNEL_INT_DEPTHWISE 1
 #define ADAPTQ_KERNEL_FLOAT 2
@@ -85,13 +90,14 @@ typedef struct {
 typedef struct {
     uint16_t buffer, channel_offset, first, count;
     uint8_t epilogue;
-    /* ADAPTQ_EPILOGUE_FIXED: q = clamp(mbqm(acc * 2^acc_shift + bias, multiplier, shift), lo, hi)
-     * (TFLite's with acc_shift 0) */
+    /* ADAPTQ_EPILOGUE_FIXED: q = clamp(mbqm(acc * 2^p + B, multiplier, shift), lo, hi) (ir.py; TFLite's
+     * with p = 0), held doubled so that srdhm is one SMMULR: bias2 = 2B, acc_shift1 = p + 1 */
     const int32_t *multiplier;
-    const int8_t *shift, *acc_shift;
-    const int32_t *bias;
+    const int8_t *shift, *acc_shift1;
+    const int32_t *bias2;
     const int16_t *lo, *hi;
     const adaptq_residual_add *add; /* 0 without a residual */
+    uint8_t right_shift; /* ADAPTQ_RIGHT_SHIFT_*: the epilogue's short paths (adaptq.c) */
     /* ADAPTQ_EPILOGUE_FLOAT: z = acc * scale + offset, activation, + residual, stored */
     const float *scale, *offset;
     adaptq_to_int to_int;

@@ -17,12 +17,6 @@
  */
 #include "adaptq_internal.h"
 
-#if defined(__GNUC__)
-#define ALWAYS_INLINE __attribute__((always_inline)) inline
-#else
-#define ALWAYS_INLINE inline
-#endif
-
 #define ONES_PAIR 0x00010001
 
 static const uint8_t column_slot[4] = {0, 2, 1, 3};
@@ -77,47 +71,91 @@ static int32_t im2col(const adaptq_conv *c, const conv_geometry *g, uint32_t cha
     return sum;
 }
 
-/* Rows r0 (and r1) against columns x0 (and x1) over `blocks` weight words; acc[row][col]. The weight
- * format and the block shape are constants in every caller, so each case compiles to its own loop. */
-static ALWAYS_INLINE void gemm_block(const uint8_t *w0, const uint8_t *w1, const int16_t *x0, const int16_t *x1,
-                                     uint32_t blocks, const unsigned bits, const int unsigned_weights,
-                                     const int rows, const int cols, int32_t acc[2][2])
+/* Σq of a pixel's n 8-bit codes (n a multiple of 4), for DoReFa's correction */
+static int32_t pixel_sum(const uint8_t *x, uint32_t n, int is_signed)
 {
+    int32_t sum = 0;
+    uint32_t i;
+    for (i = 0; i < n; i += 4u, x += 4) {
+        int32_t word = load_word(x);
+        sum = SMLAD(is_signed ? SXTB16(word) : UXTB16(word), ONES_PAIR, sum);
+        sum = SMLAD(is_signed ? SXTB16_ROR8(word) : UXTB16_ROR8(word), ONES_PAIR, sum);
+    }
+    return sum;
+}
+
+/* Rows w0 (and w1) against columns x0 (and x1) over `blocks` weight words: acc[row][col]. The weight
+ * format and the block shape are constants in every caller, so each case compiles to its own loop with
+ * the slots unrolled. */
+#define GEMM_SLOT(S)                                                                                        \
+    do {                                                                                                    \
+        int32_t v0 = slot_bytes(word0, bits, S);                                                            \
+        int32_t p0 = unsigned_weights ? UXTB16(v0) : SXTB16(v0);                                            \
+        int32_t q0 = unsigned_weights ? UXTB16_ROR8(v0) : SXTB16_ROR8(v0);                                  \
+        int32_t xa, xb;                                                                                     \
+        LOAD_X(xp0, S, xa, xb);                                                                              \
+        a00 = SMLAD(p0, xa, a00);                                                                           \
+        a00 = SMLAD(q0, xb, a00);                                                                           \
+        if (cols > 1) {                                                                                     \
+            int32_t ya, yb;                                                                                 \
+            LOAD_X(xp1, S, ya, yb);                                                                          \
+            a01 = SMLAD(p0, ya, a01);                                                                       \
+            a01 = SMLAD(q0, yb, a01);                                                                       \
+            if (rows > 1) {                                                                                 \
+                int32_t v1 = slot_bytes(word1, bits, S);                                                    \
+                int32_t p1 = unsigned_weights ? UXTB16(v1) : SXTB16(v1);                                    \
+                int32_t q1 = unsigned_weights ? UXTB16_ROR8(v1) : SXTB16_ROR8(v1);                          \
+                a10 = SMLAD(p1, xa, a10);                                                                   \
+                a10 = SMLAD(q1, xb, a10);                                                                   \
+                a11 = SMLAD(p1, ya, a11);                                                                   \
+                a11 = SMLAD(q1, yb, a11);                                                                   \
+            }                                                                                               \
+        } else if (rows > 1) {                                                                              \
+            int32_t v1 = slot_bytes(word1, bits, S);                                                        \
+            int32_t p1 = unsigned_weights ? UXTB16(v1) : SXTB16(v1);                                        \
+            int32_t q1 = unsigned_weights ? UXTB16_ROR8(v1) : SXTB16_ROR8(v1);                              \
+            a10 = SMLAD(p1, xa, a10);                                                                       \
+            a10 = SMLAD(q1, xb, a10);                                                                       \
+        }                                                                                                   \
+    } while (0)
+
+/* The activations of one slot: two words of the int16 column, or (direct) one word of four 8-bit codes
+ * of the pixel itself, widened into the same lanes (x0, x2), (x1, x3). */
+#define LOAD_X(X, S, XA, XB)                                                                                \
+    do {                                                                                                    \
+        if (direct) {                                                                                       \
+            int32_t word = load_word((const uint8_t *)(X) + 4 * (S));                                       \
+            XA = direct == DIRECT_SIGNED ? SXTB16(word) : UXTB16(word);                                     \
+            XB = direct == DIRECT_SIGNED ? SXTB16_ROR8(word) : UXTB16_ROR8(word);                           \
+        } else {                                                                                            \
+            XA = load_word((const int16_t *)(X) + 4 * (S));                                                 \
+            XB = load_word((const int16_t *)(X) + 4 * (S) + 2);                                             \
+        }                                                                                                   \
+    } while (0)
+
+enum { COLUMNS = 0, DIRECT_UNSIGNED = 1, DIRECT_SIGNED = 2 };
+
+static ALWAYS_INLINE void gemm_block(const uint8_t *w0, const uint8_t *w1, const void *x0, const void *x1,
+                                     uint32_t blocks, const unsigned bits, const int unsigned_weights,
+                                     const int rows, const int cols, const int direct, int32_t acc[2][2])
+{
+    /* bytes of activations per weight word: int16 columns hold 2 per code, a pixel 1 */
+    const uint32_t step = direct ? 4u * (8u / bits) : 8u * (8u / bits);
+    const uint8_t *xp0 = (const uint8_t *)x0, *xp1 = (const uint8_t *)x1;
     int32_t a00 = 0, a01 = 0, a10 = 0, a11 = 0;
-    const unsigned slots = 8u / bits;
-    uint32_t n;
-    for (n = 0; n < blocks; ++n) {
+    for (; blocks; --blocks) {
         int32_t word0 = load_word(w0), word1 = rows > 1 ? load_word(w1) : 0;
-        unsigned s;
         w0 += 4;
         w1 += 4;
-        for (s = 0; s < slots; ++s) {
-            int32_t v0 = slot_bytes(word0, bits, s), v1 = slot_bytes(word1, bits, s);
-            int32_t p0 = unsigned_weights ? UXTB16(v0) : SXTB16(v0);
-            int32_t q0 = unsigned_weights ? UXTB16(ROR8(v0)) : SXTB16(ROR8(v0));
-            int32_t xa = load_word(x0), xb = load_word(x0 + 2);
-            a00 = SMLAD(p0, xa, a00);
-            a00 = SMLAD(q0, xb, a00);
-            if (rows > 1) {
-                int32_t p1 = unsigned_weights ? UXTB16(v1) : SXTB16(v1);
-                int32_t q1 = unsigned_weights ? UXTB16(ROR8(v1)) : SXTB16(ROR8(v1));
-                a10 = SMLAD(p1, xa, a10);
-                a10 = SMLAD(q1, xb, a10);
-                if (cols > 1) {
-                    int32_t ya = load_word(x1), yb = load_word(x1 + 2);
-                    a01 = SMLAD(p0, ya, a01);
-                    a01 = SMLAD(q0, yb, a01);
-                    a11 = SMLAD(p1, ya, a11);
-                    a11 = SMLAD(q1, yb, a11);
-                }
-            } else if (cols > 1) {
-                int32_t ya = load_word(x1), yb = load_word(x1 + 2);
-                a01 = SMLAD(p0, ya, a01);
-                a01 = SMLAD(q0, yb, a01);
-            }
-            x0 += 4;
-            x1 += 4;
+        GEMM_SLOT(0);
+        if (bits <= 4)
+            GEMM_SLOT(1);
+        if (bits == 2) {
+            GEMM_SLOT(2);
+            GEMM_SLOT(3);
         }
+        xp0 += step;
+        xp1 += step;
     }
     acc[0][0] = a00;
     acc[0][1] = a01;
@@ -125,50 +163,106 @@ static ALWAYS_INLINE void gemm_block(const uint8_t *w0, const uint8_t *w1, const
     acc[1][1] = a11;
 }
 
-#define GEMM_CASES(BITS, UNSIGNED)                                                                          \
-    if (rows == 2 && cols == 2)                                                                             \
-        gemm_block(w0, w1, x0, x1, blocks, BITS, UNSIGNED, 2, 2, acc);                                      \
-    else if (rows == 2)                                                                                     \
-        gemm_block(w0, w1, x0, x1, blocks, BITS, UNSIGNED, 2, 1, acc);                                      \
-    else if (cols == 2)                                                                                     \
-        gemm_block(w0, w1, x0, x1, blocks, BITS, UNSIGNED, 1, 2, acc);                                      \
-    else                                                                                                    \
-        gemm_block(w0, w1, x0, x1, blocks, BITS, UNSIGNED, 1, 1, acc)
+typedef struct {
+    const uint8_t *weights;   /* the part's packed rows */
+    uint32_t row_bytes, blocks;
+    int dorefa;
+    int32_t levels;           /* L_w */
+} gemm_rows_args;
 
-static void gemm(const adaptq_conv *c, const uint8_t *w0, const uint8_t *w1, const int16_t *x0, const int16_t *x1,
-                 int rows, int cols, int32_t acc[2][2])
+/* Rows [row, end) against one or two columns, into acc[k][row]: the scale shifted out, DoReFa's Σq term
+ * subtracted. */
+static ALWAYS_INLINE void gemm_rows(const gemm_rows_args *g, uint32_t row, uint32_t end, const void *x0,
+                                    const void *x1, const int32_t sums[2], int32_t *acc0, int32_t *acc1,
+                                    const unsigned bits, const int unsigned_weights, const int cols, const int direct)
 {
-    const uint32_t blocks = c->row_elements * c->weight_bits / 32u;
-    const int dorefa = c->weight_grid == ADAPTQ_GRID_DOREFA;
-    switch (c->weight_bits * 2u + (unsigned)dorefa) {
-    case 16: GEMM_CASES(8, 0); break;
-    case 17: GEMM_CASES(8, 1); break;
-    case 8: GEMM_CASES(4, 0); break;
-    case 9: GEMM_CASES(4, 1); break;
-    case 4: GEMM_CASES(2, 0); break;
-    default: GEMM_CASES(2, 1); break;
+    int32_t block[2][2];
+    const int32_t l0 = g->levels * sums[0], l1 = g->levels * sums[1];
+    const unsigned unscale = 8u - bits; /* the lanes' exact scale */
+    for (; row + 1u < end; row += 2u) {
+        const uint8_t *w0 = g->weights + row * g->row_bytes;
+        gemm_block(w0, w0 + g->row_bytes, x0, x1, g->blocks, bits, unsigned_weights, 2, cols, direct, block);
+        if (unsigned_weights) { /* DoReFa */
+            acc0[row] = 2 * (block[0][0] >> unscale) - l0;
+            acc0[row + 1u] = 2 * (block[1][0] >> unscale) - l0;
+            if (cols > 1) {
+                acc1[row] = 2 * (block[0][1] >> unscale) - l1;
+                acc1[row + 1u] = 2 * (block[1][1] >> unscale) - l1;
+            }
+        } else {
+            acc0[row] = block[0][0] >> unscale;
+            acc0[row + 1u] = block[1][0] >> unscale;
+            if (cols > 1) {
+                acc1[row] = block[0][1] >> unscale;
+                acc1[row + 1u] = block[1][1] >> unscale;
+            }
+        }
+    }
+    if (row < end) {
+        const uint8_t *w0 = g->weights + row * g->row_bytes;
+        gemm_block(w0, w0, x0, x1, g->blocks, bits, unsigned_weights, 1, cols, direct, block);
+        acc0[row] = unsigned_weights ? 2 * (block[0][0] >> unscale) - l0 : block[0][0] >> unscale;
+        if (cols > 1)
+            acc1[row] = unsigned_weights ? 2 * (block[0][1] >> unscale) - l1 : block[0][1] >> unscale;
+    }
+}
+
+#define GEMM_ROWS(BITS, UNSIGNED)                                                                           \
+    do {                                                                                                    \
+        if (direct == DIRECT_UNSIGNED)                                                                      \
+            GEMM_COLS(BITS, UNSIGNED, DIRECT_UNSIGNED);                                                     \
+        else if (direct == DIRECT_SIGNED)                                                                   \
+            GEMM_COLS(BITS, UNSIGNED, DIRECT_SIGNED);                                                       \
+        else                                                                                                \
+            GEMM_COLS(BITS, UNSIGNED, COLUMNS);                                                             \
+    } while (0)
+#define GEMM_COLS(BITS, UNSIGNED, DIRECT)                                                                   \
+    do {                                                                                                    \
+        if (cols == 2)                                                                                      \
+            gemm_rows(g, row, end, x0, x1, sums, acc0, acc1, BITS, UNSIGNED, 2, DIRECT);                    \
+        else                                                                                                \
+            gemm_rows(g, row, end, x0, x1, sums, acc0, acc1, BITS, UNSIGNED, 1, DIRECT);                    \
+    } while (0)
+
+static void gemm(const gemm_rows_args *g, unsigned bits, uint32_t row, uint32_t end, const void *x0, const void *x1,
+                 int cols, int direct, const int32_t sums[2], int32_t *acc0, int32_t *acc1)
+{
+    switch (bits * 2u + (unsigned)g->dorefa) {
+    case 16: GEMM_ROWS(8, 0); break;
+    case 17: GEMM_ROWS(8, 1); break;
+    case 8: GEMM_ROWS(4, 0); break;
+    case 9: GEMM_ROWS(4, 1); break;
+    case 4: GEMM_ROWS(2, 0); break;
+    default: GEMM_ROWS(2, 1); break;
     }
 }
 
 void adaptq_conv_int_gemm(const adaptq_network *net, const adaptq_conv *c, uint8_t *arena)
 {
-    const conv_geometry g = adaptq_conv_geometry(net, c, arena);
-    const uint32_t positions = g.out_h * g.out_w;
+    const conv_geometry geo = adaptq_conv_geometry(net, c, arena);
+    const uint32_t positions = geo.out_h * geo.out_w;
     const uint32_t out_per_group = c->out_channels / c->groups;
-    const uint32_t row_bytes = c->row_elements * c->weight_bits / 8u;
-    const unsigned unscale = 8u - c->weight_bits;
-    const int dorefa = c->weight_grid == ADAPTQ_GRID_DOREFA;
-    const int32_t levels = (int32_t)(1u << c->weight_bits) - 1;
-    const uint8_t *weights = (const uint8_t *)c->weights;
+    gemm_rows_args g;
     int16_t *columns[2];
     int32_t *acc[2];
     uint32_t position;
+    int direct;
+    g.weights = (const uint8_t *)c->weights;
+    g.row_bytes = c->row_elements * c->weight_bits / 8u;
+    g.blocks = c->row_elements * c->weight_bits / 32u;
+    g.dorefa = c->weight_grid == ADAPTQ_GRID_DOREFA;
+    g.levels = g.dorefa ? (int32_t)(1u << c->weight_bits) - 1 : 0;
     columns[0] = net->scratch.columns;
     columns[1] = net->scratch.columns + c->row_elements;
     acc[0] = net->scratch.acc;
     acc[1] = net->scratch.acc + c->out_channels;
     /* slots past the reduction stay zero for the whole part: im2col writes only the first ones */
     memset(net->scratch.columns, 0, 2u * c->row_elements * sizeof(int16_t));
+    /* A pointwise layer over 8-bit codes whose rows need no padding reads its pixels in place: their
+     * bytes widen into the column's lanes directly, with no im2col pass. */
+    direct = c->kernel_h == 1 && c->kernel_w == 1 && c->stride_h == 1 && c->stride_w == 1 && c->pad_h == 0 &&
+             c->pad_w == 0 && geo.in->bits == 8 && c->row_elements == c->in_per_group
+                 ? (geo.in->is_signed ? DIRECT_SIGNED : DIRECT_UNSIGNED) : COLUMNS;
 
     for (position = 0; position < positions; position += 2u) {
         const int cols = position + 1u < positions ? 2 : 1;
@@ -176,23 +270,23 @@ void adaptq_conv_int_gemm(const adaptq_network *net, const adaptq_conv *c, uint8
         for (group = 0; group < c->groups; ++group) {
             uint32_t channel = c->input.offset + group * c->in_per_group;
             int32_t sums[2] = {0, 0};
-            uint32_t row, k;
-            for (k = 0; k < (uint32_t)cols; ++k) {
-                uint32_t p = position + k;
-                sums[k] = im2col(c, &g, channel, p / g.out_w, p % g.out_w, columns[k]);
+            const void *x[2];
+            int k;
+            for (k = 0; k < cols; ++k) {
+                uint32_t p = position + (uint32_t)k;
+                if (direct) { /* a pixel's codes are the column already */
+                    x[k] = geo.base + p * geo.in->channels + channel;
+                    if (g.dorefa)
+                        sums[k] = pixel_sum((const uint8_t *)x[k], c->in_per_group, direct == DIRECT_SIGNED);
+                } else {
+                    x[k] = columns[k];
+                    sums[k] = im2col(c, &geo, channel, p / geo.out_w, p % geo.out_w, columns[k]);
+                }
             }
-            for (row = group * out_per_group; row < (group + 1u) * out_per_group; row += 2u) {
-                const int rows = row + 1u < (group + 1u) * out_per_group ? 2 : 1;
-                const uint8_t *w0 = weights + row * row_bytes;
-                int32_t block[2][2];
-                int r;
-                gemm(c, w0, w0 + row_bytes, columns[0], columns[1], rows, cols, block);
-                for (r = 0; r < rows; ++r)
-                    for (k = 0; k < (uint32_t)cols; ++k) {
-                        int32_t a = block[r][k] >> unscale; /* exact: every product carries the factor */
-                        acc[k][row + (uint32_t)r] = dorefa ? 2 * a - levels * sums[k] : a;
-                    }
-            }
+            if (cols == 1)
+                x[1] = x[0];
+            gemm(&g, c->weight_bits, group * out_per_group, (group + 1u) * out_per_group, x[0], x[1], cols, direct,
+                 sums, acc[0], acc[1]);
         }
         adaptq_conv_epilogues(net, c, arena, position, acc[0], 0);
         if (cols > 1)

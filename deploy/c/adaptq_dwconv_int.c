@@ -3,9 +3,10 @@
  * bounds, no padding tests per element) are accumulated four channels at a time with one word load
  * per tap: a word of 4 (8-bit), 8 (4-bit) or 16 (2-bit) input codes widens, slot by slot
  * (slot_bytes), into two lane pairs, and SMLABB / SMLATT multiply each lane by its channel's weight.
- * Per pass the cost is one word, two widenings, two weight words and four MACs whatever the input's
- * bit width, so fewer bits never cost more. Sub-byte codes come out scaled by 16 or 64, an exact
- * factor shifted out of the accumulators.
+ * Per pass the cost is one word, two widenings, one double-word of weights and four MACs whatever the
+ * input's bit width, so fewer bits never cost more. Sub-byte codes come out scaled by 16 or 64, an
+ * exact factor shifted out of the accumulators. A 3x3 kernel at a position whose taps all lie inside
+ * the input runs unrolled; the border positions loop over their valid taps.
  *
  * The weights (the IR's packing: [channel][ky][kx], LSB first) are unpacked once per part into
  * scratch as effective int16 values (DoReFa: 2u − L_w), in the lane order the passes read: per block
@@ -57,68 +58,120 @@ static dw_plan unpack_weights(const adaptq_conv *c, const adaptq_buffer *in, int
     return plan;
 }
 
-/* One pass: channels (s, 2E+s, E+s, 3E+s) of the block whose first code is at byte `block_byte` of
- * pixel 0, over taps [ky0, ky1) x [kx0, kx1). */
-#define DW_PASS(EXTEND)                                                                                     \
-    do {                                                                                                    \
-        int32_t a0 = 0, a1 = 0, b0 = 0, b1 = 0;                                                            \
-        uint32_t ky, kx;                                                                                    \
-        for (ky = ky0; ky < ky1; ++ky) {                                                                    \
-            const uint8_t *row = src + ((uint32_t)(iy0 + (int32_t)ky) * width + (uint32_t)(ix0 + (int32_t)kx0)) \
-                                           * pixel_bytes;                                                    \
-            const int16_t *w = pass_weights + 4u * (ky * kernel_w + kx0);                                   \
-            for (kx = kx0; kx < kx1; ++kx, row += pixel_bytes, w += 4) {                                    \
-                int32_t v = slot_bytes(load_word(row), bits, s);                                            \
-                int32_t lo = EXTEND(v), hi = EXTEND(ROR8(v));                                               \
-                int32_t wa = load_word(w), wb = load_word(w + 2);                                           \
-                a0 = SMLABB(lo, wa, a0);                                                                    \
-                a1 = SMLATT(lo, wa, a1);                                                                    \
-                b0 = SMLABB(hi, wb, b0);                                                                    \
-                b1 = SMLATT(hi, wb, b1);                                                                    \
-            }                                                                                               \
-        }                                                                                                   \
-        acc[first + s] = a0 >> unscale;                                                                     \
-        acc[first + 2u * per_byte + s] = a1 >> unscale;                                                     \
-        acc[first + per_byte + s] = b0 >> unscale;                                                          \
-        acc[first + 3u * per_byte + s] = b1 >> unscale;                                                     \
-    } while (0)
+typedef struct {
+    int32_t a0, a1, b0, b1;
+} lanes4;
+
+/* One tap of one pass: the word at `p`, the slot's codes widened, times the tap's weight words. */
+static ALWAYS_INLINE void dw_tap(lanes4 *acc, const uint8_t *p, const int16_t *w, const unsigned bits,
+                                 const unsigned slot, const int is_signed)
+{
+    int32_t v = slot_bytes(load_word(p), bits, slot);
+    int32_t lo = is_signed ? SXTB16(v) : UXTB16(v), hi = is_signed ? SXTB16_ROR8(v) : UXTB16_ROR8(v);
+    int32_t wa = load_word(w), wb = load_word(w + 2);
+    acc->a0 = SMLABB(lo, wa, acc->a0);
+    acc->a1 = SMLATT(lo, wa, acc->a1);
+    acc->b0 = SMLABB(hi, wb, acc->b0);
+    acc->b1 = SMLATT(hi, wb, acc->b1);
+}
+
+typedef struct {
+    const uint8_t *src;      /* the block's first byte at pixel (iy0 + ky0, ix0 + kx0) */
+    uint32_t row_bytes, pixel_bytes;
+    uint32_t ky0, ky1, kx0, kx1, kernel_w;
+    int full3x3;             /* every tap of a 3x3 kernel inside the input */
+} dw_window;
+
+static ALWAYS_INLINE lanes4 dw_pass(const dw_window *win, const int16_t *weights, const unsigned bits,
+                                    const unsigned slot, const int is_signed)
+{
+    lanes4 acc = {0, 0, 0, 0};
+    if (win->full3x3) {
+        const uint8_t *r0 = win->src, *r1 = r0 + win->row_bytes, *r2 = r1 + win->row_bytes;
+        const uint32_t pb = win->pixel_bytes, pb2 = 2u * pb;
+        dw_tap(&acc, r0, weights + 0, bits, slot, is_signed);
+        dw_tap(&acc, r0 + pb, weights + 4, bits, slot, is_signed);
+        dw_tap(&acc, r0 + pb2, weights + 8, bits, slot, is_signed);
+        dw_tap(&acc, r1, weights + 12, bits, slot, is_signed);
+        dw_tap(&acc, r1 + pb, weights + 16, bits, slot, is_signed);
+        dw_tap(&acc, r1 + pb2, weights + 20, bits, slot, is_signed);
+        dw_tap(&acc, r2, weights + 24, bits, slot, is_signed);
+        dw_tap(&acc, r2 + pb, weights + 28, bits, slot, is_signed);
+        dw_tap(&acc, r2 + pb2, weights + 32, bits, slot, is_signed);
+    } else {
+        const uint8_t *row = win->src;
+        uint32_t ky, kx;
+        for (ky = win->ky0; ky < win->ky1; ++ky, row += win->row_bytes) {
+            const uint8_t *p = row;
+            const int16_t *w = weights + 4u * (ky * win->kernel_w + win->kx0);
+            for (kx = win->kx0; kx < win->kx1; ++kx, p += win->pixel_bytes, w += 4)
+                dw_tap(&acc, p, w, bits, slot, is_signed);
+        }
+    }
+    return acc;
+}
+
+/* Every block of one position: channels (s, 2E+s, E+s, 3E+s) of each block per pass. */
+static ALWAYS_INLINE void dw_blocks(const dw_window *base, const dw_plan *plan, uint32_t taps, int32_t *acc,
+                                    const unsigned bits, const int is_signed)
+{
+    const unsigned per_byte = 8u / bits, unscale = 8u - bits;
+    dw_window win = *base;
+    uint32_t b;
+    unsigned s;
+    for (b = 0; b < plan->blocks; ++b, win.src += 4) {
+        int32_t *out = acc + b * plan->block_channels;
+        for (s = 0; s < per_byte; ++s) {
+            lanes4 r = dw_pass(&win, plan->block_weights + (b * per_byte + s) * 4u * taps, bits, s, is_signed);
+            out[s] = r.a0 >> unscale;
+            out[2u * per_byte + s] = r.a1 >> unscale;
+            out[per_byte + s] = r.b0 >> unscale;
+            out[3u * per_byte + s] = r.b1 >> unscale;
+        }
+    }
+}
 
 void adaptq_dwconv_int(const adaptq_network *net, const adaptq_conv *c, uint8_t *arena)
 {
     const conv_geometry g = adaptq_conv_geometry(net, c, arena);
     const adaptq_buffer *in = g.in;
-    const unsigned bits = in->bits, is_signed = in->is_signed, unscale = 8u - bits;
-    const uint32_t per_byte = 8u / bits, taps = (uint32_t)c->kernel_h * c->kernel_w, kernel_w = c->kernel_w;
+    const unsigned bits = in->bits, is_signed = in->is_signed;
+    const uint32_t taps = (uint32_t)c->kernel_h * c->kernel_w, kernel_w = c->kernel_w;
     const uint32_t width = (uint32_t)g.width, pixel_bytes = (uint32_t)in->channels * bits / 8u;
     const dw_plan plan = unpack_weights(c, in, net->scratch.columns);
+    const int is3x3 = c->kernel_h == 3 && c->kernel_w == 3;
     int32_t *acc = net->scratch.acc;
+    dw_window win;
     uint32_t oy, ox;
+    win.row_bytes = width * pixel_bytes;
+    win.pixel_bytes = pixel_bytes;
+    win.kernel_w = kernel_w;
     for (oy = 0; oy < g.out_h; ++oy) {
         const int32_t iy0 = (int32_t)(oy * c->stride_h) - c->pad_h;
-        const uint32_t ky0 = iy0 < 0 ? (uint32_t)-iy0 : 0u;
-        const uint32_t ky1 = iy0 + (int32_t)c->kernel_h > g.height ? (uint32_t)(g.height - iy0) : c->kernel_h;
+        win.ky0 = iy0 < 0 ? (uint32_t)-iy0 : 0u;
+        win.ky1 = iy0 + (int32_t)c->kernel_h > g.height ? (uint32_t)(g.height - iy0) : c->kernel_h;
         for (ox = 0; ox < g.out_w; ++ox) {
             const int32_t ix0 = (int32_t)(ox * c->stride_w) - c->pad_w;
-            const uint32_t kx0 = ix0 < 0 ? (uint32_t)-ix0 : 0u;
-            const uint32_t kx1 = ix0 + (int32_t)c->kernel_w > g.width ? (uint32_t)(g.width - ix0) : c->kernel_w;
-            uint32_t b, s, ch;
-            for (b = 0; b < plan.blocks; ++b) {
-                const uint32_t first = b * plan.block_channels;
-                const uint8_t *src = g.base + (c->input.offset + first) * bits / 8u;
-                for (s = 0; s < per_byte; ++s) {
-                    const int16_t *pass_weights = plan.block_weights + (b * per_byte + s) * 4u * taps;
-                    if (is_signed)
-                        DW_PASS(SXTB16);
-                    else
-                        DW_PASS(UXTB16);
-                }
+            uint32_t ch;
+            win.kx0 = ix0 < 0 ? (uint32_t)-ix0 : 0u;
+            win.kx1 = ix0 + (int32_t)c->kernel_w > g.width ? (uint32_t)(g.width - ix0) : c->kernel_w;
+            win.full3x3 = is3x3 && win.ky0 == 0 && win.kx0 == 0 && win.ky1 == 3 && win.kx1 == 3;
+            win.src = g.base + (uint32_t)(iy0 + (int32_t)win.ky0) * win.row_bytes
+                      + (uint32_t)(ix0 + (int32_t)win.kx0) * pixel_bytes + c->input.offset * bits / 8u;
+            switch (bits * 2u + is_signed) {
+            case 16: dw_blocks(&win, &plan, taps, acc, 8, 0); break;
+            case 17: dw_blocks(&win, &plan, taps, acc, 8, 1); break;
+            case 8: dw_blocks(&win, &plan, taps, acc, 4, 0); break;
+            case 9: dw_blocks(&win, &plan, taps, acc, 4, 1); break;
+            case 4: dw_blocks(&win, &plan, taps, acc, 2, 0); break;
+            default: dw_blocks(&win, &plan, taps, acc, 2, 1); break;
             }
             for (ch = plan.blocks * plan.block_channels; ch < c->out_channels; ++ch) {
                 const int16_t *w = plan.single_weights + (ch - plan.blocks * plan.block_channels) * taps;
                 int32_t sum = 0;
                 uint32_t ky, kx;
-                for (ky = ky0; ky < ky1; ++ky)
-                    for (kx = kx0; kx < kx1; ++kx) {
+                for (ky = win.ky0; ky < win.ky1; ++ky)
+                    for (kx = win.kx0; kx < win.kx1; ++kx) {
                         uint32_t pixel = (uint32_t)(iy0 + (int32_t)ky) * width + (uint32_t)(ix0 + (int32_t)kx);
                         sum += load_code(g.base, pixel * in->channels + c->input.offset + ch, bits, is_signed)
                                * w[ky * kernel_w + kx];

@@ -27,23 +27,52 @@ typedef char adaptq_needs_arithmetic_shift[(-8 >> 1) == -4 ? 1 : -1];
 #endif
 
 /* -- dual 16-bit lanes: the Armv7E-M instructions, or C that gives the same bits ------------------------ */
+#define ROR8(x) ((int32_t)(((uint32_t)(x) >> 8) | ((uint32_t)(x) << 24)))
 #ifdef ADAPTQ_DSP
 #define SXTB16(x) ((int32_t)__sxtb16((uint32_t)(x)))
 #define UXTB16(x) ((int32_t)__uxtb16((uint32_t)(x)))
 #define SMLAD(a, b, acc) ((int32_t)__smlad((uint32_t)(a), (uint32_t)(b), (uint32_t)(acc)))
 #define SMLABB(a, b, acc) ((int32_t)__smlabb((int32_t)(a), (int32_t)(b), (int32_t)(acc)))
 #define SMLATT(a, b, acc) ((int32_t)__smlatt((int32_t)(a), (int32_t)(b), (int32_t)(acc)))
+/* The rotation folded into the extension, and SMMULR, which arm_acle.h does not offer. */
+static inline int32_t SXTB16_ROR8(int32_t x)
+{
+    int32_t r;
+    __asm__("sxtb16 %0, %1, ror #8" : "=r"(r) : "r"(x));
+    return r;
+}
+static inline int32_t UXTB16_ROR8(int32_t x)
+{
+    int32_t r;
+    __asm__("uxtb16 %0, %1, ror #8" : "=r"(r) : "r"(x));
+    return r;
+}
+static inline int32_t SMMULR(int32_t a, int32_t b)
+{
+    int32_t r;
+    __asm__("smmulr %0, %1, %2" : "=r"(r) : "r"(a), "r"(b));
+    return r;
+}
 #else
 static inline int32_t lanes(int32_t lo, int32_t hi) { return (int32_t)(((uint32_t)hi << 16) | ((uint32_t)lo & 0xffffu)); }
 static inline int32_t lane_lo(int32_t x) { return (int16_t)(uint16_t)((uint32_t)x & 0xffffu); }
 static inline int32_t lane_hi(int32_t x) { return (int16_t)(uint16_t)((uint32_t)x >> 16); }
 #define SXTB16(x) lanes((int8_t)(uint8_t)((uint32_t)(x) & 0xffu), (int8_t)(uint8_t)(((uint32_t)(x) >> 16) & 0xffu))
 #define UXTB16(x) ((int32_t)((uint32_t)(x) & 0x00ff00ffu))
+#define SXTB16_ROR8(x) SXTB16(ROR8(x))
+#define UXTB16_ROR8(x) UXTB16(ROR8(x))
 #define SMLAD(a, b, acc) ((acc) + lane_lo(a) * lane_lo(b) + lane_hi(a) * lane_hi(b))
 #define SMLABB(a, b, acc) ((acc) + lane_lo(a) * lane_lo(b))
 #define SMLATT(a, b, acc) ((acc) + lane_hi(a) * lane_hi(b))
+/* (a·b + 2^31) >> 32, rounded high word of the product */
+static inline int32_t SMMULR(int32_t a, int32_t b) { return (int32_t)(((int64_t)a * b + INT64_C(0x80000000)) >> 32); }
 #endif
-#define ROR8(x) ((int32_t)(((uint32_t)(x) >> 8) | ((uint32_t)(x) << 24)))
+
+#if defined(__GNUC__)
+#define ALWAYS_INLINE __attribute__((always_inline)) inline
+#else
+#define ALWAYS_INLINE inline
+#endif
 
 static inline int32_t load_word(const void *p)
 {
@@ -155,13 +184,12 @@ static inline float canonical_float(float z)
     return z;
 }
 
-/* -- TFLite's fixed point (gemmlowp's roundings); the multiplier is never -2^31, so srdhm cannot saturate -- */
-static inline int32_t srdhm(int32_t a, int32_t b)
-{
-    int64_t ab = (int64_t)a * b;
-    int64_t nudge = ab >= 0 ? (INT64_C(1) << 30) : 1 - (INT64_C(1) << 30);
-    return (int32_t)((ab + nudge) / (INT64_C(1) << 31));
-}
+/* -- TFLite's fixed point (gemmlowp's roundings) -------------------------------------------------------- *
+ * srdhm(a, b) = trunc((a·b + nudge) / 2^31) with TFLite's sign-dependent nudge equals
+ * floor((a·b + 2^30) / 2^31) (for a·b < 0, trunc((t)/2^31) = floor((t + 2^31 − 1)/2^31)), which is
+ * SMMULR of 2a and b: one instruction, exact while |a| < 2^30 (ir.py's validation guarantees it) and
+ * the multiplier is not −2^31 (it never is: |M| < 2^31). */
+static inline int32_t srdhm(int32_t a, int32_t b) { return SMMULR((int32_t)((uint32_t)a << 1), b); }
 
 static inline int32_t rdbpot(int32_t x, int32_t exponent)
 {
@@ -173,7 +201,7 @@ static inline int32_t rdbpot(int32_t x, int32_t exponent)
 static inline int32_t mbqm(int32_t x, int32_t multiplier, int32_t shift)
 {
     int32_t left = shift > 0 ? shift : 0;
-    return rdbpot(srdhm(x * (int32_t)(UINT32_C(1) << left), multiplier), left ? 0 : -shift);
+    return rdbpot(srdhm((int32_t)((uint32_t)x << left), multiplier), left ? 0 : -shift);
 }
 
 /* -- packed codes ----------------------------------------------------------------------------------------- */
