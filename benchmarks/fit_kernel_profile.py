@@ -223,9 +223,10 @@ def build_profile(coef: Dict[Tuple[str, ...], float], records: Sequence[dict], c
                   "SRAM1/2/3 128/128/32 + SRAM4 64 KB = 1056 KB (ST AN5557) [D]",
         "largest_ram_block_kb": "as stm32h747: AXI SRAM 512 KB (ST AN5557) [D]",
         "flash_kb": "as stm32h747: 2 MB flash in 2 banks (ST AN5557) [D]",
-        "cycles_per_instruction": "[E] assumed cycles per QEMU-counted instruction on the Cortex-M7 (dual-issue): "
-                                  "Arm's CoreMark/MHz 5.01 (Cortex-M7) vs 3.40 (Cortex-M4, single-issue, same "
-                                  "Thumb-2 code) is 1.47x more work per cycle; with the M4 at about 1.1-1.2 "
+        "cycles_per_instruction": "[E] assumed cycles per QEMU-counted instruction on the Cortex-M7 (six-stage in-order dual-issue, "
+                                  "at most 2 instructions per cycle: AnandTech's Cortex-M7 launch article, "
+                                  "systemonchips.com Cortex-M7 MIPS note); Arm's CoreMark/MHz 5.01 (Cortex-M7) vs 3.40 (Cortex-M4, single-issue, same "
+                                  "Thumb-2 code) as commonly quoted, not re-checked here, is 1.47x more work per cycle; with the M4 at about 1.1-1.2 "
                                   "cycles per instruction (loads and taken branches take 2+) the M7 runs about "
                                   "0.75-0.8; 0.8 chosen (docs/hardware.md §4.7). An assumption until a board "
                                   "measures DWT cycles (make profile-m7-board)",
