@@ -25,11 +25,17 @@ from models.files import read_json
 from models.precisions import PRECISION_ORDER, get_precision
 
 from .lut import validate_lut
-from .profiles import _number
+from .profiles import _number, load_profile
 
 COUNTERS = ("instructions", "cycles")
 DEFAULT_CLOCK_MHZ = 480.0           # STM32H747's Cortex-M7, the project's default profile
-DEFAULT_CYCLES_PER_INSTRUCTION = 1.0
+# The Cortex-M7 cycles per QEMU instruction the kernels' own profile assumes (docs/hardware.md §4.7):
+# one assumption for the predicted and the measured tables.
+KERNEL_PROFILE = "adaptq_m7"
+
+
+def default_cycles_per_instruction() -> float:
+    return float(load_profile(KERNEL_PROFILE).raw["cycles_per_instruction"])
 
 
 def validate_profile(doc: Any, where: str) -> Dict[str, Any]:
@@ -120,7 +126,7 @@ def measured_lut(profiles: Sequence[Tuple[str, Mapping[str, Any]]], base: Mappin
     counter = counters.pop()
     if counter == "cycles" and cycles_per_instruction is not None:
         raise ValueError("--cycles_per_instruction converts instruction counts (QEMU); these profiles count cycles")
-    cpi = DEFAULT_CYCLES_PER_INSTRUCTION if cycles_per_instruction is None else float(cycles_per_instruction)
+    cpi = default_cycles_per_instruction() if cycles_per_instruction is None else float(cycles_per_instruction)
     _number(clock_mhz, "clock_mhz", positive=True)
     _number(cpi, "cycles_per_instruction", positive=True)
 

@@ -51,8 +51,9 @@ def build_parser() -> Parser:
                    help=f"core clock the counts run at (default: the base table's clock of its unit, "
                         f"{DEFAULT_CLOCK_MHZ:g} MHz on stm32h747; {DEFAULT_CLOCK_MHZ:g} if it names none)")
     p.add_argument("--cycles_per_instruction", type=positive_float, default=None,
-                   help="cycles per QEMU-counted instruction (default 1.0: a Cortex-M7 issues up to 2 per cycle "
-                        "but stalls on loads and multiplies); refused for profiles that count cycles")
+                   help="cycles per QEMU-counted instruction (default: the adaptq_m7 profile's assumption, 0.8 "
+                        "[E], docs/hardware.md §4.7: a Cortex-M7 issues up to 2 per cycle but stalls on loads and "
+                        "branches); refused for profiles that count cycles")
     add_overwrite_arg(p)
     return p
 

@@ -3,8 +3,9 @@
  * receptive field is gathered into a float patch in (ky, kx, ci) order (zeros at padding: with finite
  * weights they add ±0, which changes no sum that starts at +0), then each output channel's sum runs
  * over it in that order, one float32 multiply and one add per term (the IR's order, no contraction).
- * Two channels share every patch load. fp16 weights and tensors are widened to float32 on load; the
- * M7's conversion instruction does it in one step (half to float is exact).
+ * Two channels share every patch load. Depthwise parts skip the patch: each channel sums its taps
+ * inside the input in place. fp16 weights and tensors are widened to float32 on load; the M7's
+ * conversion instruction does it in one step (half to float is exact).
  */
 #include "adaptq_internal.h"
 
@@ -80,6 +81,48 @@ static void dot_rows(const adaptq_conv *c, uint32_t k, uint32_t row, uint32_t ro
     }
 }
 
+/* Depthwise: per output position and channel, the taps inside the input (loop bounds; the padded ones
+ * would add ±0) in (ky, kx) order, the IR's order for one input channel per group. */
+static void depthwise_float(const adaptq_network *net, const adaptq_conv *c, const conv_geometry *g, uint8_t *arena,
+                            float *acc)
+{
+    const adaptq_buffer *in = g->in;
+    const uint32_t taps = (uint32_t)c->kernel_h * c->kernel_w, stride = in->channels;
+    const int half = in->kind == ADAPTQ_FP16;
+    const uint32_t row = (uint32_t)g->width * stride;
+    const uint16_t *wh = (const uint16_t *)c->weights;
+    const float *wf = (const float *)c->weights;
+    uint32_t oy, ox, ch, ky, kx;
+    for (oy = 0; oy < g->out_h; ++oy) {
+        const int32_t iy0 = (int32_t)(oy * c->stride_h) - c->pad_h;
+        const uint32_t ky0 = iy0 < 0 ? (uint32_t)-iy0 : 0u;
+        const uint32_t ky1 = iy0 + (int32_t)c->kernel_h > g->height ? (uint32_t)(g->height - iy0) : c->kernel_h;
+        for (ox = 0; ox < g->out_w; ++ox) {
+            const int32_t ix0 = (int32_t)(ox * c->stride_w) - c->pad_w;
+            const uint32_t kx0 = ix0 < 0 ? (uint32_t)-ix0 : 0u;
+            const uint32_t kx1 = ix0 + (int32_t)c->kernel_w > g->width ? (uint32_t)(g->width - ix0) : c->kernel_w;
+            const uint32_t first = ((uint32_t)(iy0 + (int32_t)ky0) * (uint32_t)g->width
+                                    + (uint32_t)(ix0 + (int32_t)kx0)) * stride + c->input.offset;
+#define DW_FLOAT_CHANNELS(LOAD_X, W)                                                                        \
+    for (ch = 0; ch < c->out_channels; ++ch) {                                                              \
+        float sum = 0.0f;                                                                                   \
+        for (ky = ky0; ky < ky1; ++ky) {                                                                    \
+            uint32_t i = first + ch + (ky - ky0) * row;                                                     \
+            uint32_t t = ch * taps + ky * c->kernel_w + kx0;                                                \
+            for (kx = kx0; kx < kx1; ++kx, i += stride, ++t)                                                \
+                sum += LOAD_X(g->base, i) * (W);                                                            \
+        }                                                                                                   \
+        acc[ch] = sum;                                                                                      \
+    }
+            if (half)
+                DW_FLOAT_CHANNELS(load_f16, half_to_float(wh[t]))
+            else
+                DW_FLOAT_CHANNELS(load_f32, wf[t])
+            adaptq_conv_epilogues(net, c, arena, oy * g->out_w + ox, 0, acc);
+        }
+    }
+}
+
 void adaptq_conv_float(const adaptq_network *net, const adaptq_conv *c, uint8_t *arena)
 {
     const conv_geometry g = adaptq_conv_geometry(net, c, arena);
@@ -87,6 +130,10 @@ void adaptq_conv_float(const adaptq_network *net, const adaptq_conv *c, uint8_t 
     const uint32_t out_per_group = c->out_channels / c->groups;
     float *patch = net->scratch.floats, *acc = net->scratch.floats + k;
     uint32_t oy, ox, group;
+    if (c->in_per_group == 1 && out_per_group == 1) {
+        depthwise_float(net, c, &g, arena, acc);
+        return;
+    }
     for (oy = 0; oy < g.out_h; ++oy)
         for (ox = 0; ox < g.out_w; ++ox) {
             for (group = 0; group < c->groups; ++group) {
