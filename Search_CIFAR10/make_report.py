@@ -42,8 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="hardware profile (name or .json path) modelling the exported C kernels: the Deployment "
                              "section's per-layer prediction for a profiled export ('none': no prediction; a "
                              "missing profile is left out with a note)")
-    parser.add_argument("--cycles_per_instruction", type=positive_float, default=DEFAULT_CYCLES_PER_INSTRUCTION,
-                        help="converts the kernel profile's predicted time into QEMU-counted instructions")
+    parser.add_argument("--cycles_per_instruction", type=positive_float, default=None,
+                        help="converts the kernel profile's predicted time into QEMU-counted instructions (default: "
+                             f"the cycles_per_instruction the kernel profile declares, else {DEFAULT_CYCLES_PER_INSTRUCTION:g})")
     parser.add_argument("--clock_mhz", type=positive_mhz, default=None,
                         help="clock of that conversion (default: the kernel profile's primary unit)")
     add_overwrite_arg(parser)

@@ -332,6 +332,13 @@ def test_report_compares_measured_instructions_per_layer_with_the_tables(runs):
     assert "1 row(s) have no prediction (quantize)" in md
     assert "counts guest instructions" in md and "cycles" not in " ".join(table_row(md, "layer")[4:6])
     parse_html(str(out.with_suffix(".html")))
+    # without a stated factor: the one the kernel profile declares (adaptq_m7 has one)
+    kernels["cycles_per_instruction"] = 0.5
+    (tmp_path / "test_kernels.json").write_text(json.dumps(kernels))
+    build_report([str(tmp_path / "runs")], str(out), kernel_profile=str(tmp_path / "test_kernels.json"))
+    md = out.read_text().split("### Measured per layer")[1]
+    assert table_row(md, "layer")[8] == "predicted instructions (at 0.5 cycles per instruction and 480 MHz)"
+    assert table_row(md, "`features.0.0`")[8] == f"{ms * 480e3 / 0.5:,.0f}"
 
 
 def test_report_without_the_kernel_profile_or_the_profile_says_so(runs):

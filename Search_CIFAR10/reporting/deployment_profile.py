@@ -10,7 +10,8 @@ layer of that profile this module puts side by side:
   table it optimised), in ms;
 * a **prediction from a kernel cost-model profile** (a hardware profile, ``kernel_profile``, that models
   the project's own C kernels: ``tensor_analysis/hardware/adaptq_m7.json``), in ms, and converted to the
-  counter's unit at a stated ``cycles_per_instruction`` and ``clock_mhz`` (default: the profile's primary
+  counter's unit at a stated ``cycles_per_instruction`` (default: the one the kernel profile declares in
+  its top-level ``cycles_per_instruction``, else 1.0) and ``clock_mhz`` (default: the profile's primary
   unit's clock): instructions = ms · clock_MHz · 1000 / cycles per instruction;
 * the ratio measured / predicted, per layer and in total.
 
@@ -74,12 +75,13 @@ def _kernel_table(kernel_profile: str, run_dir: str, model: Optional[Mapping[str
         return None, None, f"kernel profile `{kernel_profile}` could not predict this network: {e}"
     clock = clock_mhz or _number(lut.get("clock_mhz", {}).get(lut.get("unit")))
     lut["name"] = prof.name
+    lut["declared_cpi"] = _number((getattr(prof, "raw", None) or {}).get("cycles_per_instruction"))
     return lut, clock, None
 
 
 def layer_comparison(deployment_path: str, deployment: Mapping[str, Any],
                      kernel_profile: Optional[str] = DEFAULT_KERNEL_PROFILE,
-                     cycles_per_instruction: float = DEFAULT_CYCLES_PER_INSTRUCTION,
+                     cycles_per_instruction: Optional[float] = None,
                      clock_mhz: Optional[float] = None) -> Optional[Dict[str, Any]]:
     """The comparison of one profiled export, or None when ``deployment`` names no readable profile:
     ``{profile, counter, target, images, kernel_profile, cycles_per_instruction, clock_mhz, rows, totals,
@@ -105,6 +107,8 @@ def layer_comparison(deployment_path: str, deployment: Mapping[str, Any],
         _kernel_table(kernel_profile, run_dir, doc.get("model"), clock_mhz)
     if why:
         notes.append(why)
+    if cycles_per_instruction is None:
+        cycles_per_instruction = (kernel or {}).get("declared_cpi") or DEFAULT_CYCLES_PER_INSTRUCTION
     if counter == "instructions":
         factor = None if clock is None else clock * 1e3 / cycles_per_instruction   # instructions per ms
     else:

@@ -35,7 +35,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 from models.files import atomic_write, read_json, write_text_atomic
 from models.precisions import PRECISION_ORDER
 
-from .deployment_profile import DEFAULT_CYCLES_PER_INSTRUCTION, DEFAULT_KERNEL_PROFILE, layer_comparison
+from .deployment_profile import DEFAULT_KERNEL_PROFILE, layer_comparison
 from .document import Document, Figure
 from .figures import (pareto_front, plot_alpha_evolution, plot_pareto, plot_precision_map, plot_training_curves,
                       read_log_csv)
@@ -283,7 +283,7 @@ class Context:
     out_dir: str
     # the kernel cost-model profile the Deployment section predicts profiled exports with
     kernel_profile: Optional[str] = DEFAULT_KERNEL_PROFILE
-    cycles_per_instruction: float = DEFAULT_CYCLES_PER_INSTRUCTION
+    cycles_per_instruction: Optional[float] = None    # None: the kernel profile's own, else 1.0
     clock_mhz: Optional[float] = None
 
     @property
@@ -657,12 +657,13 @@ SECTIONS = (overview_section, result_section, memory_filter_section, precision_s
 
 def build_report(paths: Sequence[str], output_md: str, main: Optional[str] = None,
                  output_html: Optional[str] = None, kernel_profile: Optional[str] = DEFAULT_KERNEL_PROFILE,
-                 cycles_per_instruction: float = DEFAULT_CYCLES_PER_INSTRUCTION,
+                 cycles_per_instruction: Optional[float] = None,
                  clock_mhz: Optional[float] = None) -> Report:
     """Read the runs under ``paths``, write ``output_md``, its figures folder and ``output_html``
     (default: ``output_md`` with .html). Returns what was written, for callers and tests.
     ``kernel_profile`` (a hardware profile name or path; None: none) predicts profiled exports per layer,
-    converted to instructions at ``cycles_per_instruction`` and ``clock_mhz`` (default: its clock)."""
+    converted to instructions at ``cycles_per_instruction`` (default: the one it declares, else 1.0) and
+    ``clock_mhz`` (default: its clock)."""
     if not output_md:
         raise ValueError("--output: expected a file name for the Markdown report")
     if os.path.isdir(output_md):
