@@ -34,7 +34,7 @@ import numpy as np
 
 from deploy import profiling, reference
 from deploy.arena import plan_arena
-from deploy.ir import (ConvPart, FixedPointEpilogue, FloatToInt, GlobalAvgPool, IntegerNetwork, Quantize,
+from deploy.ir import (ConvPart, FixedPointEpilogue, FloatToInt, Format, GlobalAvgPool, IntegerNetwork, Quantize,
                        accumulator_bounds, float_to_half_bits, pack_bits)
 
 KERNEL_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "c")
@@ -93,9 +93,9 @@ def _to_int(t: Optional[FloatToInt]) -> str:
 # -- model.c / model.h -------------------------------------------------------------------------------------------
 # -- kernels and the weight orders they read (deploy/c/adaptq_conv_int.c, adaptq_dwconv_int.c) ------------------
 KERNELS = {"gemm": "ADAPTQ_KERNEL_INT_GEMM", "depthwise": "ADAPTQ_KERNEL_INT_DEPTHWISE", "float": "ADAPTQ_KERNEL_FLOAT"}
-# Sub-byte weights widen to 16-bit lanes scaled by 2^(8 - bits); the scaled accumulator must stay in int32.
+# Sub-byte weights and activations widen to 16-bit lanes scaled by 2^(8 - bits) each; the scaled
+# accumulator must stay in int32.
 _LANE_SCALE_LIMIT = 2 ** 31
-_COLUMN_SLOT = np.array([0, 2, 1, 3])
 
 
 def conv_kernel(op: ConvPart) -> str:
@@ -106,24 +106,38 @@ def conv_kernel(op: ConvPart) -> str:
     return "depthwise" if op.in_channels // op.groups == 1 and op.out_channels == op.groups else "gemm"
 
 
-def gemm_row_elements(op: ConvPart) -> int:
-    """The reduction kh·kw·(in/groups) padded to whole weight words (32/bits codes)."""
-    per_word = 32 // op.weight_bits
+def column_order(input_bits: int) -> np.ndarray:
+    """The element each slot of a group of 32/bits column slots holds: one word of 32/bits input codes
+    widens, code slot s of bytes (0, 2) then (1, 3), into lane pairs (E = 8/bits codes per byte):
+    pair k = 2s + parity holds elements (parity·E + s, (parity + 2)·E + s). At 8 bits: [0, 2, 1, 3]."""
+    e = 8 // input_bits
+    order = []
+    for k in range(2 * e):
+        s, parity = divmod(k, 2)
+        order += [parity * e + s, (parity + 2) * e + s]
+    return np.asarray(order)
+
+
+def gemm_row_elements(op: ConvPart, input_bits: int) -> int:
+    """The reduction kh·kw·(in/groups) padded to whole weight words and whole input words (32/bits
+    codes of the narrower)."""
+    per_word = 32 // min(op.weight_bits, input_bits)
     return -(-op.reduction_size // per_word) * per_word
 
 
-def pack_gemm_weights(op: ConvPart) -> np.ndarray:
+def pack_gemm_weights(op: ConvPart, input_bits: int) -> np.ndarray:
     """Packed weight rows in the order the GEMM kernel widens them (adaptq_conv_int.c's docstring):
     each row in (ky, kx, ci) order, zero-padded to ``gemm_row_elements``, its elements permuted like
-    the column's slots, then every block of 32/bits codes placed so that slot s of bytes (0, 2) and
-    (1, 3) holds consecutive lane pairs."""
+    the column's slots (``column_order`` of the input's width), then every block of 32/bits codes
+    placed so that slot s of bytes (0, 2) and (1, 3) holds consecutive lane pairs."""
     bits, per_byte = op.weight_bits, 8 // op.weight_bits
     rows = op.weights.astype(np.int64).transpose(0, 2, 3, 1).reshape(op.out_channels, -1)
-    k_pad = gemm_row_elements(op)
+    k_pad = gemm_row_elements(op, input_bits)
     padded = np.zeros((op.out_channels, k_pad), dtype=np.int64)
     padded[:, :rows.shape[1]] = rows
+    order = column_order(input_bits)
     j = np.arange(k_pad)
-    virtual = padded[:, (j & ~3) | _COLUMN_SLOT[j & 3]]
+    virtual = padded[:, (j - j % order.size) + order[j % order.size]]
     v = np.arange(4 * per_byte)  # one weight word: lane pair k = v // 2 at slot k // 2, bytes by parity and lane
     pair, lane = v // 2, v % 2
     byte = pair % 2 + 2 * lane
@@ -135,21 +149,22 @@ def pack_gemm_weights(op: ConvPart) -> np.ndarray:
     return words.reshape(-1).astype(np.uint8)
 
 
-def _check_lane_scale(op: ConvPart, input_levels: int) -> None:
-    bound = accumulator_bounds(op.weights, op.weight_bits, op.weight_grid, input_levels).max(initial=0)
-    scale = 2 ** (8 - op.weight_bits)
+def _check_lane_scale(op: ConvPart, input_format: Format) -> None:
+    levels = input_format.levels
+    bound = accumulator_bounds(op.weights, op.weight_bits, op.weight_grid, levels).max(initial=0)
+    scale = 2 ** (8 - op.weight_bits) * 2 ** (8 - input_format.bits)
     if op.weight_grid == "dorefa":
-        bound = max(int(bound), int(input_levels * (2 ** op.weight_bits - 1) * op.reduction_size))
+        bound = max(int(bound), int(levels * (2 ** op.weight_bits - 1) * op.reduction_size))
     if int(bound) * scale >= _LANE_SCALE_LIMIT:
-        raise ValueError(f"conv {op.name!r}: its accumulator scaled by {scale} (sub-byte weights widened to "
+        raise ValueError(f"conv {op.name!r}: its accumulator scaled by {scale} (sub-byte codes widened to "
                          f"16-bit lanes) may reach 2^31; the C kernels cannot run it")
 
 
-def packed_weight_bytes(op: ConvPart) -> int:
+def packed_weight_bytes(op: ConvPart, input_bits: int = 8) -> int:
     """Bytes of a part's weights as the C export stores them (GEMM rows padded to whole words)."""
     kernel = conv_kernel(op)
     if kernel == "gemm":
-        return op.out_channels * gemm_row_elements(op) * op.weight_bits // 8
+        return op.out_channels * gemm_row_elements(op, input_bits) * op.weight_bits // 8
     if kernel == "depthwise":
         return (op.weights.size * op.weight_bits + 7) // 8
     return op.weights.size * (2 if op.compute == "fp16" else 4)
@@ -167,7 +182,8 @@ def scratch_sizes(network: IntegerNetwork) -> Dict[str, int]:
         out = op.out_channels
         kernel = conv_kernel(op)
         if kernel == "gemm":
-            sizes["columns"] = max(sizes["columns"], 2 * gemm_row_elements(op))
+            bits = network.buffer(op.input.buffer).format.bits
+            sizes["columns"] = max(sizes["columns"], 2 * gemm_row_elements(op, bits))
             sizes["acc"] = max(sizes["acc"], 2 * out)
         elif kernel == "depthwise":
             sizes["columns"] = max(sizes["columns"], out * op.kernel[0] * op.kernel[1])
@@ -179,12 +195,12 @@ def scratch_sizes(network: IntegerNetwork) -> Dict[str, int]:
     return sizes
 
 
-def _weights_source(index: int, op: ConvPart, input_levels: int) -> str:
+def _weights_source(index: int, op: ConvPart, input_format: Format) -> str:
     name = f"weights_{index}"
     kernel = conv_kernel(op)
     if kernel == "gemm":
-        _check_lane_scale(op, input_levels)
-        packed = pack_gemm_weights(op)
+        _check_lane_scale(op, input_format)
+        packed = pack_gemm_weights(op, input_format.bits)
     elif kernel == "depthwise":
         packed = pack_bits(op.weights, op.weight_bits, op.weight_grid == "symmetric")
     elif op.compute == "fp16":
@@ -222,11 +238,11 @@ def _fixed_point_source(tag: str, ep: FixedPointEpilogue) -> Tuple[List[str], st
     return out, refs
 
 
-def _conv_source(index: int, op: ConvPart, buffer_index: Dict[str, int], input_levels: int) -> str:
+def _conv_source(index: int, op: ConvPart, buffer_index: Dict[str, int], input_format: Format) -> str:
     kernel = conv_kernel(op)
     out = [f"/* {op.name}: layer {op.layer!r} channels {list(op.layer_channels)}, {op.compute}"
            + (f" w{op.weight_bits} {op.weight_grid}" if op.compute == "int" else "") + f", {kernel} kernel */\n",
-           _weights_source(index, op, input_levels)]
+           _weights_source(index, op, input_format)]
     entries = []
     for j, o in enumerate(op.outputs):
         ep, tag = o.epilogue, f"{index}_{j}"
@@ -258,7 +274,7 @@ def _conv_source(index: int, op: ConvPart, buffer_index: Dict[str, int], input_l
         f"    .kernel_h = {kh}, .kernel_w = {kw}, .stride_h = {sh}, .stride_w = {sw}, .pad_h = {ph}, .pad_w = {pw},\n"
         f"    .out_channels = {op.out_channels}, .groups = {op.groups}, "
         f".in_per_group = {op.in_channels // op.groups}, "
-        f".row_elements = {gemm_row_elements(op) if kernel == 'gemm' else 0},\n"
+        f".row_elements = {gemm_row_elements(op, input_format.bits) if kernel == 'gemm' else 0},\n"
         f"    .input = {{{buffer_index[op.input.buffer]}, {op.input.offset}, {op.input.channels}}}, "
         f".weights = weights_{index},\n"
         f"    .act_lo = {_float_literal(act_lo)}, .act_hi = {_float_literal(act_hi)},\n"
@@ -318,7 +334,7 @@ int adaptq_predict(const float *input, float *output);
                          f"{len(op.outputs)}}};\n\n")
             op_rows.append(f"    {{ADAPTQ_OP_QUANTIZE, &op_{index}}}")
         elif isinstance(op, ConvPart):
-            parts.append(_conv_source(index, op, buffer_index, network.buffer(op.input.buffer).format.levels) + "\n")
+            parts.append(_conv_source(index, op, buffer_index, network.buffer(op.input.buffer).format) + "\n")
             op_rows.append(f"    {{ADAPTQ_OP_CONV, &op_{index}}}")
         elif isinstance(op, GlobalAvgPool):
             parts.append(f"static const adaptq_pool op_{index} ADAPTQ_PARAMS = {{{buffer_index[op.input]}, "

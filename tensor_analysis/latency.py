@@ -70,8 +70,31 @@ def lane_padding(channels: int, lanes: int) -> float:
     return math.ceil(channels / lanes) * lanes / channels
 
 
-def layer_cycles(layer, precision: str, unit: Unit, fraction: float = 1.0) -> float:
-    """Cycles of ``layer`` (or its ``fraction`` of output channels) at ``precision`` on ``unit``."""
+def _same_padding(n_in: int, n_out: int, k: int, s: int) -> int:
+    """The padding per side of a conv that maps ``n_in`` to ``n_out`` (the shapes do not record it)."""
+    return max(0, ((n_out - 1) * s + k - n_in + 1) // 2)
+
+
+def border_positions(op: Operator) -> int:
+    """Output positions whose receptive field is clipped by the padding (the kernels' border path)."""
+    _, hin, win = op.in_shape
+    _, hout, wout = op.out_shape
+    inner = 1
+    for n_in, n_out, k, s in ((hin, hout, op.kernel[0], op.stride[0]), (win, wout, op.kernel[1], op.stride[1])):
+        pad = _same_padding(n_in, n_out, k, s)
+        inner *= sum(1 for o in range(n_out) if o * s - pad >= 0 and o * s - pad + k <= n_in)
+    return hout * wout - inner
+
+
+def layer_terms(layer, precision: str, unit: Unit, fraction: float = 1.0,
+                output_precisions: Optional[Sequence[str]] = None) -> Dict[str, float]:
+    """The quantities each cost of ``layer_cycles`` multiplies (docs/hardware.md §3), by term name:
+    ``overhead_cycles`` (1), ``cycles_per_mac`` (MACs, lane-padded), ``cycles_per_remainder_mac``,
+    ``cycles_per_output``, ``cycles_per_im2col`` (staged elements), ``cycles_per_position``,
+    ``cycles_per_border_output``, ``cycles_per_weight``, ``epilogue:<format>`` (outputs written in that
+    format; only with ``epilogue_cycles``), ``fused_add`` (outputs of fused residual adds; only with
+    ``fused_add_cycles``); keys starting with ``_`` are not terms. A fitter builds its least squares
+    from these."""
     op = _as_operator(layer)
     get_precision(precision, f"layer {op.name}")
     cin, hin, win = op.in_shape
@@ -87,13 +110,60 @@ def layer_cycles(layer, precision: str, unit: Unit, fraction: float = 1.0) -> fl
             staged = cin * hin * win
         else:
             staged = hout * wout * (cin // max(1, op.groups)) * op.kernel[0] * op.kernel[1]
-    return (unit.overhead_cycles
-            + op.macs * fraction * unit.cycles_per_mac[op.op][precision]
-            * lane_padding(vector_channels, unit.simd_lanes[precision])
-            + op.out_elements * fraction * (unit.cycles_per_output[precision]
-                                            + activation_cycles_per_element(op, precision, unit))
-            + staged * unit.cycles_per_im2col[precision]
-            + fraction * fused_operator_cycles(op, unit))
+    lanes = unit.simd_lanes[precision]
+    macs = op.macs * fraction
+    outputs = op.out_elements * fraction
+    terms = {"overhead_cycles": 1.0, "cycles_per_output": outputs, "cycles_per_im2col": staged}
+    if "cycles_per_remainder_mac" in unit.per_op.get(op.op, {}) and lanes > 1:
+        # the vector's last (vector mod lanes) values run one by one instead of padding a SIMD pass
+        rest = vector_channels % lanes
+        terms["cycles_per_mac"] = macs * (vector_channels - rest) / vector_channels
+        terms["cycles_per_remainder_mac"] = macs * rest / vector_channels
+    else:
+        terms["_lane_padding"] = lane_padding(vector_channels, lanes)
+        terms["cycles_per_mac"] = macs * terms["_lane_padding"]
+    if unit.per_op.get(op.op):
+        terms["cycles_per_position"] = float(hout * wout)
+        terms["cycles_per_border_output"] = border_positions(op) * cout * fraction
+        terms["cycles_per_weight"] = cout * fraction * (cin // max(1, op.groups)) * op.kernel[0] * op.kernel[1]
+    if unit.epilogue_cycles:
+        for f in (output_precisions or [precision]):
+            get_precision(f, f"layer {op.name} output")
+            terms[f"epilogue:{f}"] = terms.get(f"epilogue:{f}", 0.0) + outputs
+    if unit.fused_add_cycles:
+        terms["fused_add"] = outputs * sum(1 for kind in op.fused if kind == "add")
+    return terms
+
+
+def layer_cycles(layer, precision: str, unit: Unit, fraction: float = 1.0,
+                 output_precisions: Optional[Sequence[str]] = None) -> float:
+    """Cycles of ``layer`` (or its ``fraction`` of output channels) at ``precision`` on ``unit``.
+    ``output_precisions``: the formats its output buffers are written in (default: one, at
+    ``precision``); only a profile with ``epilogue_cycles`` tells them apart."""
+    op = _as_operator(layer)
+    terms = layer_terms(op, precision, unit, fraction, output_precisions)
+    if "_lane_padding" in terms:  # the published profiles' expression, term for term
+        mac_cycles = op.macs * fraction * unit.cycles_per_mac[op.op][precision] * terms["_lane_padding"]
+    else:
+        mac_cycles = terms["cycles_per_mac"] * unit.cycles_per_mac[op.op][precision]
+    cycles = (unit.term(op.op, "overhead_cycles", precision)
+              + mac_cycles
+              + terms["cycles_per_output"] * (unit.term(op.op, "cycles_per_output", precision)
+                                              + activation_cycles_per_element(op, precision, unit))
+              + terms["cycles_per_im2col"] * unit.term(op.op, "cycles_per_im2col", precision))
+    if unit.fused_add_cycles:
+        cycles += terms["fused_add"] * unit.fused_add_cycles[precision]
+        cycles += fraction * sum(unit.overhead_cycles + op.out_elements * unit.elementwise_cycles[kind]
+                                 for kind in op.fused if kind != "add")
+    else:
+        cycles += fraction * fused_operator_cycles(op, unit)
+    for name in ("cycles_per_remainder_mac", "cycles_per_position", "cycles_per_border_output", "cycles_per_weight"):
+        if name in terms:
+            cycles += terms[name] * unit.term(op.op, name, precision)
+    for key, n in terms.items():
+        if key.startswith("epilogue:"):
+            cycles += n * unit.epilogue_cycles[precision][key.split(":", 1)[1]]
+    return cycles
 
 
 def fused_operator_cycles(op: Operator, unit: Unit) -> float:

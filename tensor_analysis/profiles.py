@@ -24,6 +24,10 @@ from .graph import ACTIVATION_KINDS, LAYER_OPS
 
 PROFILE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "hardware")
 ELEMENTWISE_KINDS = ("add", "mul", "pool", "concat", "other")
+# optional per-op-kind kernel terms (``per_op[op][term][precision]``, docs/hardware.md §3): the first three
+# override the unit-wide number for that op kind, the others are new terms (0 when absent)
+PER_OP_TERMS = ("overhead_cycles", "cycles_per_output", "cycles_per_im2col", "cycles_per_position",
+                "cycles_per_border_output", "cycles_per_weight", "cycles_per_remainder_mac")
 
 
 @dataclass
@@ -44,6 +48,27 @@ class Unit:
     # what the SIMD lanes run over in conv / pointwise / linear: the im2col column ("reduction":
     # C_in/groups·k_h·k_w, CMSIS-NN and PULP-NN) or the input channels ("channels", ESP-NN)
     simd_over: str = "reduction"
+    # optional terms of a profile fitted to one engine's kernels (docs/hardware.md §3); absent: {} and
+    # every layer costs exactly as without them
+    per_op: Dict[str, Dict[str, Dict[str, float]]] = field(default_factory=dict)
+    # per output element of each output buffer, by the layer's precision and the buffer's format
+    epilogue_cycles: Dict[str, Dict[str, float]] = field(default_factory=dict)
+    # per output element of a residual add fused into a layer, by the layer's precision (replaces
+    # overhead + elementwise_cycles.add for it)
+    fused_add_cycles: Dict[str, float] = field(default_factory=dict)
+
+    def term(self, op: str, name: str, precision: str) -> float:
+        """A per-op term (``per_op``), else the unit-wide one (0 for the terms that only exist per op)."""
+        entry = self.per_op.get(op, {}).get(name)
+        if entry is not None:
+            return entry[precision]
+        if name == "overhead_cycles":
+            return self.overhead_cycles
+        if name == "cycles_per_output":
+            return self.cycles_per_output[precision]
+        if name == "cycles_per_im2col":
+            return self.cycles_per_im2col[precision]
+        return 0.0
 
 
 @dataclass
@@ -128,6 +153,33 @@ def _activation_costs(v: Any, where: str) -> Dict[str, float]:
     return {p: c for p in PRECISION_ORDER}
 
 
+def _per_precision_objects(d: Mapping, where: str) -> Dict[str, Any]:
+    missing = [p for p in PRECISION_ORDER if p not in d]
+    if missing:
+        raise ValueError(f"{where}: missing precisions {', '.join(missing)}")
+    for p in d:
+        get_precision(p, where)
+    return {p: d[p] for p in PRECISION_ORDER}
+
+
+def _per_op_terms(d: Any, where: str) -> Dict[str, Dict[str, Dict[str, float]]]:
+    """``per_op``: {op kind: {term: {precision: cycles}}}, every op kind and term optional."""
+    if not isinstance(d, Mapping):
+        raise ValueError(f"{where}: expected an object {{op: {{term: {{precision: cycles}}}}}}")
+    out = {}
+    for op, terms in d.items():
+        if op not in LAYER_OPS:
+            raise ValueError(f"{where}: unknown op kind {op!r}; expected {', '.join(LAYER_OPS)}")
+        if not isinstance(terms, Mapping):
+            raise ValueError(f"{where}.{op}: expected an object {{term: {{precision: cycles}}}}")
+        unknown = [t for t in terms if t not in PER_OP_TERMS]
+        if unknown:
+            raise ValueError(f"{where}.{op}: unknown term {', '.join(map(repr, unknown))}; expected "
+                             f"{', '.join(PER_OP_TERMS)}")
+        out[op] = {t: _per_precision(v, f"{where}.{op}.{t}") for t, v in terms.items()}
+    return out
+
+
 def parse_profile(d: Any, where: str) -> HardwareProfile:
     formats.check_schema(d, formats.HARDWARE, where, "hardware profile")
     units_raw = d.get("units")
@@ -155,6 +207,15 @@ def parse_profile(d: Any, where: str) -> HardwareProfile:
         if unknown:
             raise ValueError(f"{w}.activation_cycles: unknown activation {', '.join(map(repr, unknown))}; "
                              f"expected {', '.join(ACTIVATION_KINDS)}")
+        per_op = _per_op_terms(u.get("per_op", {}), f"{w}.per_op")
+        epilogue = u.get("epilogue_cycles", {})
+        if not isinstance(epilogue, Mapping):
+            raise ValueError(f"{w}.epilogue_cycles: expected an object {{precision: {{output format: cycles}}}}")
+        if epilogue:
+            epilogue = {p: _per_precision(v, f"{w}.epilogue_cycles.{p}")
+                        for p, v in _per_precision_objects(epilogue, f"{w}.epilogue_cycles").items()}
+        fused_add = u.get("fused_add_cycles", {})
+        fused_add = _per_precision(fused_add, f"{w}.fused_add_cycles") if fused_add else {}
         units[name] = Unit(
             name=name, core=str(u.get("core", name)),
             clock_mhz=_number(u.get("clock_mhz"), f"{w}.clock_mhz", positive=True),
@@ -169,7 +230,8 @@ def parse_profile(d: Any, where: str) -> HardwareProfile:
             activation_cycles={k: _activation_costs(acts.get(k, ew.get("other", 0)), f"{w}.activation_cycles.{k}")
                                for k in ACTIVATION_KINDS},
             emulated=dict(u.get("emulated", {})),
-            simd_over=str(u.get("simd_over", "reduction")))
+            simd_over=str(u.get("simd_over", "reduction")),
+            per_op=per_op, epilogue_cycles=dict(epilogue), fused_add_cycles=fused_add)
         if units[name].simd_over not in ("reduction", "channels"):
             raise ValueError(f"{w}.simd_over: expected 'reduction' or 'channels', got {units[name].simd_over!r}")
     dual = d.get("dual")

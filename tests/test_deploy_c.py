@@ -215,7 +215,7 @@ def test_m7_sizes_match_the_network(exported, m7_toolchain):
     assert sizes["scratch_bytes"] >= sum(c_export.SCRATCH_ELEMENT_BYTES[k] * n for k, n in scratch.items())
     assert sizes["scratch_bytes"] < sum(c_export.SCRATCH_ELEMENT_BYTES[k] * n for k, n in scratch.items()) + 16
     parts = [op for op in net.ops if hasattr(op, "compute")]
-    packed = sum(c_export.packed_weight_bytes(op) for op in parts)
+    packed = sum(c_export.packed_weight_bytes(op, net.buffer(op.input.buffer).format.bits) for op in parts)
     assert packed <= sizes["model_weights_bytes"] < packed + 4 * len(parts)  # alignment padding only
     dense = sum((op.weights.size * (op.weight_bits if op.compute == "int" else 16 if op.compute == "fp16" else 32)
                  + 7) // 8 for op in parts)

@@ -109,19 +109,25 @@ def test_m7_kernel_is_bit_exact(m7_results, case):
     assert result.passed, (result.output + result.errors)[-2000:]
 
 
-@pytest.mark.parametrize("bits,grid", [(8, "symmetric"), (4, "dorefa"), (2, "symmetric")])
-def test_gemm_weight_packing_meets_the_columns_lane_pairs(bits, grid):
+@pytest.mark.parametrize("bits,grid,input_bits", [(8, "symmetric", 8), (4, "dorefa", 4), (2, "symmetric", 2),
+                                                  (8, "dorefa", 2), (2, "symmetric", 8), (4, "symmetric", 2)])
+def test_gemm_weight_packing_meets_the_columns_lane_pairs(bits, grid, input_bits):
     """Widening each packed word slot by slot (lanes of bytes 0, 2 then 1, 3) must give the row's elements
-    in the column's slot order: e at slot (e & ~3) | [0, 2, 1, 3][e & 3]."""
-    rng = np.random.default_rng(bits)
+    in the column's slot order: a group of 32/input_bits slots holds c_export.column_order of its elements,
+    the order one input word widens in (the C kernel's slot tables are its inverse)."""
+    rng = np.random.default_rng(bits + input_bits)
     lo, hi = (0, 2 ** bits - 1) if grid == "dorefa" else (-(2 ** (bits - 1) - 1), 2 ** (bits - 1) - 1)
     weights = rng.integers(lo, hi + 1, size=(3, 5, 3, 3))
     part = ConvPart(name="p", compute="int", input=None, weights=weights, outputs=[], weight_bits=bits,
                     weight_grid=grid)
-    packed = c_export.pack_gemm_weights(part)
-    k_pad = c_export.gemm_row_elements(part)
-    assert k_pad % (32 // bits) == 0 and k_pad >= 45 and packed.size == 3 * k_pad * bits // 8
+    packed = c_export.pack_gemm_weights(part, input_bits)
+    k_pad = c_export.gemm_row_elements(part, input_bits)
+    assert k_pad % (32 // min(bits, input_bits)) == 0 and k_pad >= 45 and packed.size == 3 * k_pad * bits // 8
     per_byte = 8 // bits
+    order = c_export.column_order(input_bits)
+    assert sorted(order.tolist()) == list(range(32 // input_bits))
+    if input_bits == 8:
+        assert order.tolist() == [0, 2, 1, 3]
     for row in range(3):
         words = packed[row * k_pad * bits // 8:(row + 1) * k_pad * bits // 8].reshape(-1, 4)
         lanes = []
@@ -129,8 +135,8 @@ def test_gemm_weight_packing_meets_the_columns_lane_pairs(bits, grid):
             codes = unpack_bits(word, bits, grid == "symmetric", 4 * per_byte).reshape(4, per_byte)
             for slot in range(per_byte):
                 lanes += [codes[0, slot], codes[2, slot], codes[1, slot], codes[3, slot]]
-        natural = weights[row].transpose(1, 2, 0).reshape(-1)  # (ky, kx, ci)
-        slots = np.arange(natural.size)
-        expected = np.zeros(k_pad, dtype=np.int64)
-        expected[(slots & ~3) | np.array([0, 2, 1, 3])[slots & 3]] = natural
+        natural = np.zeros(k_pad, dtype=np.int64)
+        natural[:45] = weights[row].transpose(1, 2, 0).reshape(-1)  # (ky, kx, ci)
+        slots = np.arange(k_pad)
+        expected = natural[slots - slots % order.size + order[slots % order.size]]
         assert np.array_equal(np.asarray(lanes), expected)

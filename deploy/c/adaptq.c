@@ -138,17 +138,44 @@ static inline int32_t fixed_point(const adaptq_output *o, uint32_t j, int32_t ac
     } while (0)
 
 /* ...and with one pre-shift and one clamp for every channel (the converter's usual output) */
+#define UNIFORM_SETUP                                                                                       \
+    const int32_t *restrict m = o->multiplier, *restrict b2 = o->bias2;                                    \
+    const int8_t *restrict sh = o->shift;                                                                   \
+    const uint32_t p1 = (uint32_t)o->acc_shift1[0];                                                         \
+    const int32_t lo = o->lo[0], hi = o->hi[0]
+static ALWAYS_INLINE int32_t uniform_code(const int32_t *restrict a, const int32_t *restrict m,
+                                          const int32_t *restrict b2, const int8_t *restrict sh, uint32_t p1,
+                                          int32_t lo, int32_t hi, uint32_t j)
+{
+    int32_t y = SMMULR((int32_t)((uint32_t)a[j] << p1) + b2[j], m[j]);
+    y -= (int32_t)((uint32_t)y >> 31);
+    return clamp_int(((y >> ~sh[j]) + 1) >> 1, lo, hi);
+}
+
 #define UNIFORM_LOOP(STORE)                                                                                 \
     do {                                                                                                    \
-        const int32_t *restrict m = o->multiplier, *restrict b2 = o->bias2;                                \
-        const int8_t *restrict sh = o->shift;                                                               \
-        const uint32_t p1 = (uint32_t)o->acc_shift1[0];                                                     \
-        const int32_t lo = o->lo[0], hi = o->hi[0];                                                         \
-        for (j = 0; j < count; ++j) {                                                                       \
-            int32_t y = SMMULR((int32_t)((uint32_t)a[j] << p1) + b2[j], m[j]);                             \
-            y -= (int32_t)((uint32_t)y >> 31);                                                              \
-            STORE(clamp_int(((y >> ~sh[j]) + 1) >> 1, lo, hi));                                             \
-        }                                                                                                   \
+        UNIFORM_SETUP;                                                                                      \
+        for (j = 0; j < count; ++j)                                                                         \
+            STORE(uniform_code(a, m, b2, sh, p1, lo, hi, j));                                               \
+    } while (0)
+
+/* Sub-byte codes whose run starts on a byte and fills whole bytes: one store per 8/bits codes, the
+ * codes of a byte combined in registers (the store drops what a last code's sign spills above 8 bits). */
+#define CODE(J) uniform_code(a, m, b2, sh, p1, lo, hi, (J))
+#define UNIFORM_PACKED4()                                                                                   \
+    do {                                                                                                    \
+        UNIFORM_SETUP;                                                                                      \
+        uint8_t *restrict dst = p + index / 2u;                                                             \
+        for (j = 0; j < count; j += 2u)                                                                     \
+            *dst++ = (uint8_t)((CODE(j) & 0xf) | (CODE(j + 1u) << 4));                                      \
+    } while (0)
+#define UNIFORM_PACKED2()                                                                                   \
+    do {                                                                                                    \
+        UNIFORM_SETUP;                                                                                      \
+        uint8_t *restrict dst = p + index / 4u;                                                             \
+        for (j = 0; j < count; j += 4u)                                                                     \
+            *dst++ = (uint8_t)((CODE(j) & 3) | ((CODE(j + 1u) & 3) << 2) | ((CODE(j + 2u) & 3) << 4) |     \
+                               (CODE(j + 3u) << 6));                                                        \
     } while (0)
 
 #define STORE_BYTE(q) (dst[j] = (uint8_t)(q))
@@ -170,6 +197,12 @@ static void epilogue_fixed(const adaptq_output *o, const adaptq_buffer *b, uint8
         else
             for (j = 0; j < count; ++j)
                 dst[j] = (uint8_t)fixed_point(o, j, a[j], res_codes, o->first + j);
+    } else if (o->right_shift == ADAPTQ_RIGHT_SHIFT_UNIFORM && (index * b->bits) % 8u == 0 &&
+               (count * b->bits) % 8u == 0) {
+        if (b->bits == 4)
+            UNIFORM_PACKED4();
+        else
+            UNIFORM_PACKED2();
     } else {
         code_writer w = code_writer_at(p, index, b->bits);
         if (o->right_shift == ADAPTQ_RIGHT_SHIFT_UNIFORM)

@@ -4,13 +4,16 @@
  * 2 positions is accumulated with dual 16-bit MACs, so every activation and weight word loaded feeds
  * two products (the technique of CMSIS-NN's arm_nn_mat_mult_kernel_s8_s16, written anew here).
  *
- * Column order: the reduction index e = (ky, kx, ci) is stored at slot e with the middle two of every
- * four swapped ([0, 2, 1, 3]), because one word of four 8-bit codes widens into the lanes (x0, x2)
- * and (x1, x3). The exporter packs each weight row (c_export.pack_gemm_weights) so that one 32-bit word
- * of 8/bits codes per byte widens, slot by slot (slot_bytes), into lane pairs that meet the column's
- * pairs in order; the row is padded with zero codes to row_elements, a multiple of 32/bits. INT4 and
- * INT2 weights come out of the word scaled by 16 and 64, an exact factor shifted out of the
- * accumulator after the loop, so fewer weight bits cost fewer loads and no more MACs.
+ * Column order: one word of 32/bits input codes (E = 8/bits per byte) widens, code slot s of bytes
+ * (0, 2) then (1, 3), into lane pairs; so each group of 32/bits column slots holds its reduction
+ * elements e = (ky, kx, ci) in that order (c_export.column_order: [0, 2, 1, 3] at 8 bits, [0, 4, 2, 6,
+ * 1, 5, 3, 7] at 4), and a sub-byte code sits in its lane scaled by 2^(8 - bits). The exporter packs
+ * each weight row (c_export.pack_gemm_weights) in the same order, so that one 32-bit word of 8/bits
+ * weight codes per byte widens, slot by slot (slot_bytes), into lane pairs that meet the column's
+ * pairs in order; the row is padded with zero codes to row_elements, a multiple of 32/bits of the
+ * narrower of the two. INT4 and INT2 weights come out of the word scaled by 16 and 64 too: the exact
+ * factors are shifted out of the accumulator after the loop, so fewer bits cost fewer loads and no
+ * more MACs.
  *
  * DoReFa rows hold unsigned codes u: acc = 2·Σq·u − L_w·Σq, with Σq of the column summed as it is
  * written.
@@ -19,9 +22,39 @@
 
 #define ONES_PAIR 0x00010001
 
-static const uint8_t column_slot[4] = {0, 2, 1, 3};
+/* the slot of element i of a group of 32/bits (the inverse of c_export.column_order) */
+static const uint8_t slot8[4] = {0, 2, 1, 3};
+static const uint8_t slot4[8] = {0, 4, 2, 6, 1, 5, 3, 7};
+static const uint8_t slot2[16] = {0, 4, 8, 12, 2, 6, 10, 14, 1, 5, 9, 13, 3, 7, 11, 15};
 
-static inline uint32_t slot_of(uint32_t e) { return (e & ~3u) | column_slot[e & 3u]; }
+static inline uint32_t slot_of(uint32_t e, unsigned bits)
+{
+    const uint8_t *table = bits == 8 ? slot8 : bits == 4 ? slot4 : slot2;
+    uint32_t group = 32u / bits;
+    return (e & ~(group - 1u)) | table[e & (group - 1u)];
+}
+
+/* One run of per_group codes of a pixel starting on a byte: word by word, widened into the column
+ * slots in their order; returns the run's Σq scaled like the lanes. */
+static ALWAYS_INLINE int32_t widen_run(const uint8_t *src, int16_t *dst, uint32_t per_group, const unsigned bits,
+                                       const int is_signed)
+{
+    int32_t sum = 0;
+    uint32_t i;
+    unsigned s;
+    for (i = 0; i < per_group; i += 32u / bits, src += 4) {
+        int32_t word = load_word(src);
+        for (s = 0; s < 8u / bits; ++s, dst += 4) {
+            int32_t v = slot_bytes(word, bits, s);
+            int32_t even = is_signed ? SXTB16(v) : UXTB16(v), odd = is_signed ? SXTB16_ROR8(v) : UXTB16_ROR8(v);
+            store_word(dst, even);
+            store_word(dst + 2, odd);
+            sum = SMLAD(even, ONES_PAIR, sum);
+            sum = SMLAD(odd, ONES_PAIR, sum);
+        }
+    }
+    return sum;
+}
 
 /* The receptive field of output (oy, ox) over input channels [channel, channel + per_group): writes
  * the column's slots of the first kh*kw*per_group elements (padding as zero codes) and returns Σq. */
@@ -29,11 +62,12 @@ static int32_t im2col(const adaptq_conv *c, const conv_geometry *g, uint32_t cha
                       int16_t *column)
 {
     const adaptq_buffer *in = g->in;
-    const unsigned bits = in->bits, is_signed = in->is_signed;
+    const unsigned bits = in->bits, is_signed = in->is_signed, scale = 8u - bits;
     const uint32_t per_group = c->in_per_group;
     const int32_t iy0 = (int32_t)(oy * c->stride_h) - c->pad_h, ix0 = (int32_t)(ox * c->stride_w) - c->pad_w;
-    /* whole words of four 8-bit codes when every run starts on a word of the column and a byte of the buffer */
-    const int words = bits == 8 && (per_group & 3u) == 0;
+    /* whole words when every run fills whole column groups and starts on a byte of the buffer */
+    const int words = per_group % (32u / bits) == 0 && ((uint32_t)in->channels * bits) % 8u == 0 &&
+                      (channel * bits) % 8u == 0;
     int32_t sum = 0;
     uint32_t e = 0, ky, kx, i;
     for (ky = 0; ky < c->kernel_h; ++ky) {
@@ -43,32 +77,30 @@ static int32_t im2col(const adaptq_conv *c, const conv_geometry *g, uint32_t cha
             uint32_t first;
             if (iy < 0 || iy >= g->height || ix < 0 || ix >= g->width) {
                 for (i = 0; i < per_group; ++i)
-                    column[slot_of(e + i)] = 0;
+                    column[slot_of(e + i, bits)] = 0;
                 continue;
             }
             first = ((uint32_t)iy * (uint32_t)g->width + (uint32_t)ix) * in->channels + channel;
             if (words) {
-                const uint8_t *src = g->base + first;
-                int16_t *dst = column + e;
-                for (i = 0; i < per_group; i += 4u, src += 4, dst += 4) {
-                    int32_t word = load_word(src);
-                    int32_t even = is_signed ? SXTB16(word) : UXTB16(word);
-                    int32_t odd = is_signed ? SXTB16(ROR8(word)) : UXTB16(ROR8(word));
-                    store_word(dst, even);
-                    store_word(dst + 2, odd);
-                    sum = SMLAD(even, ONES_PAIR, sum);
-                    sum = SMLAD(odd, ONES_PAIR, sum);
+                const uint8_t *src = g->base + first * bits / 8u;
+                switch (bits * 2u + is_signed) {
+                case 16: sum += widen_run(src, column + e, per_group, 8, 0); break;
+                case 17: sum += widen_run(src, column + e, per_group, 8, 1); break;
+                case 8: sum += widen_run(src, column + e, per_group, 4, 0); break;
+                case 9: sum += widen_run(src, column + e, per_group, 4, 1); break;
+                case 4: sum += widen_run(src, column + e, per_group, 2, 0); break;
+                default: sum += widen_run(src, column + e, per_group, 2, 1); break;
                 }
             } else {
                 for (i = 0; i < per_group; ++i) {
-                    int32_t q = load_code(g->base, first + i, bits, is_signed);
-                    column[slot_of(e + i)] = (int16_t)q;
+                    int32_t q = load_code(g->base, first + i, bits, is_signed) * (1 << scale);
+                    column[slot_of(e + i, bits)] = (int16_t)q;
                     sum += q;
                 }
             }
         }
     }
-    return sum;
+    return sum >> scale; /* exact: every term carries the factor */
 }
 
 /* Σq of a pixel's n 8-bit codes (n a multiple of 4), for DoReFa's correction */
@@ -168,6 +200,7 @@ typedef struct {
     uint32_t row_bytes, blocks;
     int dorefa;
     int32_t levels;           /* L_w */
+    unsigned unscale;         /* the lanes' exact factor: (8 - weight bits) + (8 - input bits) */
 } gemm_rows_args;
 
 /* Rows [row, end) against one or two columns, into acc[k][row]: the scale shifted out, DoReFa's Σq term
@@ -178,7 +211,7 @@ static ALWAYS_INLINE void gemm_rows(const gemm_rows_args *g, uint32_t row, uint3
 {
     int32_t block[2][2];
     const int32_t l0 = g->levels * sums[0], l1 = g->levels * sums[1];
-    const unsigned unscale = 8u - bits; /* the lanes' exact scale */
+    const unsigned unscale = g->unscale;
     for (; row + 1u < end; row += 2u) {
         const uint8_t *w0 = g->weights + row * g->row_bytes;
         gemm_block(w0, w0 + g->row_bytes, x0, x1, g->blocks, bits, unsigned_weights, 2, cols, direct, block);
@@ -252,6 +285,7 @@ void adaptq_conv_int_gemm(const adaptq_network *net, const adaptq_conv *c, uint8
     g.blocks = c->row_elements * c->weight_bits / 32u;
     g.dorefa = c->weight_grid == ADAPTQ_GRID_DOREFA;
     g.levels = g.dorefa ? (int32_t)(1u << c->weight_bits) - 1 : 0;
+    g.unscale = (8u - c->weight_bits) + (8u - geo.in->bits);
     columns[0] = net->scratch.columns;
     columns[1] = net->scratch.columns + c->row_elements;
     acc[0] = net->scratch.acc;

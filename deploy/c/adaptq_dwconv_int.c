@@ -1,11 +1,11 @@
 /*
  * Int depthwise parts, channels-last: at each output position the taps inside the input (loop
  * bounds, no padding tests per element) are accumulated four channels at a time with one word load
- * per tap: a word of 4 (8-bit), 8 (4-bit) or 16 (2-bit) input codes widens, slot by slot
- * (slot_bytes), into two lane pairs, and SMLABB / SMLATT multiply each lane by its channel's weight.
- * Per pass the cost is one word, two widenings, one double-word of weights and four MACs whatever the
- * input's bit width, so fewer bits never cost more. Sub-byte codes come out scaled by 16 or 64, an
- * exact factor shifted out of the accumulators. A 3x3 kernel at a position whose taps all lie inside
+ * per tap: a word of 4 (8-bit), 8 (4-bit) or 16 (2-bit) input codes widens, slot by slot, into two
+ * lane pairs, and SMLABB / SMLATT multiply each lane by its channel's weight. Per pass the cost is one
+ * word, one mask, two widenings, two weight words and four MACs whatever the input's bit width.
+ * Sub-byte codes come out scaled by a power of two (dw_slot), an exact factor shifted out of the
+ * accumulators. A 3x3 kernel at a position whose taps all lie inside
  * the input runs unrolled; the border positions loop over their valid taps.
  *
  * The weights (the IR's packing: [channel][ky][kx], LSB first) are unpacked once per part into
@@ -62,11 +62,32 @@ typedef struct {
     int32_t a0, a1, b0, b1;
 } lanes4;
 
+#if defined(__GNUC__)
+#define OPAQUE(x) __asm__("" : "+r"(x))
+#else
+#define OPAQUE(x) ((void)0)
+#endif
+
+/* The codes of one slot of each byte of a word: signed ones shifted up to the byte's sign bit
+ * (slot_bytes: scaled by 2^(8 - bits)), unsigned ones masked where they are (scaled by 2^(slot·bits)),
+ * one instruction fewer. */
+static ALWAYS_INLINE int32_t dw_slot(int32_t word, const unsigned bits, const unsigned slot, const int is_signed)
+{
+    if (is_signed || bits == 8)
+        return slot_bytes(word, bits, slot);
+    return (int32_t)((uint32_t)word & ((((1u << bits) - 1u) * 0x01010101u) << (slot * bits)));
+}
+
+static ALWAYS_INLINE unsigned dw_unscale(const unsigned bits, const unsigned slot, const int is_signed)
+{
+    return is_signed ? 8u - bits : slot * bits;
+}
+
 /* One tap of one pass: the word at `p`, the slot's codes widened, times the tap's weight words. */
 static ALWAYS_INLINE void dw_tap(lanes4 *acc, const uint8_t *p, const int16_t *w, const unsigned bits,
                                  const unsigned slot, const int is_signed)
 {
-    int32_t v = slot_bytes(load_word(p), bits, slot);
+    int32_t v = dw_slot(load_word(p), bits, slot, is_signed);
     int32_t lo = is_signed ? SXTB16(v) : UXTB16(v), hi = is_signed ? SXTB16_ROR8(v) : UXTB16_ROR8(v);
     int32_t wa = load_word(w), wb = load_word(w + 2);
     acc->a0 = SMLABB(lo, wa, acc->a0);
@@ -87,8 +108,14 @@ static ALWAYS_INLINE lanes4 dw_pass(const dw_window *win, const int16_t *weights
 {
     lanes4 acc = {0, 0, 0, 0};
     if (win->full3x3) {
-        const uint8_t *r0 = win->src, *r1 = r0 + win->row_bytes, *r2 = r1 + win->row_bytes;
-        const uint32_t pb = win->pixel_bytes, pb2 = 2u * pb;
+        const uint8_t *r0 = win->src, *r1, *r2;
+        uint32_t pb = win->pixel_bytes, pb2 = 2u * pb;
+        /* Left to itself the compiler keeps nine tap addresses per pass alive across the block loop
+         * and spills them; an opaque base makes it address the taps from three rows instead. */
+        OPAQUE(r0);
+        OPAQUE(pb);
+        r1 = r0 + win->row_bytes;
+        r2 = r1 + win->row_bytes;
         dw_tap(&acc, r0, weights + 0, bits, slot, is_signed);
         dw_tap(&acc, r0 + pb, weights + 4, bits, slot, is_signed);
         dw_tap(&acc, r0 + pb2, weights + 8, bits, slot, is_signed);
@@ -112,21 +139,33 @@ static ALWAYS_INLINE lanes4 dw_pass(const dw_window *win, const int16_t *weights
 }
 
 /* Every block of one position: channels (s, 2E+s, E+s, 3E+s) of each block per pass. */
+static ALWAYS_INLINE void dw_slot_pass(const dw_window *win, const int16_t *weights, int32_t *out,
+                                       const unsigned bits, const unsigned s, const int is_signed)
+{
+    const unsigned per_byte = 8u / bits, unscale = dw_unscale(bits, s, is_signed);
+    lanes4 r = dw_pass(win, weights, bits, s, is_signed);
+    out[s] = r.a0 >> unscale;
+    out[2u * per_byte + s] = r.a1 >> unscale;
+    out[per_byte + s] = r.b0 >> unscale;
+    out[3u * per_byte + s] = r.b1 >> unscale;
+}
+
 static ALWAYS_INLINE void dw_blocks(const dw_window *base, const dw_plan *plan, uint32_t taps, int32_t *acc,
                                     const unsigned bits, const int is_signed)
 {
-    const unsigned per_byte = 8u / bits, unscale = 8u - bits;
+    const unsigned per_byte = 8u / bits;
+    const uint32_t pass_weights = 4u * taps;
     dw_window win = *base;
     uint32_t b;
-    unsigned s;
     for (b = 0; b < plan->blocks; ++b, win.src += 4) {
         int32_t *out = acc + b * plan->block_channels;
-        for (s = 0; s < per_byte; ++s) {
-            lanes4 r = dw_pass(&win, plan->block_weights + (b * per_byte + s) * 4u * taps, bits, s, is_signed);
-            out[s] = r.a0 >> unscale;
-            out[2u * per_byte + s] = r.a1 >> unscale;
-            out[per_byte + s] = r.b0 >> unscale;
-            out[3u * per_byte + s] = r.b1 >> unscale;
+        const int16_t *w = plan->block_weights + b * per_byte * pass_weights;
+        dw_slot_pass(&win, w, out, bits, 0, is_signed); /* the slots unrolled: constant masks and shifts */
+        if (per_byte > 1)
+            dw_slot_pass(&win, w + pass_weights, out, bits, 1, is_signed);
+        if (per_byte > 2) {
+            dw_slot_pass(&win, w + 2u * pass_weights, out, bits, 2, is_signed);
+            dw_slot_pass(&win, w + 3u * pass_weights, out, bits, 3, is_signed);
         }
     }
 }
