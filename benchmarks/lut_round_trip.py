@@ -61,7 +61,9 @@ def read_run(run_dir: str) -> Dict[str, Any]:
 
 def mapping_of(doc: Mapping[str, Any]) -> Dict[str, str]:
     """{layer: precision} of a mapping.json (schema'd or the seed's bare object)."""
-    layers = doc.get("mapping", doc) if isinstance(doc, Mapping) else {}
+    if not isinstance(doc, Mapping):
+        return {}
+    layers = doc["layers"] if isinstance(doc.get("layers"), Mapping) else doc   # adaptqnet/mapping/1, or bare
     return {k: v for k, v in layers.items() if isinstance(v, str) and k != "schema"}
 
 

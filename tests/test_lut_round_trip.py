@@ -19,7 +19,7 @@ def write_run(folder, mapping, lut, target=None):
              "summary.json": {"schema": "adaptqnet/summary/1", "model": {"type": "mobilenetv2", "width_mult": 0.35,
                                                                          "input_size": 32},
                               "accuracy": {"test": 95.0}},
-             "mapping.json": {"schema": "adaptqnet/mapping/1", "mapping": mapping},
+             "mapping.json": {"schema": "adaptqnet/mapping/1", "model": {}, "layers": mapping, "hardware": "stm32h747"},
              "lut.json": lut,
              "analysis.json": {"layers": [{"name": "a", "allowed_precisions": ["fp32", "int8"]},
                                           {"name": "b", "allowed_precisions": ["int8", "int4"]}]}}

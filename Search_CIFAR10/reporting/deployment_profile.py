@@ -136,9 +136,9 @@ def layer_comparison(deployment_path: str, deployment: Mapping[str, Any],
                      "search_ms": search_ms, "predicted_ms": predicted_ms, "predicted_count": predicted_count,
                      "ratio": (count / predicted_count) if (count is not None and predicted_count) else None})
 
-    def total(key: str) -> Optional[float]:
-        values = [r[key] for r in rows]
-        return None if any(v is None for v in values) or not values else sum(values)
+    def total(key: str) -> Optional[float]:   # over the rows that have the figure (quantize has none)
+        values = [r[key] for r in rows if r[key] is not None]
+        return sum(values) if values else None
     measured = sum(r["count"] or 0 for r in rows)
     predicted = total("predicted_count")
     partial = [r["layer"] for r in rows if r["predicted_count"] is None] if kernel is not None else []

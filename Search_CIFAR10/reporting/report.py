@@ -577,7 +577,7 @@ def profile_table(doc: Document, c: Context, deployment_path: str, comp: Mapping
     """One profiled export: per layer measured (instructions on QEMU) vs the search's table vs a kernel
     cost model (deployment_profile.layer_comparison)."""
     folder = _rel(os.path.dirname(deployment_path), c.out_dir)
-    doc.heading(3, f"Measured per layer: `{folder}`")
+    doc.heading(3, f"Measured per layer: {folder}")
     counter = comp.get("counter", "instructions")
     rows, totals = comp["rows"], comp.get("totals") or {}
     if not rows:
