@@ -15,7 +15,8 @@ INT8 fits everywhere. Steps, each one of the user-facing command-line tools with
   sweep_*     short stage-1 runs over λ without a target (the accuracy/latency trade-off) → search/lam*/
   stage2      dual-core search on the stage-1 result         → stage2/
   export      the stage-1 network as integer C, built and run on the host (gcc) and, when the ARM
-              toolchain is installed, on a Cortex-M7 under QEMU; bit-exact check → deploy/stage1_c/
+              toolchain is installed, on a Cortex-M7 under QEMU, then profiled there (instructions
+              per layer, profile.json); bit-exact check → deploy/stage1_c/
   summary     one table of the stage-1 runs (summarize_runs.py)
   report      report.md + report.html (make_report.py)
 
@@ -226,11 +227,12 @@ def plan(cfg: DemoConfig) -> List[Step]:
     searches = [s.name for s in steps if s.name not in ("pretrain", "filter", "dual", "lut")]
     steps.append(Step(
         "export", "integer C export of the stage-1 network, built and run on the host"
-                  + (" and on a Cortex-M7 (QEMU)" if m7_toolchain_installed() else
-                     " (no ARM toolchain: the Cortex-M7 build is skipped, README 'Deployment')"),
+                  + (" and on a Cortex-M7 (QEMU), then profiled there (instructions per layer)"
+                     if m7_toolchain_installed() else
+                     " (no ARM toolchain: the Cortex-M7 build and its profile are skipped, README 'Deployment')"),
         lambda: [EXPORT_C, "--run_dir", p("search", "stage1"), "--output_dir", p("deploy", "stage1_c"),
-                 "--run", "host"] + (["--run", "m7"] if m7_toolchain_installed() else []),
-        p("deploy", "stage1_c", "deployment.json"), needs=("stage1",)))
+                 "--run", "host"] + (["--run", "m7", "--profile"] if m7_toolchain_installed() else []),
+        p("deploy", "stage1_c", "deployment.json"), needs=("stage1",), after=lambda: print_profile_status(cfg)))
     steps += [
         Step("summary", "one table of the stage-1 runs",
              lambda: [SUMMARIZE, p("search"), "--markdown", p("search", "runs.md")],
@@ -248,6 +250,22 @@ def plan(cfg: DemoConfig) -> List[Step]:
 def m7_toolchain_installed() -> bool:
     """The Cortex-M7 cross-compiler and the emulator the export's m7 target needs."""
     return all(shutil.which(tool) for tool in ("arm-none-eabi-gcc", "arm-none-eabi-size", "qemu-system-arm"))
+
+
+def print_profile_status(cfg: DemoConfig) -> None:
+    """Where the export's profile is (deployment.json's ``profile``), or that it was skipped."""
+    path = cfg.path("deploy", "stage1_c", "deployment.json")
+    record = read_json(path, "deployment record") if os.path.isfile(path) else {}
+    profile = record.get("profile") if isinstance(record, dict) else None
+    if isinstance(profile, dict) and profile.get("file"):
+        print(f"  profile: {os.path.join(os.path.dirname(path), profile['file'])} ({profile.get('count'):,} "
+              f"{profile.get('counter')} per image on {profile.get('target')}; the report compares them per layer)",
+              flush=True)
+    else:
+        print("  profile skipped: " + ("no ARM toolchain (arm-none-eabi-gcc, qemu-system-arm)"
+                                       if not m7_toolchain_installed() else
+                                       "this export was made without --profile (delete deployment.json to redo it)"),
+              flush=True)
 
 
 def print_filter_effect(cfg: DemoConfig) -> None:

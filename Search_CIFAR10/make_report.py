@@ -15,9 +15,11 @@ import sys
 
 sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..")))
 
+from Search_CIFAR10.reporting.deployment_profile import DEFAULT_CYCLES_PER_INSTRUCTION, DEFAULT_KERNEL_PROFILE  # noqa: E402,E501
 from Search_CIFAR10.reporting.report import build_report  # noqa: E402
 from Search_CIFAR10.reporting.runs import run_files  # noqa: E402
-from tensor_analysis.cli import Parser, add_overwrite_arg, check_outputs, run_cli, text_kind  # noqa: E402
+from tensor_analysis.cli import (Parser, add_overwrite_arg, check_outputs, positive_float, positive_mhz,  # noqa: E402
+                                 run_cli, text_kind)
 
 REPORT_MD = text_kind("an AdaptQNet report (make_report.py)", "# AdaptQNet report")
 REPORT_HTML = text_kind("an AdaptQNet HTML report (make_report.py)", "<title>AdaptQNet report")
@@ -36,6 +38,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--main", default=None, metavar="DIR",
                         help="the stage-1 run the report is about (default: the run a stage-2 run started "
                              "from, else the first run with a latency target, else the first run)")
+    parser.add_argument("--kernel_profile", default=DEFAULT_KERNEL_PROFILE, metavar="PROFILE",
+                        help="hardware profile (name or .json path) modelling the exported C kernels: the Deployment "
+                             "section's per-layer prediction for a profiled export ('none': no prediction; a "
+                             "missing profile is left out with a note)")
+    parser.add_argument("--cycles_per_instruction", type=positive_float, default=None,
+                        help="converts the kernel profile's predicted time into QEMU-counted instructions (default: "
+                             f"the cycles_per_instruction the kernel profile declares, else {DEFAULT_CYCLES_PER_INSTRUCTION:g})")
+    parser.add_argument("--clock_mhz", type=positive_mhz, default=None,
+                        help="clock of that conversion (default: the kernel profile's primary unit)")
     add_overwrite_arg(parser)
     return parser
 
@@ -48,7 +59,9 @@ def main(argv=None) -> int:
                          f"report .md (or give --html)")
     check_outputs([("--output", args.output, REPORT_MD), ("--html", html_path, REPORT_HTML)],
                   run_files(args.runs), args.overwrite)
-    report = build_report(args.runs, args.output, main=args.main, output_html=args.html)
+    report = build_report(args.runs, args.output, main=args.main, output_html=args.html,
+                          kernel_profile=None if args.kernel_profile == "none" else args.kernel_profile,
+                          cycles_per_instruction=args.cycles_per_instruction, clock_mhz=args.clock_mhz)
     for path, why in report.skipped:
         print(f"warning: {path}: {why} (skipped)", file=sys.stderr)
     print(f"main run: {report.main.dir}")

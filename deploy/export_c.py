@@ -13,7 +13,8 @@ next to what the analysis the run was searched with predicts (Flash measured wit
 when the toolchain is there). A network whose arena exceeds the profile's RAM is still exported, with
 a warning that gives both figures. The output folder is replaced as a whole or not at all; what was
 measured (agreement, sizes, each --run target's bit-exact count) goes to its deployment.json, which
-the report reads.
+the report reads. --profile also counts the instructions of every op on the emulated Cortex-M7
+(deploy/profile_m7.py's run_profile) into profile.json in the folder, which deployment.json names.
 """
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from deploy import c_export, reference  # noqa: E402
+from deploy import c_export, profiling, reference  # noqa: E402
 from deploy.build import (Agreement, Run, agreement_count, build_integer_network, compare_with_pytorch,  # noqa: E402
                           load_run, load_test_images)
 from deploy.ir import ARITHMETICS, IntegerNetwork  # noqa: E402
@@ -67,6 +68,7 @@ class ExportResult:
     ram_limit_bytes: Optional[int]
     harness: Dict[str, c_export.HarnessResult] = field(default_factory=dict)
     seconds: Dict[str, float] = field(default_factory=dict)
+    profile: Optional[Dict[str, Any]] = None   # the profile.json document, when --profile ran
 
     @property
     def ram_warning(self) -> Optional[str]:
@@ -82,16 +84,21 @@ DEFAULT_IMAGES = 200
 
 def export_run(run_dir: str, output_dir: str, images: Optional[int] = None, hardware: Optional[str] = None,
                agreement_images: Optional[int] = None, data_dir: Optional[str] = None, measure_sizes: bool = True,
-               targets: Sequence[str] = (), arithmetic: str = "fine") -> ExportResult:
+               targets: Sequence[str] = (), arithmetic: str = "fine", profile: bool = False,
+               profile_images: int = profiling.DEFAULT_IMAGES) -> ExportResult:
     """Convert, compare, write the C folder, measure its sizes and run ``targets`` (see module
     docstring). ``images``: None embeds DEFAULT_IMAGES, or the whole test split if it is smaller.
     ``agreement_images``: None compares on the whole test split, 0 skips the comparison.
-    ``arithmetic``: the fixed-point rounding (``build.build_integer_network``)."""
+    ``arithmetic``: the fixed-point rounding (``build.build_integer_network``). ``profile``: also
+    profile ``profile_images`` embedded images on QEMU (``profiling.run_profile``) into profile.json."""
+    if profile and not profiling.qemu_toolchain_available():
+        raise ValueError("--profile needs make, arm-none-eabi-gcc and qemu-system-arm (apt-get install "
+                         "gcc-arm-none-eabi libnewlib-arm-none-eabi qemu-system-arm)")
     seconds: Dict[str, float] = {}
     start = time.monotonic()
     c_export.check_replaceable(os.path.abspath(output_dir))
     run = load_run(run_dir, hardware)
-    profile = load_profile(run.hardware)
+    hardware_profile = load_profile(run.hardware)
     network = build_integer_network(run, arithmetic)
     test_x, test_y = load_test_images(run, data_dir)
     if images is None:
@@ -124,9 +131,14 @@ def export_run(run_dir: str, output_dir: str, images: Optional[int] = None, hard
                      flash_bytes(run.analysis, mapping)),
              SizeRow("RAM: activation arena", network.arena_bytes, peak_ram_bytes(run.analysis, mapping))]
     result = ExportResult(run, network, folder, images, agreement, sizes,
-                          int(profile.ram_kb * KB) if profile.ram_kb else None, seconds=seconds)
+                          int(hardware_profile.ram_kb * KB) if hardware_profile.ram_kb else None, seconds=seconds)
     for target in targets:
         result.harness[target] = c_export.run_harness(folder, target)
+    if profile:
+        t = time.monotonic()
+        result.profile = profiling.run_profile(folder, images=min(profile_images, images),
+                                               output_json=os.path.join(folder, profiling.PROFILE_FILE))
+        seconds["profile"] = time.monotonic() - t
     write_json_atomic(deployment_record(result), os.path.join(folder, DEPLOYMENT_FILE))
     return result
 
@@ -150,7 +162,18 @@ def deployment_record(result: ExportResult) -> Dict[str, Any]:
         "targets": {target: {"passed": h.passed, "bit_exact": h.bit_exact, "images": h.count, "correct": h.correct,
                              "build_seconds": h.build_seconds, "run_seconds": h.run_seconds}
                     for target, h in result.harness.items()},
+        "profile": profile_record(result.profile),
     }
+
+
+def profile_record(doc: Optional[Dict[str, Any]]) -> Optional[Dict[str, Any]]:
+    """deployment.json's ``profile``: where the export's profile is (relative to the C folder) and its
+    totals; None when the export was not profiled."""
+    if doc is None:
+        return None
+    total = doc["total"]
+    return {"file": profiling.PROFILE_FILE, "target": doc["target"], "counter": doc["counter"],
+            "images": doc["images"], "count": total["count"], "macs": total["macs"]}
 
 
 def report(result: ExportResult) -> str:
@@ -175,6 +198,13 @@ def report(result: ExportResult) -> str:
         lines.append(f"{target}: build {h.build_seconds:.1f} s, run {h.run_seconds:.1f} s, "
                      f"bit-exact: {h.bit_exact}/{h.count}" if h.bit_exact is not None else
                      f"{target}: failed (exit {h.returncode}): {(h.errors or h.output).strip().splitlines()[-1:]}")
+    if result.profile is not None:
+        total = result.profile["total"]
+        lines.append(f"profile ({result.profile['target']}): {total['count']:,} {result.profile['counter']} per image, "
+                     f"{total['count_per_mac']:.2f} per MAC, {len(result.profile['layers'])} rows -> "
+                     f"{os.path.join(result.output_dir, profiling.PROFILE_FILE)}"
+                     + (" (QEMU counts instructions: not cycles, not time)"
+                        if result.profile["counter"] == "instructions" else ""))
     lines.append(f"next: make -C {result.output_dir} run-host   (and run-m7 for the Cortex-M7 build on QEMU)")
     return "\n".join(lines)
 
@@ -208,6 +238,12 @@ def build_parser() -> Parser:
                         "that biases round finely and rounds a projection's output ahead of its residual add to "
                         "int16; 'tflite' computes what a TFLite int8 graph (CMSIS-NN, TFLite Micro) computes, bit "
                         "for bit, a little further from the trained network. Same kernels, same speed")
+    p.add_argument("--profile", action="store_true",
+                   help="after the --run targets, count the instructions of every op on QEMU's Cortex-M7 "
+                        "(deploy/profile_m7.py) into profile.json in the folder; deployment.json names it. Needs "
+                        "make, arm-none-eabi-gcc and qemu-system-arm")
+    p.add_argument("--profile_images", type=positive_int, default=profiling.DEFAULT_IMAGES,
+                   help="embedded test images the profile runs (counts are per image)")
     p.add_argument("--threads", type=positive_int, default=1, help="torch CPU threads")
     return p
 
@@ -217,7 +253,8 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     result = export_run(args.run_dir, args.output_dir, images=args.images, hardware=args.hardware,
                         agreement_images=args.agreement_images, data_dir=args.data_dir,
-                        measure_sizes=not args.no_sizes, targets=args.run, arithmetic=args.arithmetic)
+                        measure_sizes=not args.no_sizes, targets=args.run, arithmetic=args.arithmetic,
+                        profile=args.profile, profile_images=args.profile_images)
     print(report(result))
     if result.ram_warning:
         print(f"warning: {result.ram_warning}", file=sys.stderr)

@@ -78,11 +78,29 @@ def test_every_demo_command_is_accepted_by_its_tool(tmp_path, monkeypatch):
                 assert args.int_only and args.protect == ["*=int8"]
             if step.name == "export":
                 assert args.run_dir == cfg.path("search", "stage1") and "host" in args.run
+                # with the ARM toolchain the export also profiles on QEMU (profile.json, named in deployment.json)
+                assert args.profile == demo.m7_toolchain_installed() == ("m7" in args.run)
     # the budget sits between the all-INT8 and the all-FP32 peak of the demo's network, so the filter
     # removes options without leaving a layer none
     peaks = totals(analyze_network({"type": cfg.model, "width_mult": cfg.width_mult, "input_size": cfg.input_size,
                                     "num_classes": 10}), ["int8", "fp32"])["peak_ram_bytes"]
     assert peaks["int8"] < cfg.memory_budget_kb * 1024 < peaks["fp32"]
+
+
+def test_demo_says_where_the_profile_is_or_that_it_was_skipped(tmp_path, capsys, monkeypatch):
+    cfg = DemoConfig(output_dir=str(tmp_path / "demo"))
+    folder = tmp_path / "demo" / "deploy" / "stage1_c"
+    folder.mkdir(parents=True)
+    record = {"schema": "adaptqnet/deployment/1", "profile": {"file": "profile.json", "target": "qemu-mps2-an500",
+                                                              "counter": "instructions", "count": 95463120}}
+    (folder / "deployment.json").write_text(json.dumps(record))
+    demo.print_profile_status(cfg)
+    assert f"profile: {folder / 'profile.json'} (95,463,120 instructions per image" in capsys.readouterr().out
+    record["profile"] = None
+    (folder / "deployment.json").write_text(json.dumps(record))
+    monkeypatch.setattr(demo, "m7_toolchain_installed", lambda: False)
+    demo.print_profile_status(cfg)
+    assert "profile skipped: no ARM toolchain" in capsys.readouterr().out
 
 
 def python_step(name, code, done_file, needs=(), always=False):

@@ -357,3 +357,18 @@ def test_help_documents_every_flag(capsys):
     for flag in ("--run_dir", "--output_dir", "--images", "--hardware", "--agreement_images", "--data_dir",
                  "--no_sizes", "--run", "--threads"):
         assert flag in r.stdout
+
+
+def test_profile_goes_into_the_export_folder_and_deployment_json_names_it(stage1_run, tmp_path, m7_toolchain):
+    out = tmp_path / "profiled"
+    result = export_run(str(stage1_run), str(out), images=4, agreement_images=0, measure_sizes=False,
+                        profile=True, profile_images=1)
+    record = json.loads((out / "deployment.json").read_text())
+    profile = json.loads((out / record["profile"]["file"]).read_text())
+    assert profile["schema"] == "adaptqnet/profile/1" and profile["counter"] == "instructions"
+    assert record["profile"] == {"file": "profile.json", "target": "qemu-mps2-an500", "counter": "instructions",
+                                 "images": 1, "count": profile["total"]["count"], "macs": profile["total"]["macs"]}
+    assert result.profile["total"] == profile["total"]
+    # without --profile the record says so (an older profile.json left in the folder is not named)
+    export_run(str(stage1_run), str(out), images=4, agreement_images=0, measure_sizes=False)
+    assert json.loads((out / "deployment.json").read_text())["profile"] is None

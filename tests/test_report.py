@@ -260,3 +260,101 @@ def test_memory_filter_effect(runs):
     assert effect["threshold_kb"] == 128.0
     assert effect["removed_by_precision"] == {"fp32": ["features.1.conv.0.0"]}
     assert effect["uniform_peak_kb"] == {"fp32": 416.0, "int8": 104.0}
+
+
+# ----------------------------------------------------------------------------------------------------
+# A profiled export: measured instructions per layer against the search's table and a kernel cost model
+# ----------------------------------------------------------------------------------------------------
+PROFILE_LAYERS = [("quantize", "quantize", "int8", 0, 1200), ("features.0.0", "conv", "fp32", 442368, 4_000_000),
+                  ("features.1.conv.0.0", "dwconv", "int8", 147456, 1_000_000), ("pool", "pool", "int8", 0, 30_000),
+                  ("classifier.1", "linear", "int4", 12800, 40_000)]
+
+
+def write_profiled_export(tmp_path, dirs, profile=True):
+    """A deployment.json naming a profile.json (as export_c.py --profile writes them), and the run's lut.json."""
+    lut = {"schema": "adaptqnet/lut/1", "hardware": "stm32h747", "unit": "m7", "clock_mhz": {"m7": 480.0},
+           "layers": {"features.0.0": {"fp32": 2.5, "int8": 1.0}, "features.1.conv.0.0": {"fp32": 3.0, "int8": 1.25},
+                      "classifier.1": {"fp32": 0.01, "int4": 0.02}},
+           "fixed_ms": 0.05, "fixed_ops": {"pool": 0.05}}
+    with open(os.path.join(dirs["stage1"], "lut.json"), "w") as f:
+        json.dump(lut, f)
+    export = tmp_path / "runs" / "deploy" / "stage1_c"
+    export.mkdir(parents=True)
+    total = sum(r[4] for r in PROFILE_LAYERS)
+    doc = {"schema": "adaptqnet/profile/1", "target": "qemu-mps2-an500", "counter": "instructions", "resolution": 40,
+           "images": 2, "bit_exact": "2/2", "model": MODEL, "ops": [],
+           "layers": [{"layer": n, "kind": k, "precision": p, "parts": 1, "macs": m, "count": c,
+                       "count_per_mac": c / m if m else None} for n, k, p, m, c in PROFILE_LAYERS],
+           "total": {"count": total + 400, "ops_count": total, "macs": sum(r[3] for r in PROFILE_LAYERS)}}
+    if profile:
+        (export / "profile.json").write_text(json.dumps(doc))
+    (export / "deployment.json").write_text(json.dumps({
+        "schema": "adaptqnet/deployment/1", "run_dir": dirs["stage1"], "model": "mobilenetv2", "hardware": "stm32h747",
+        "images": 200, "agreement": None, "sizes": [], "ram_limit_bytes": None,
+        "targets": {"m7": {"passed": True, "bit_exact": 200, "images": 200, "correct": 193}},
+        "profile": {"file": "profile.json", "target": "qemu-mps2-an500", "counter": "instructions", "images": 2,
+                    "count": total + 400, "macs": doc["total"]["macs"]} if profile else None}))
+    return export
+
+
+def test_report_compares_measured_instructions_per_layer_with_the_tables(runs):
+    from tensor_analysis.graph import analyze_network
+    from tensor_analysis.lut import build_lut
+    tmp_path, dirs = runs
+    write_profiled_export(tmp_path, dirs)
+    # a kernel cost model under another name (stands in for tensor_analysis/hardware/adaptq_m7.json)
+    kernels = json.load(open(os.path.join(REPO, "tensor_analysis", "hardware", "stm32h747.json")))
+    kernels["name"] = "test_kernels"
+    (tmp_path / "test_kernels.json").write_text(json.dumps(kernels))
+    out = tmp_path / "out" / "report.md"
+    build_report([str(tmp_path / "runs")], str(out), kernel_profile=str(tmp_path / "test_kernels.json"),
+                 cycles_per_instruction=2.0)
+    md = out.read_text().split("### Measured per layer")[1]
+    predicted = build_lut(analyze_network(MODEL), str(tmp_path / "test_kernels.json"))
+    header = table_row(md, "layer")
+    assert header[3:] == ["MACs", "measured instructions", "instructions / MAC", "search's latency (ms, lut.json)",
+                          "predicted by test_kernels (ms)",
+                          "predicted instructions (at 2 cycles per instruction and 480 MHz)", "measured / predicted"]
+    row = table_row(md, "`features.0.0`")
+    ms = predicted["layers"]["features.0.0"]["fp32"]
+    assert row[1:8] == ["conv", "fp32", "442,368", "4,000,000", f"{4e6 / 442368:.2f}", "2.500", f"{ms:.3f}"]
+    assert row[8:] == [f"{ms * 480e3 / 2:,.0f}", f"{4e6 / (ms * 480e3 / 2):.2f}×"]
+    assert table_row(md, "`classifier.1`")[6] == "0.020"        # the run's table at the layer's precision
+    pool = table_row(md, "`pool`")
+    assert pool[6] == "0.050" and pool[7] == f"{predicted['fixed_ops']['pool']:.3f}"
+    quantize = table_row(md, "`quantize`")
+    assert quantize[6:9] == ["–", "–", "–"]                     # neither table has a row for it
+    total = table_row(md, "**total**")
+    covered = sum(c for n, _, _, _, c in PROFILE_LAYERS if n != "quantize")
+    pred = sum(predicted["layers"][n][p] for n, _, p, _, _ in PROFILE_LAYERS if n in predicted["layers"])
+    pred = (pred + predicted["fixed_ops"]["pool"]) * 480e3 / 2
+    assert total[4] == f"**{sum(r[4] for r in PROFILE_LAYERS):,}**" and total[9] == f"**{covered / pred:.2f}×**"
+    assert "1 row(s) have no prediction (quantize)" in md
+    assert "counts guest instructions" in md and "cycles" not in " ".join(table_row(md, "layer")[4:6])
+    parse_html(str(out.with_suffix(".html")))
+    # without a stated factor: the one the kernel profile declares (adaptq_m7 has one)
+    kernels["cycles_per_instruction"] = 0.5
+    (tmp_path / "test_kernels.json").write_text(json.dumps(kernels))
+    build_report([str(tmp_path / "runs")], str(out), kernel_profile=str(tmp_path / "test_kernels.json"))
+    md = out.read_text().split("### Measured per layer")[1]
+    assert table_row(md, "layer")[8] == "predicted instructions (at 0.5 cycles per instruction and 480 MHz)"
+    assert table_row(md, "`features.0.0`")[8] == f"{ms * 480e3 / 0.5:,.0f}"
+
+
+def test_report_without_the_kernel_profile_or_the_profile_says_so(runs):
+    tmp_path, dirs = runs
+    export = write_profiled_export(tmp_path, dirs)
+    out = tmp_path / "out" / "report.md"
+    build_report([str(tmp_path / "runs")], str(out), kernel_profile="no_such_kernels")
+    md = out.read_text().split("### Measured per layer")[1]
+    assert "No kernel cost-model profile `no_such_kernels` here" in md
+    assert table_row(md, "layer")[-1] == "search's latency (ms, lut.json)"
+    assert table_row(md, "`features.0.0`")[4] == "4,000,000"
+    (export / "profile.json").unlink()
+    build_report([str(tmp_path / "runs")], str(out), kernel_profile="no_such_kernels")
+    assert "the profile deployment.json names is not readable" in out.read_text().lower()
+    record = json.loads((export / "deployment.json").read_text())
+    record["profile"] = None                                    # an export made without --profile
+    (export / "deployment.json").write_text(json.dumps(record))
+    build_report([str(tmp_path / "runs")], str(out))
+    assert "No export here was profiled on the target" in out.read_text()

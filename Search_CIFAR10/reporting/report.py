@@ -35,6 +35,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 from models.files import atomic_write, read_json, write_text_atomic
 from models.precisions import PRECISION_ORDER
 
+from .deployment_profile import DEFAULT_KERNEL_PROFILE, layer_comparison
 from .document import Document, Figure
 from .figures import (pareto_front, plot_alpha_evolution, plot_pareto, plot_precision_map, plot_training_curves,
                       read_log_csv)
@@ -280,6 +281,10 @@ class Context:
     rows: List[Dict[str, Any]]
     points: List[Dict[str, Any]]
     out_dir: str
+    # the kernel cost-model profile the Deployment section predicts profiled exports with
+    kernel_profile: Optional[str] = DEFAULT_KERNEL_PROFILE
+    cycles_per_instruction: Optional[float] = None    # None: the kernel profile's own, else 1.0
+    clock_mhz: Optional[float] = None
 
     @property
     def network(self) -> str:
@@ -552,6 +557,72 @@ def deployment_section(doc: Document, c: Context) -> None:
              "test images (host: gcc; m7: arm-none-eabi-gcc for a Cortex-M7, run on QEMU's mps2-an500, which "
              "checks correctness and sizes, not speed). Flash measured with arm-none-eabi-size; the arena is the "
              "planned static buffer. Predictions: the analysis the run was searched with (tensor_analysis).")
+    profiled = False
+    for path, d in c.found.deployments:
+        comparison = layer_comparison(path, d, c.kernel_profile, c.cycles_per_instruction, c.clock_mhz)
+        if comparison is not None:
+            profiled = True
+            profile_table(doc, c, path, comparison)
+    if not profiled:
+        doc.note("No export here was profiled on the target, so there is no per-layer table of measured "
+                 "instructions: `python deploy/export_c.py ... --run m7 --profile` (or `deploy/profile_m7.py "
+                 "--export_dir OUT`) writes the profile.json that deployment.json then names.")
+
+
+def _count(value: Optional[float]) -> str:
+    return "–" if value is None else f"{value:,.0f}"
+
+
+def profile_table(doc: Document, c: Context, deployment_path: str, comp: Mapping[str, Any]) -> None:
+    """One profiled export: per layer measured (instructions on QEMU) vs the search's table vs a kernel
+    cost model (deployment_profile.layer_comparison)."""
+    folder = _rel(os.path.dirname(deployment_path), c.out_dir)
+    doc.heading(3, f"Measured per layer: {folder}")
+    counter = comp.get("counter", "instructions")
+    rows, totals = comp["rows"], comp.get("totals") or {}
+    if not rows:
+        doc.note("; ".join(comp.get("notes", [])) or "The profile has no rows.")
+        return
+    kernel = comp.get("kernel_profile")
+    cpi, clock = comp.get("cycles_per_instruction"), comp.get("clock_mhz")
+    convert = (f"at {cpi:g} cycles per instruction and {clock:g} MHz" if counter == "instructions" and clock
+               else f"at {clock:g} MHz" if clock else "")
+    headers = ["layer", "kind", "precision", "MACs", f"measured {counter}", f"{counter} / MAC",
+               "search's latency (ms, lut.json)"]
+    numeric = [False, False, False, True, True, True, True]
+    if kernel:
+        headers += [f"predicted by {kernel} (ms)", f"predicted {counter} ({convert})", "measured / predicted"]
+        numeric += [True, True, True]
+    table = []
+    for r in rows:
+        line = [f"`{r['layer']}`", r["kind"], r["precision"], f"{r['macs']:,}" if r["macs"] else "–",
+                _count(r["count"]), fmt(r["count_per_mac"]), fmt(r["search_ms"], 3)]
+        if kernel:
+            line += [fmt(r["predicted_ms"], 3), _count(r["predicted_count"]), fmt(r["ratio"], 2, "×")]
+        table.append(line)
+    per_mac = totals["count"] / totals["macs"] if totals.get("macs") else None
+    line = ["**total**", "", "", f"{totals['macs']:,}", f"**{_count(totals['count'])}**", fmt(per_mac),
+            fmt(totals.get("search_ms"), 2)]
+    if kernel:
+        line += [fmt(totals.get("predicted_ms"), 2), f"**{_count(totals.get('predicted_count'))}**",
+                 f"**{fmt(totals.get('ratio'), 2, '×')}**"]
+    table.append(line)
+    doc.table(headers, table, numeric=numeric)
+    what = ("QEMU's mps2-an500 under `-icount shift=0` counts guest instructions (resolution 40), not cycles "
+            "and not time: it models no pipeline, caches or Flash wait states" if counter == "instructions"
+            else "the chip's DWT counts cycles")
+    whole = totals.get("whole_count")
+    doc.text(f"Per image, over {comp.get('images')} embedded test image(s) (`{_rel(comp['profile'], c.out_dir)}`); "
+             f"{what}. The rows are the profile's ops grouped by layer (the input's quantize and the pool are ops "
+             f"of their own; the search's table charges the pool as a fixed operator and has no quantize row)"
+             + (f"; the whole `adaptq_predict`, profiling hooks included, ran {_count(whole)} {counter}" if whole
+                else "") + ". The search's latency is the run's own lut.json entry at the layer's precision: "
+             "what stage 1 optimised."
+             + (f" The prediction is the kernel cost-model profile `{kernel}` (tensor_analysis), in ms at its "
+                f"clock, converted to {counter} {convert}; that conversion is an assumption, not a measurement."
+                if kernel else ""))
+    for note in comp.get("notes", []):
+        doc.note(note[0].upper() + note[1:] + ".")
 
 
 def runs_section(doc: Document, c: Context) -> None:
@@ -585,9 +656,14 @@ SECTIONS = (overview_section, result_section, memory_filter_section, precision_s
 
 
 def build_report(paths: Sequence[str], output_md: str, main: Optional[str] = None,
-                 output_html: Optional[str] = None) -> Report:
+                 output_html: Optional[str] = None, kernel_profile: Optional[str] = DEFAULT_KERNEL_PROFILE,
+                 cycles_per_instruction: Optional[float] = None,
+                 clock_mhz: Optional[float] = None) -> Report:
     """Read the runs under ``paths``, write ``output_md``, its figures folder and ``output_html``
-    (default: ``output_md`` with .html). Returns what was written, for callers and tests."""
+    (default: ``output_md`` with .html). Returns what was written, for callers and tests.
+    ``kernel_profile`` (a hardware profile name or path; None: none) predicts profiled exports per layer,
+    converted to instructions at ``cycles_per_instruction`` (default: the one it declares, else 1.0) and
+    ``clock_mhz`` (default: its clock)."""
     if not output_md:
         raise ValueError("--output: expected a file name for the Markdown report")
     if os.path.isdir(output_md):
@@ -597,6 +673,7 @@ def build_report(paths: Sequence[str], output_md: str, main: Optional[str] = Non
     assets_name = os.path.basename(stem) + "_files"
     out_dir = os.path.dirname(os.path.abspath(output_md))
     c = gather(paths, main, out_dir)
+    c.kernel_profile, c.cycles_per_instruction, c.clock_mhz = kernel_profile, cycles_per_instruction, clock_mhz
     title = f"AdaptQNet report: {c.network}"
     doc = Document()
     doc.heading(1, title)
