@@ -24,7 +24,6 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 from collections import defaultdict
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -34,6 +33,7 @@ if ROOT not in sys.path:
 
 import numpy as np  # noqa: E402
 
+from models.files import write_json_atomic  # noqa: E402
 from models.precisions import PRECISION_ORDER  # noqa: E402
 from tensor_analysis.graph import Operator  # noqa: E402
 from tensor_analysis.latency import layer_cycles, layer_terms  # noqa: E402
@@ -338,22 +338,6 @@ def report(records: Sequence[dict], predicted: Sequence[float], out=sys.stdout) 
     return worst
 
 
-def write_json_atomic(path: str, doc: dict) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".json")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(doc, f, indent=1)
-            f.write("\n")
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def load_measurements(path: str) -> Tuple[List[dict], Dict[str, float]]:
     try:
         with open(path) as f:
@@ -401,7 +385,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             records = collect(args.work_dir, args.networks, args.extra_dir)
             pool = pool_costs(args.work_dir, args.networks)
         if args.save_measurements:
-            write_json_atomic(args.save_measurements, {"schema": MEASUREMENTS_SCHEMA, "pool": pool, "records": records})
+            write_json_atomic({"schema": MEASUREMENTS_SCHEMA, "pool": pool, "records": records}, args.save_measurements)
         if args.check_only:
             profile = load_profile(args.check_only)
         elif args.output_profile:
@@ -410,7 +394,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             doc = build_profile(fit(records, args.cycles_per_instruction), records, args.cycles_per_instruction,
                                 pool, command)
             profile = parse_profile(doc, args.output_profile)  # refuse to write what would not load
-            write_json_atomic(args.output_profile, doc)
+            write_json_atomic(doc, args.output_profile)
             profile = load_profile(args.output_profile)
         else:
             return 0

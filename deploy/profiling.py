@@ -24,12 +24,12 @@ import os
 import re
 import shutil
 import subprocess
-import tempfile
 import time
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence
 
 from deploy.ir import ConvPart, Format, GlobalAvgPool, IntegerNetwork, Quantize
+from models.files import write_json_atomic
 
 SCHEMA = "adaptqnet/profile/1"           # models.formats.PROFILE (tests check they agree)
 OPS_SCHEMA = "adaptqnet/profile_ops/1"   # models.formats.PROFILE_OPS
@@ -279,19 +279,9 @@ def profile_document(op_table: Dict[str, Any], parsed: HarnessProfile, target: s
 
 
 def write_json(doc: Dict[str, Any], path: str) -> None:
-    """Write ``doc`` to ``path`` atomically: a temporary file beside it, renamed over it."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".tmp-{os.path.basename(path)}")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(json.dumps(doc, indent=1) + "\n")
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """Write ``doc`` to ``path`` atomically (models.files), creating its folder."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    write_json_atomic(doc, path)
 
 
 # -- running it ---------------------------------------------------------------------------------------------

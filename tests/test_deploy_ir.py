@@ -12,7 +12,7 @@ from deploy import arena, reference, synthetic
 from deploy.ir import (FP16, FP32, Buffer, ChannelSlice, ConvPart, FixedPointEpilogue, FloatEpilogue, FloatToInt,
                        GlobalAvgPool, IntegerNetwork, PartOutput, Quantize, QuantizeOutput, canonical_float32,
                        float_to_half_bits, half_bits_to_float, int_format, mbqm, pack_bits, quantize_multiplier,
-                       rdbpot, real_multiplier, requantizer, round_half_even, srdhm, unpack_bits)
+                       rdbpot, requantizer, round_half_even, srdhm, unpack_bits)
 
 GRAPH_SEEDS = range(5)
 

@@ -249,12 +249,15 @@ static ALWAYS_INLINE void gemm_rows(const gemm_rows_args *g, uint32_t row, uint3
         else                                                                                                \
             GEMM_COLS(BITS, UNSIGNED, COLUMNS);                                                             \
     } while (0)
+/* Two columns, except a lone position read in place (a linear layer): a lone last position of im2col
+ * columns computes its column twice rather than having a loop of its own, which keeps the number of
+ * kernels this file compiles to (and its compile time) down. */
 #define GEMM_COLS(BITS, UNSIGNED, DIRECT)                                                                   \
     do {                                                                                                    \
-        if (cols == 2)                                                                                      \
-            gemm_rows(g, row, end, x0, x1, sums, acc0, acc1, BITS, UNSIGNED, 2, DIRECT);                    \
-        else                                                                                                \
+        if ((DIRECT) && cols == 1)                                                                          \
             gemm_rows(g, row, end, x0, x1, sums, acc0, acc1, BITS, UNSIGNED, 1, DIRECT);                    \
+        else                                                                                                \
+            gemm_rows(g, row, end, x0, x1, sums, acc0, acc1, BITS, UNSIGNED, 2, DIRECT);                    \
     } while (0)
 
 static void gemm(const gemm_rows_args *g, unsigned bits, uint32_t row, uint32_t end, const void *x0, const void *x1,
@@ -317,8 +320,10 @@ void adaptq_conv_int_gemm(const adaptq_network *net, const adaptq_conv *c, uint8
                     sums[k] = im2col(c, &geo, channel, p / geo.out_w, p % geo.out_w, columns[k]);
                 }
             }
-            if (cols == 1)
+            if (cols == 1) {
                 x[1] = x[0];
+                sums[1] = sums[0];
+            }
             gemm(&g, c->weight_bits, group * out_per_group, (group + 1u) * out_per_group, x[0], x[1], cols, direct,
                  sums, acc[0], acc[1]);
         }
