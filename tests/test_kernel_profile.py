@@ -69,8 +69,16 @@ def test_refit_round_trip_reproduces_the_shipped_profile(tmp_path):
     (["--measurements", MEASURED, "--output_profile", "x.json", "--cycles_per_instruction", "0"], "must be > 0"),
     (["--work_dir", "/nonexistent", "--output_profile", "x.json"], "no such folder"),
 ])
-def test_bad_input_is_refused_with_one_line(argv, message, tmp_path):
-    r = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "fit_kernel_profile.py"), *argv],
-                       capture_output=True, text=True, cwd=tmp_path, env={**os.environ, "PYTHONPATH": ROOT})
-    assert r.returncode == 2 and message in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+def test_bad_input_is_refused_with_one_line(argv, message, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert fit.main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "x.json").exists()
+
+
+def test_the_script_refuses_as_a_user_runs_it(tmp_path):
+    """The same refusal through the script itself: one line, exit 2, no traceback."""
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "fit_kernel_profile.py"), "--output_profile",
+                        "x.json"], capture_output=True, text=True, cwd=tmp_path, env={**os.environ, "PYTHONPATH": ROOT})
+    assert r.returncode == 2 and "give either" in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
