@@ -37,48 +37,38 @@ static void gather(const adaptq_conv *c, const conv_geometry *g, uint32_t channe
     }
 }
 
+/* Rows [row, row + rows) against the patch, two at a time; W(w, i) is weight i of row pointer w as float. */
+#define DOT_ROWS(TYPE, W)                                                                                   \
+    do {                                                                                                    \
+        const TYPE *w = (const TYPE *)c->weights;                                                           \
+        for (r = 0; r + 1u < rows; r += 2u) {                                                               \
+            const TYPE *w0 = w + (row + r) * k, *w1 = w0 + k;                                               \
+            float s0 = 0.0f, s1 = 0.0f;                                                                     \
+            for (i = 0; i < k; ++i) {                                                                       \
+                s0 += x[i] * W(w0, i);                                                                      \
+                s1 += x[i] * W(w1, i);                                                                      \
+            }                                                                                               \
+            acc[row + r] = s0;                                                                              \
+            acc[row + r + 1u] = s1;                                                                         \
+        }                                                                                                   \
+        for (; r < rows; ++r) {                                                                             \
+            const TYPE *w0 = w + (row + r) * k;                                                             \
+            float s0 = 0.0f;                                                                                \
+            for (i = 0; i < k; ++i)                                                                         \
+                s0 += x[i] * W(w0, i);                                                                      \
+            acc[row + r] = s0;                                                                              \
+        }                                                                                                   \
+    } while (0)
+#define HALF_WEIGHT(w, i) half_to_float((w)[i])
+#define FLOAT_WEIGHT(w, i) ((w)[i])
+
 static void dot_rows(const adaptq_conv *c, uint32_t k, uint32_t row, uint32_t rows, const float *x, float *acc)
 {
     uint32_t r, i;
-    if (c->compute == ADAPTQ_FP16) {
-        const uint16_t *w = (const uint16_t *)c->weights;
-        for (r = 0; r + 1u < rows; r += 2u) {
-            const uint16_t *w0 = w + (row + r) * k, *w1 = w0 + k;
-            float s0 = 0.0f, s1 = 0.0f;
-            for (i = 0; i < k; ++i) {
-                s0 += x[i] * half_to_float(w0[i]);
-                s1 += x[i] * half_to_float(w1[i]);
-            }
-            acc[row + r] = s0;
-            acc[row + r + 1u] = s1;
-        }
-        for (; r < rows; ++r) {
-            const uint16_t *w0 = w + (row + r) * k;
-            float s0 = 0.0f;
-            for (i = 0; i < k; ++i)
-                s0 += x[i] * half_to_float(w0[i]);
-            acc[row + r] = s0;
-        }
-    } else {
-        const float *w = (const float *)c->weights;
-        for (r = 0; r + 1u < rows; r += 2u) {
-            const float *w0 = w + (row + r) * k, *w1 = w0 + k;
-            float s0 = 0.0f, s1 = 0.0f;
-            for (i = 0; i < k; ++i) {
-                s0 += x[i] * w0[i];
-                s1 += x[i] * w1[i];
-            }
-            acc[row + r] = s0;
-            acc[row + r + 1u] = s1;
-        }
-        for (; r < rows; ++r) {
-            const float *w0 = w + (row + r) * k;
-            float s0 = 0.0f;
-            for (i = 0; i < k; ++i)
-                s0 += x[i] * w0[i];
-            acc[row + r] = s0;
-        }
-    }
+    if (c->compute == ADAPTQ_FP16)
+        DOT_ROWS(uint16_t, HALF_WEIGHT);
+    else
+        DOT_ROWS(float, FLOAT_WEIGHT);
 }
 
 /* Depthwise: per output position and channel, the taps inside the input (loop bounds; the padded ones
